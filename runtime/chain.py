@@ -1,0 +1,142 @@
+"""The tamper-evident ledger: each record carries the hash of the one before it.
+
+``record_hash`` is the SHA-256 (64 hex) of the record's canonical UTF-8 JSON with
+``prev_hash`` set and ``record_hash`` and ``signature`` left out. The first record of a
+run has ``prev_hash`` null, and that null is part of what is hashed. Every backend
+(memory, JSON files, Redis) must produce the same hashes for the same records.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterable, Mapping
+
+from ._json import canonical_utf8, sha256_hex
+from .models import StepRecord
+
+__all__ = ["compute_record_hash", "HashChainedLedgerStore", "verify_ledger_chain"]
+
+
+def compute_record_hash(*, record: StepRecord | Mapping[str, Any], prev_hash: str | None) -> str:
+    """The chain hash of ``record`` placed after a record whose hash is ``prev_hash``."""
+    data = dict(record.to_dict() if isinstance(record, StepRecord) else record)
+    data["prev_hash"] = prev_hash
+    data.pop("record_hash", None)
+    data.pop("signature", None)
+    return sha256_hex(canonical_utf8(data))
+
+
+class HashChainedLedgerStore:
+    """Wraps any ledger store and chains the records appended through it.
+
+    The chain head of each run is kept in memory, read once from the inner store's last
+    record. One writer per run at a time is assumed (the kernel's model); the Redis store
+    checks the head inside its commit instead.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._heads: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def inner(self) -> Any:
+        return self._inner
+
+    def _head(self, run_id: str) -> str | None:
+        if run_id not in self._heads:
+            last_fn = getattr(self._inner, "last_record", None)
+            if last_fn is not None:
+                last = last_fn(run_id)
+            else:
+                records = self._inner.list(run_id)
+                last = records[-1] if records else None
+            self._heads[run_id] = last.get("record_hash") if last else None
+        return self._heads[run_id]
+
+    def append(self, record: StepRecord) -> None:
+        with self._lock:
+            prev = self._head(record.run_id)
+            record.prev_hash = prev
+            record.record_hash = compute_record_hash(record=record, prev_hash=prev)
+            self._inner.append(record)
+            self._heads[record.run_id] = record.record_hash
+
+    def list(self, run_id: str) -> list[dict[str, Any]]:
+        return self._inner.list(run_id)  # type: ignore[no-any-return]
+
+    def last_record(self, run_id: str) -> dict[str, Any] | None:
+        last_fn = getattr(self._inner, "last_record", None)
+        if last_fn is not None:
+            return last_fn(run_id)  # type: ignore[no-any-return]
+        records = self._inner.list(run_id)
+        return records[-1] if records else None
+
+    def find_effect_result(self, run_id: str, idempotency_key: str) -> Any:
+        find = getattr(self._inner, "find_effect_result", None)
+        if find is not None:
+            return find(run_id, idempotency_key)
+        from .step import scan_effect_result  # the fallback for inner stores without an index
+
+        return scan_effect_result(self._inner.list(run_id), idempotency_key)
+
+    def head(self, run_id: str) -> str | None:
+        """The hash of the newest record of the run, as this store last wrote or read it."""
+        with self._lock:
+            return self._head(run_id)
+
+    def verify(self, run_id: str) -> dict[str, Any]:
+        """:func:`verify_ledger_chain` over the run's records, checked against the known head too."""
+        return verify_ledger_chain(self.list(run_id), expected_head=self.head(run_id))
+
+
+def verify_ledger_chain(
+    records: Iterable[Mapping[str, Any]], *, expected_head: str | None = None
+) -> dict[str, Any]:
+    """Check a run's records, oldest first, and report every break in the chain.
+
+    Returns ``{ok, count, errors, first_bad_index, head_hash, computed_head_hash}``. Each
+    error is ``{index, type, ...}`` with type ``missing_record_hash`` (the walk stops there),
+    ``prev_hash_mismatch`` (``expected_prev_hash``/``actual_prev_hash``: a record removed,
+    inserted or moved) or ``record_hash_mismatch`` (``stored``/``computed``: a record edited).
+    The walk goes on from each record's stored hash, so one edit reports one error.
+    ``first_bad_index`` is the index of the first error, 0 included (decision D3), and
+    ``computed_head_hash`` is recomputed from the records' contents alone.
+
+    With ``expected_head`` (the head a store kept beside the ledger), removing the newest
+    records is detected too: a ``head_mismatch`` error at index ``count``.
+    """
+    items = list(records)
+    errors: list[dict[str, Any]] = []
+    stored_prev: str | None = None
+    computed_prev: str | None = None
+    head_hash: str | None = None
+    for i, rec in enumerate(items):
+        stored = rec.get("record_hash")
+        if not stored:
+            errors.append({"index": i, "type": "missing_record_hash"})
+            break
+        actual_prev = rec.get("prev_hash")
+        if actual_prev != stored_prev:
+            errors.append(
+                {"index": i, "type": "prev_hash_mismatch", "expected_prev_hash": stored_prev,
+                 "actual_prev_hash": actual_prev}
+            )
+        computed = compute_record_hash(record=rec, prev_hash=actual_prev)
+        if computed != stored:
+            errors.append({"index": i, "type": "record_hash_mismatch", "stored": stored, "computed": computed})
+        computed_prev = compute_record_hash(record=rec, prev_hash=computed_prev)
+        stored_prev = stored
+        head_hash = stored
+    if expected_head is not None and not errors and head_hash != expected_head:
+        errors.append(
+            {"index": len(items), "type": "head_mismatch", "expected_head": expected_head, "actual_head": head_hash}
+        )
+    return {
+        "ok": not errors,
+        "count": len(items),
+        "errors": errors,
+        "first_bad_index": errors[0]["index"] if errors else None,
+        "head_hash": head_hash,
+        "computed_head_hash": computed_prev,
+    }

@@ -1,0 +1,116 @@
+"""Effect handlers: the built-in waits, and the adapter for both handler signatures."""
+
+from __future__ import annotations
+
+import inspect
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from ._json import parse_iso
+from .errors import InvalidTimeError
+from .models import Effect, EffectOutcome, EffectType, RunState, WaitReason, WaitState
+from .step import EffectHandler
+
+__all__ = [
+    "adapt_handler",
+    "handle_wait_event",
+    "handle_wait_until",
+    "handle_ask_user",
+    "builtin_wait_handlers",
+]
+
+
+def _wants_next_node(handler: Callable[..., Any]) -> bool:
+    """True for ``(run, effect, default_next_node)`` handlers: 3+ positional parameters or ``*args``."""
+    try:
+        params = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    positional = 0
+    for p in params:
+        if p.kind == p.VAR_POSITIONAL:
+            return True
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return positional >= 3
+
+
+def adapt_handler(handler: Callable[..., EffectOutcome]) -> EffectHandler:
+    """Accept both handler signatures; the arity is read once, here, not on every call."""
+    if _wants_next_node(handler):
+        return handler
+
+    def two_args(run: RunState, effect: Effect, default_next_node: str | None) -> EffectOutcome:
+        return handler(run, effect)
+
+    two_args.__wrapped__ = handler  # type: ignore[attr-defined]
+    return two_args
+
+
+def _resume_to(effect: Effect, default_next_node: str | None) -> str | None:
+    return effect.payload.get("resume_to_node") or default_next_node
+
+
+def handle_wait_event(run: RunState, effect: Effect, default_next_node: str | None) -> EffectOutcome:
+    """Park the run until an event with ``payload.wait_key`` arrives."""
+    wait_key = effect.payload.get("wait_key")
+    if not wait_key:
+        return EffectOutcome.failed("wait_event requires payload.wait_key")
+    return EffectOutcome.waiting(
+        WaitState(
+            reason=WaitReason.EVENT,
+            wait_key=str(wait_key),
+            resume_to_node=_resume_to(effect, default_next_node),
+            result_key=effect.result_key,
+        )
+    )
+
+
+def handle_wait_until(run: RunState, effect: Effect, default_next_node: str | None) -> EffectOutcome:
+    """Park the run until ``payload.until``; a time already passed completes at once (D4: parsed)."""
+    until = effect.payload.get("until")
+    if not until:
+        return EffectOutcome.failed("wait_until requires payload.until")
+    try:
+        when = parse_iso(until)
+    except InvalidTimeError as exc:
+        return EffectOutcome.failed(str(exc))
+    if when <= datetime.now(timezone.utc):
+        return EffectOutcome.completed({"until": until, "ready": True})
+    return EffectOutcome.waiting(
+        WaitState(
+            reason=WaitReason.UNTIL,
+            until=str(until),
+            resume_to_node=_resume_to(effect, default_next_node),
+            result_key=effect.result_key,
+        )
+    )
+
+
+def handle_ask_user(run: RunState, effect: Effect, default_next_node: str | None) -> EffectOutcome:
+    """Park the run with a question; the wait key defaults to ``user:{run_id}:{node}``."""
+    prompt = effect.payload.get("prompt")
+    if not prompt:
+        return EffectOutcome.failed("ask_user requires payload.prompt")
+    choices = effect.payload.get("choices")
+    wait_key = effect.payload.get("wait_key") or f"user:{run.run_id}:{run.current_node}"
+    return EffectOutcome.waiting(
+        WaitState(
+            reason=WaitReason.USER,
+            wait_key=str(wait_key),
+            resume_to_node=_resume_to(effect, default_next_node),
+            result_key=effect.result_key,
+            prompt=str(prompt),
+            choices=list(choices) if isinstance(choices, list) else None,
+            allow_free_text=bool(effect.payload.get("allow_free_text", True)),
+        )
+    )
+
+
+def builtin_wait_handlers() -> dict[EffectType, EffectHandler]:
+    """The waits every runtime knows; START_SUBWORKFLOW is added by the runtime that owns runs."""
+    return {
+        EffectType.WAIT_EVENT: handle_wait_event,
+        EffectType.WAIT_UNTIL: handle_wait_until,
+        EffectType.ASK_USER: handle_ask_user,
+    }

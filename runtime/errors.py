@@ -1,0 +1,199 @@
+"""Every error the kernel raises, under one root.
+
+Where the reference (AbstractRuntime 0.2.0) raised a builtin, ours subclasses it too,
+so that ``except KeyError`` / ``except ValueError`` written for the reference still works::
+
+    AbstractRuntimeError
+    ├── WorkflowError
+    │   ├── UnknownNodeError            (KeyError)   node id not in the workflow
+    │   ├── InvalidPlanError            (ValueError) a plan that goes nowhere
+    │   ├── WorkflowNotRegistered       (KeyError)   registry lookup failed
+    │   └── WorkflowAlreadyRegistered   (ValueError)
+    ├── RunError
+    │   ├── RunNotFound                 (KeyError)
+    │   ├── RunAlreadyExists            (ValueError) explicit run id taken (D7)
+    │   ├── RunNotWaiting               (ValueError)
+    │   └── WaitKeyMismatch             (ValueError)
+    ├── PayloadNotSerializable          (TypeError)  names the key JSON cannot hold
+    ├── InvalidTimeError                (ValueError) an ``until`` that is not ISO-8601
+    ├── SchedulerError
+    │   └── SchedulerAlreadyRunning     (RuntimeError)
+    └── StoreError
+        ├── CorruptRecordError          (ValueError) names the file or key
+        ├── InvalidArtifactId           (ValueError)
+        └── VersionConflict                          another writer moved the run
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AbstractRuntimeError(Exception):
+    """Raised for any error of this package (the root of the hierarchy)."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its message; keep messages readable for the KeyError subclasses.
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+# -- Workflows ---------------------------------------------------------------------------------
+
+
+class WorkflowError(AbstractRuntimeError):
+    """Raised when a workflow definition or plan is not usable."""
+
+
+class UnknownNodeError(WorkflowError, KeyError):
+    """Raised when a run points at a node id its workflow does not have."""
+
+    def __init__(self, *, workflow_id: str, node_id: str) -> None:
+        self.workflow_id = workflow_id
+        self.node_id = node_id
+        super().__init__(f"Unknown node_id '{node_id}' in workflow '{workflow_id}'")
+
+
+class InvalidPlanError(WorkflowError, ValueError):
+    """Raised when a node returns a plan with no way forward (no next node, effect or completion)."""
+
+    def __init__(self, message: str, *, node_id: str | None = None) -> None:
+        self.node_id = node_id
+        super().__init__(message)
+
+
+class WorkflowNotRegistered(WorkflowError, KeyError):
+    """Raised when a workflow id is missing from the registry."""
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"Workflow '{workflow_id}' is not registered. Register it with registry.register(spec).")
+
+
+class WorkflowAlreadyRegistered(WorkflowError, ValueError):
+    """Raised when a workflow id is registered twice."""
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(
+            f"Workflow '{workflow_id}' is already registered. Unregister it first to replace it."
+        )
+
+
+# -- Runs --------------------------------------------------------------------------------------
+
+
+class RunError(AbstractRuntimeError):
+    """Raised when an operation does not fit the run it targets."""
+
+
+class RunNotFound(RunError, KeyError):
+    """Raised when a run id is not in the run store."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"Unknown run_id: {run_id}")
+
+
+class RunAlreadyExists(RunError, ValueError):
+    """Raised when ``start(run_id=...)`` names a run id that is already taken (decision D7)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"Run '{run_id}' already exists; pick another run_id or omit it")
+
+
+class RunNotWaiting(RunError, ValueError):
+    """Raised when resuming a run that is not waiting."""
+
+    def __init__(self, message: str = "Run is not waiting", *, run_id: str | None = None,
+                 status: Any = None) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(message)
+
+
+class WaitKeyMismatch(RunError, ValueError):
+    """Raised when a resume names another wait key than the one the run waits on."""
+
+    def __init__(self, *, run_id: str, expected: str | None, got: str | None) -> None:
+        self.run_id = run_id
+        self.expected = expected
+        self.got = got
+        super().__init__(f"wait_key mismatch: expected '{expected}', got '{got}'")
+
+
+# -- Values ------------------------------------------------------------------------------------
+
+
+class PayloadNotSerializable(AbstractRuntimeError, TypeError):
+    """Raised when a value bound for storage is not JSON; names the first bad key."""
+
+    def __init__(self, *, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path} is not JSON-serializable: {reason}")
+
+
+class InvalidTimeError(AbstractRuntimeError, ValueError):
+    """Raised when a time field is not an ISO-8601 string."""
+
+    def __init__(self, *, field: str, value: Any) -> None:
+        self.field = field
+        self.value = value
+        super().__init__(f"{field} must be an ISO-8601 time such as '2026-01-01T00:00:00Z', got {value!r}")
+
+
+# -- Scheduler ---------------------------------------------------------------------------------
+
+
+class SchedulerError(AbstractRuntimeError):
+    """Raised when the in-process scheduler is misused."""
+
+
+class SchedulerAlreadyRunning(SchedulerError, RuntimeError):
+    """Raised when starting a scheduler that already runs."""
+
+    def __init__(self) -> None:
+        super().__init__("Scheduler is already running")
+
+
+# -- Stores ------------------------------------------------------------------------------------
+
+
+class StoreError(AbstractRuntimeError):
+    """Raised when a store cannot read or write what was asked."""
+
+
+class CorruptRecordError(StoreError, ValueError):
+    """Raised when stored data cannot be decoded; names where it lives."""
+
+    def __init__(self, *, location: str, reason: str, run_id: str | None = None) -> None:
+        self.location = location
+        self.reason = reason
+        self.run_id = run_id
+        super().__init__(f"Corrupt stored data in {location}: {reason}")
+
+
+class InvalidArtifactId(StoreError, ValueError):
+    """Raised when an artifact id is empty or holds characters other than [A-Za-z0-9_-]."""
+
+    def __init__(self, artifact_id: Any) -> None:
+        self.artifact_id = artifact_id
+        if not artifact_id:
+            msg = "artifact_id cannot be empty"
+        else:
+            msg = f"Invalid artifact_id {artifact_id!r}: only letters, digits, '_' and '-' are allowed"
+        super().__init__(msg)
+
+
+class VersionConflict(StoreError):
+    """Raised when a commit finds the run moved by another writer since it was loaded."""
+
+    def __init__(self, *, run_id: str, expected_version: int, actual_version: int | None) -> None:
+        self.run_id = run_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+        super().__init__(
+            f"Run '{run_id}' was moved by another writer: expected version {expected_version}, "
+            f"found {actual_version}"
+        )
