@@ -13,10 +13,11 @@ import json
 import re
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from ._json import dumps_checked, epoch_ms, ensure_json, sha256_hex, utc_now_iso
+from ._json import dumps_checked, epoch_ms, sha256_hex, utc_now_iso
 from .errors import CorruptRecordError, InvalidArtifactId, InvalidTimeError
 
 __all__ = [
@@ -76,7 +77,9 @@ class ArtifactMetadata:
     def from_dict(cls, data: Mapping[str, Any]) -> ArtifactMetadata:
         """Rebuild metadata; ``CorruptRecordError`` when a field is missing or of the wrong kind."""
         if not isinstance(data, Mapping):
-            raise CorruptRecordError(location="artifact metadata", reason=f"expected an object, got {type(data).__name__}")
+            raise CorruptRecordError(
+                location="artifact metadata", reason=f"expected an object, got {type(data).__name__}"
+            )
         try:
             tags = data.get("tags") or {}
             size = data["size_bytes"]
@@ -88,7 +91,7 @@ class ArtifactMetadata:
                 size_bytes=size,
                 created_at=data["created_at"],
                 run_id=data.get("run_id"),
-                tags={str(k): str(v) for k, v in tags.items()},
+                tags=dict(tags),
             )
         except KeyError as exc:
             raise CorruptRecordError(location="artifact metadata", reason=f"missing field {exc.args[0]!r}") from None
@@ -138,35 +141,27 @@ class ArtifactStore(Protocol):
         Storing under an existing id replaces bytes and metadata (new ``created_at``, ``run_id``, tags).
         A refused call (bad id, non-bytes content, non-JSON tags) stores nothing.
         """
-        ...
 
     def load(self, artifact_id: str) -> Artifact | None:
         """The artifact, or None when absent; ``CorruptRecordError`` naming the file/key if unreadable."""
-        ...
 
     def get_metadata(self, artifact_id: str) -> ArtifactMetadata | None:
         """The metadata alone (no bytes read), or None when absent."""
-        ...
 
     def exists(self, artifact_id: str) -> bool:
         """True if bytes are stored under this id."""
-        ...
 
     def delete(self, artifact_id: str) -> bool:
         """Remove bytes and metadata; True if the artifact existed."""
-        ...
 
     def list_by_run(self, run_id: str) -> list[ArtifactMetadata]:
         """Metadata of every artifact stored with this ``run_id`` (no order promised)."""
-        ...
 
     def list_all(self, *, limit: int = 1000) -> list[ArtifactMetadata]:
         """Metadata of every artifact, newest ``created_at`` first, at most ``limit``."""
-        ...
 
     def delete_by_run(self, run_id: str) -> int:
         """Delete every artifact stored with this ``run_id``; the number deleted."""
-        ...
 
     def search(
         self,
@@ -177,7 +172,6 @@ class ArtifactStore(Protocol):
         limit: int = 1000,
     ) -> list[ArtifactMetadata]:
         """Metadata matching every filter (each given tag equal), newest first, at most ``limit``."""
-        ...
 
     def store_text(
         self,
@@ -189,21 +183,17 @@ class ArtifactStore(Protocol):
         tags: dict[str, str] | None = None,
     ) -> ArtifactMetadata:
         """Store ``text`` encoded with ``encoding``."""
-        ...
 
     def store_json(
         self, data: Any, *, run_id: str | None = None, tags: dict[str, str] | None = None
     ) -> ArtifactMetadata:
         """Store ``data`` as compact UTF-8 JSON (``ensure_ascii=False``), type ``application/json``."""
-        ...
 
     def load_text(self, artifact_id: str, *, encoding: str = "utf-8") -> str | None:
         """The content decoded as text, or None when absent."""
-        ...
 
     def load_json(self, artifact_id: str) -> Any:
         """The content parsed as JSON, or None when absent."""
-        ...
 
 
 def _created_key(meta: ArtifactMetadata) -> int:
@@ -217,21 +207,14 @@ def _created_key(meta: ArtifactMetadata) -> int:
 class _ArtifactStoreHelpers(ABC):
     """The ``ArtifactStore`` methods that follow from a backend's primitives, written once.
 
-    A backend implements ``store``, ``load``, ``get_metadata``, ``exists``, ``delete`` and
-    ``_iter_metadata``; this class adds the listing, search and text/JSON conveniences.
+    A backend implements ``_write``, ``load``, ``get_metadata``, ``exists``, ``delete`` and
+    ``_iter_metadata``; this class checks ``store`` arguments (id, bytes, JSON tags) before any
+    write and adds the listing, search and text/JSON conveniences.
     """
 
     @abstractmethod
-    def store(
-        self,
-        content: bytes,
-        *,
-        content_type: str = "application/octet-stream",
-        run_id: str | None = None,
-        tags: dict[str, str] | None = None,
-        artifact_id: str | None = None,
-    ) -> ArtifactMetadata:
-        """See ``ArtifactStore.store``."""
+    def _write(self, data: bytes, meta: ArtifactMetadata, meta_json: str) -> None:
+        """Put ``data`` and its metadata (``meta_json`` is its JSON text) under ``meta.artifact_id``."""
 
     @abstractmethod
     def load(self, artifact_id: str) -> Artifact | None:
@@ -245,31 +228,25 @@ class _ArtifactStoreHelpers(ABC):
     def _iter_metadata(self) -> Iterable[ArtifactMetadata]:
         """Metadata of every readable artifact, in any order (skipping unreadable ones)."""
 
-    @staticmethod
-    def _new_metadata(
+    def store(
+        self,
         content: bytes,
         *,
-        content_type: str,
-        run_id: str | None,
-        tags: dict[str, str] | None,
-        artifact_id: str | None,
-    ) -> tuple[bytes, ArtifactMetadata]:
-        """Check a ``store`` call's arguments; the bytes to write (a copy) and their metadata."""
+        content_type: str = "application/octet-stream",
+        run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        artifact_id: str | None = None,
+    ) -> ArtifactMetadata:
+        """See ``ArtifactStore.store``."""
         if not isinstance(content, (bytes, bytearray, memoryview)):
             raise TypeError(f"content must be bytes, got {type(content).__name__}; use store_text or store_json")
-        data = bytes(content)
+        data = bytes(content)  # a copy: the caller may reuse a bytearray
         aid = compute_artifact_id(data) if artifact_id is None else artifact_id
         validate_artifact_id(aid)
-        tags = dict(tags or {})
-        ensure_json(tags, "tags")  # checked before writing, so a refused call stores nothing
-        return data, ArtifactMetadata(
-            artifact_id=aid,
-            content_type=content_type,
-            size_bytes=len(data),
-            created_at=utc_now_iso(),
-            run_id=run_id,
-            tags=tags,
-        )
+        meta = ArtifactMetadata(aid, content_type, len(data), utc_now_iso(), run_id, dict(tags or {}))
+        # Serialised before anything is written, so tags JSON cannot hold refuse the call cleanly.
+        self._write(data, meta, dumps_checked(meta.to_dict(), "artifact metadata"))
+        return meta
 
     def list_by_run(self, run_id: str) -> list[ArtifactMetadata]:
         """See ``ArtifactStore.list_by_run``."""
@@ -342,23 +319,9 @@ class InMemoryArtifactStore(_ArtifactStoreHelpers):
         self._items: dict[str, tuple[bytes, str]] = {}
         self._lock = threading.Lock()
 
-    def store(
-        self,
-        content: bytes,
-        *,
-        content_type: str = "application/octet-stream",
-        run_id: str | None = None,
-        tags: dict[str, str] | None = None,
-        artifact_id: str | None = None,
-    ) -> ArtifactMetadata:
-        """See ``ArtifactStore.store``."""
-        data, meta = self._new_metadata(
-            content, content_type=content_type, run_id=run_id, tags=tags, artifact_id=artifact_id
-        )
-        text = dumps_checked(meta.to_dict(), "artifact metadata")
+    def _write(self, data: bytes, meta: ArtifactMetadata, meta_json: str) -> None:
         with self._lock:
-            self._items[meta.artifact_id] = (data, text)
-        return meta
+            self._items[meta.artifact_id] = (data, meta_json)
 
     def load(self, artifact_id: str) -> Artifact | None:
         """See ``ArtifactStore.load``."""

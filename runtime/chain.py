@@ -9,7 +9,8 @@ run has ``prev_hash`` null, and that null is part of what is hashed. Every backe
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ._json import canonical_utf8, sha256_hex
 from .models import StepRecord

@@ -13,6 +13,7 @@ so that ``except KeyError`` / ``except ValueError`` written for the reference st
     │   ├── RunNotFound                 (KeyError)
     │   ├── RunAlreadyExists            (ValueError) explicit run id taken (D7)
     │   ├── RunNotWaiting               (ValueError)
+    │   ├── InvalidRunId                (ValueError) a run id a store cannot hold
     │   └── WaitKeyMismatch             (ValueError)
     ├── PayloadNotSerializable          (TypeError)  names the key JSON cannot hold
     ├── InvalidTimeError                (ValueError) an ``until`` that is not ISO-8601
@@ -100,6 +101,16 @@ class RunAlreadyExists(RunError, ValueError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(f"Run '{run_id}' already exists; pick another run_id or omit it")
+
+
+class InvalidRunId(RunError, ValueError):
+    """Raised when a run id holds characters a store cannot use safely (path separators...)."""
+
+    def __init__(self, run_id: object) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"Invalid run_id {run_id!r}: use 1-200 letters, digits, '_', '-', '.' or ':' (not starting with '.')"
+        )
 
 
 class RunNotWaiting(RunError, ValueError):

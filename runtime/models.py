@@ -6,13 +6,15 @@ enums are ``str`` enums so a stored ``"waiting"`` compares equal to ``RunStatus.
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 
 from ._json import utc_now_iso
-from .errors import CorruptRecordError
+from .errors import CorruptRecordError, InvalidRunId
 
 __all__ = [
     "RunStatus",
@@ -25,6 +27,7 @@ __all__ = [
     "RunState",
     "StepRecord",
     "EffectOutcome",
+    "validate_run_id",
 ]
 
 
@@ -236,7 +239,7 @@ class RunState:
                 workflow_id=data["workflow_id"],
                 status=_enum(RunStatus, data["status"], "status"),
                 current_node=data["current_node"],
-                vars=data.get("vars") if data.get("vars") is not None else {},
+                vars=dict(data.get("vars") or {}),
                 waiting=WaitState.from_dict(waiting) if waiting else None,
                 output=data.get("output"),
                 error=data.get("error"),
@@ -402,3 +405,17 @@ class EffectOutcome:
 
 def _value(member: Any) -> Any:
     return member.value if isinstance(member, Enum) else member
+
+
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9_\-:][A-Za-z0-9_.\-:]{0,199}")
+
+
+def validate_run_id(run_id: Any) -> str:
+    """Return ``run_id`` if every store can hold it, else raise :class:`InvalidRunId`.
+
+    Letters, digits, ``_ - . :`` only: no path separators (file stores) and no braces
+    (they would break the Redis Cluster hash tag ``{run_id}``).
+    """
+    if not isinstance(run_id, str) or not _RUN_ID_RE.fullmatch(run_id):
+        raise InvalidRunId(run_id)
+    return run_id

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ._json import ensure_json, utc_now_iso
 from .effects import adapt_handler, builtin_wait_handlers
 from .errors import RunAlreadyExists, RunNotFound
 from .limits import LIMIT_KEYS, LimitWarning, RuntimeConfig, limit_status, limit_warnings
-from .models import Effect, EffectOutcome, EffectType, RunState, RunStatus, WaitReason, WaitState
+from .models import Effect, EffectOutcome, EffectType, RunState, RunStatus, WaitReason, WaitState, validate_run_id
 from .policies import DefaultEffectPolicy, EffectPolicy
 from .spec import DefaultRunContext, WorkflowSpec
 from .step import (
@@ -138,6 +139,8 @@ class Runtime:
         ``run_id`` picks the id; it must be free (:class:`RunAlreadyExists` otherwise, D7).
         """
         workflow.get_node(workflow.entry_node)  # an unknown entry node fails here, not later
+        if run_id is not None:
+            validate_run_id(run_id)
         run_vars = dict(vars or {})
         ensure_json(run_vars, "vars")
         if "_limits" not in run_vars:

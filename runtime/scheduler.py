@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ._json import utc_now_iso
 from .errors import RunNotFound, RunNotWaiting, SchedulerAlreadyRunning

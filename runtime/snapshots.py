@@ -12,8 +12,9 @@ import json
 import re
 import threading
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ._json import dumps_checked, epoch_ms, utc_now_iso
 from .errors import CorruptRecordError, InvalidTimeError
@@ -125,18 +126,15 @@ class SnapshotStore(Protocol):
         Atomic: a reader sees the old snapshot or the new one. Raises ``ValueError`` for an id outside
         ``[A-Za-z0-9_-]`` and ``PayloadNotSerializable`` for a state JSON cannot hold, storing nothing.
         """
-        ...
 
     def load(self, snapshot_id: str) -> Snapshot | None:
         """The stored snapshot as a fresh object; None when absent.
 
         Raises ``CorruptRecordError`` naming the file/key when the stored data is unreadable.
         """
-        ...
 
     def delete(self, snapshot_id: str) -> bool:
         """Remove the snapshot; True if it existed."""
-        ...
 
     def list(
         self,
@@ -151,7 +149,6 @@ class SnapshotStore(Protocol):
         ``tag`` matches one tag exactly, ignoring case; ``query`` is a case-insensitive substring
         of the name or the description. Unreadable records are skipped (and logged), not raised.
         """
-        ...
 
 
 def _created_key(snapshot: Snapshot) -> int:
@@ -179,7 +176,11 @@ def select_snapshots(
             continue
         if tag_l is not None and tag_l not in (t.lower() for t in s.tags):
             continue
-        if query_l is not None and query_l not in (s.name or "").lower() and query_l not in (s.description or "").lower():
+        if (
+            query_l is not None
+            and query_l not in (s.name or "").lower()
+            and query_l not in (s.description or "").lower()
+        ):
             continue
         out.append(s)
     out.sort(key=_created_key, reverse=True)

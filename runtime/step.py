@@ -19,9 +19,10 @@ record), so that a crash in between is recovered by the idempotency-key lookup.
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from ._json import ensure_json, parse_iso, utc_now_iso
 from .errors import InvalidPlanError, PayloadNotSerializable, RunNotWaiting, WaitKeyMismatch

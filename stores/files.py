@@ -1,7 +1,7 @@
 """File-backed snapshot and artifact stores: one directory, plain JSON and bytes, atomic writes.
 
-Every write goes to a temporary file in the target's directory, is fsynced, then ``os.replace``d
-over the target, so a crash leaves either the old file or the new one, never a torn one.
+Every write goes through ``atomic_write`` (temp file in the target's directory, fsync, ``os.replace``),
+so a crash leaves either the old file or the new one, never a torn one.
 """
 
 from __future__ import annotations
@@ -10,51 +10,19 @@ import builtins
 import json
 import logging
 import os
-import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-from runtime._json import dumps_checked
 from runtime.artifacts import Artifact, ArtifactMetadata, _ArtifactStoreHelpers, validate_artifact_id
 from runtime.errors import CorruptRecordError
 from runtime.snapshots import Snapshot, select_snapshots, stamped_snapshot_json, validate_snapshot_id
 
+from ._atomic import atomic_write
+
 __all__ = ["JsonSnapshotStore", "FileArtifactStore"]
 
 logger = logging.getLogger(__name__)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so readers see the old content or the new, never a part."""
-    # Same directory as the target: os.replace is only atomic within one filesystem.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable on POSIX; not possible (nor needed) on Windows.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _read_json(path: Path) -> Any:
@@ -89,7 +57,7 @@ class JsonSnapshotStore:
         """See ``SnapshotStore.save``."""
         path = self._path(snapshot.snapshot_id)
         now, text = stamped_snapshot_json(snapshot)
-        _atomic_write(path, text.encode("utf-8"))
+        atomic_write(path, text.encode("utf-8"))
         snapshot.updated_at = now
 
     def load(self, snapshot_id: str) -> Snapshot | None:
@@ -155,23 +123,10 @@ class FileArtifactStore(_ArtifactStoreHelpers):
         validate_artifact_id(artifact_id)
         return self._dir / f"{artifact_id}.meta"
 
-    def store(
-        self,
-        content: bytes,
-        *,
-        content_type: str = "application/octet-stream",
-        run_id: str | None = None,
-        tags: dict[str, str] | None = None,
-        artifact_id: str | None = None,
-    ) -> ArtifactMetadata:
-        """See ``ArtifactStore.store``."""
-        data, meta = self._new_metadata(
-            content, content_type=content_type, run_id=run_id, tags=tags, artifact_id=artifact_id
-        )
-        text = dumps_checked(meta.to_dict(), "artifact metadata")
-        _atomic_write(self._meta(meta.artifact_id), text.encode("utf-8"))
-        _atomic_write(self._bin(meta.artifact_id), data)
-        return meta
+    def _write(self, data: bytes, meta: ArtifactMetadata, meta_json: str) -> None:
+        # .meta first: until .bin lands the artifact does not exist (see the class docstring).
+        atomic_write(self._meta(meta.artifact_id), meta_json.encode("utf-8"))
+        atomic_write(self._bin(meta.artifact_id), data)
 
     def load(self, artifact_id: str) -> Artifact | None:
         """See ``ArtifactStore.load``; ``CorruptRecordError`` names the unreadable file."""

@@ -29,10 +29,18 @@ def make_run(**vars: Any) -> RunState:
     return RunState.new(workflow_id="wf", entry_node="start", vars=dict(vars))
 
 
-def snap(run_id: str = "r1", *, name: str = "s", description: str | None = None, tags: list[str] | None = None,
-         created_at: str = "2024-01-01T00:00:00+00:00", snapshot_id: str | None = None) -> Snapshot:
-    s = Snapshot.from_run(run=RunState.new(workflow_id="wf", entry_node="n", run_id=run_id), name=name,
-                          description=description, tags=tags)
+def snap(
+    run_id: str = "r1",
+    *,
+    name: str = "s",
+    description: str | None = None,
+    tags: list[str] | None = None,
+    created_at: str = "2024-01-01T00:00:00+00:00",
+    snapshot_id: str | None = None,
+) -> Snapshot:
+    s = Snapshot.from_run(
+        run=RunState.new(workflow_id="wf", entry_node="n", run_id=run_id), name=name, description=description, tags=tags
+    )
     s.created_at = created_at
     if snapshot_id is not None:
         s.snapshot_id = snapshot_id

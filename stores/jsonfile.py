@@ -1,0 +1,336 @@
+"""JSON-file backends: one ``run_{id}.json`` per run and one ``ledger_{id}.jsonl`` per run.
+
+Run files are replaced atomically (temp file + rename), so a crash mid-write leaves the
+previous state. Ledger lines are appended and fsynced one by one; a last line cut short
+by a crash was never acknowledged, so it is ignored when reading and cut off before the
+next append. Both kinds of file may share one folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from runtime import CorruptRecordError, RunAlreadyExists, RunState, RunStatus, StepRecord, WaitReason
+from runtime._json import dumps_checked, epoch_ms, parse_iso
+from runtime.models import validate_run_id
+
+from ._atomic import atomic_create, atomic_write
+
+__all__ = ["JsonFileRunStore", "JsonlLedgerStore"]
+
+logger = logging.getLogger(__name__)
+
+_RUN_PREFIX = "run_"
+_RUN_SUFFIX = ".json"
+
+
+class _Meta(NamedTuple):
+    status: str
+    workflow_id: str
+    updated_ts: float
+    wait_reason: str | None
+    until_ms: int | None
+    parent_run_id: str | None
+
+
+def _meta_of(data: dict[str, Any]) -> _Meta:
+    waiting = data.get("waiting") or None
+    until_ms = None
+    if waiting and data.get("status") == "waiting" and waiting.get("until"):
+        try:
+            until_ms = epoch_ms(waiting["until"])
+        except ValueError:
+            until_ms = None
+    try:
+        updated_ts = parse_iso(data.get("updated_at") or "", field="updated_at").timestamp()
+    except ValueError:
+        updated_ts = 0.0
+    return _Meta(
+        status=str(data.get("status")),
+        workflow_id=str(data.get("workflow_id")),
+        updated_ts=updated_ts,
+        wait_reason=waiting.get("reason") if waiting else None,
+        until_ms=until_ms,
+        parent_run_id=data.get("parent_run_id"),
+    )
+
+
+class JsonFileRunStore:
+    """Run states as JSON files in ``base_dir``; queryable (the scheduler can use it).
+
+    Queries read the folder listing and re-read only the files whose size or mtime
+    changed since the last query, so several processes may share the folder.
+    """
+
+    def __init__(self, base_dir: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self._dir = Path(base_dir)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._fsync = fsync
+        self._cache: dict[str, tuple[int, int, _Meta]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def base_dir(self) -> Path:
+        return self._dir
+
+    def path_for(self, run_id: str) -> Path:
+        return self._dir / f"{_RUN_PREFIX}{validate_run_id(run_id)}{_RUN_SUFFIX}"
+
+    def _encode(self, run: RunState) -> bytes:
+        return dumps_checked(run.to_dict(), "run").encode("utf-8")
+
+    def save(self, run: RunState) -> None:
+        atomic_write(self.path_for(run.run_id), self._encode(run), fsync=self._fsync)
+
+    def create(self, run: RunState) -> None:
+        if not atomic_create(self.path_for(run.run_id), self._encode(run), fsync=self._fsync):
+            raise RunAlreadyExists(run.run_id)
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CorruptRecordError(location=str(path), reason=f"not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise CorruptRecordError(location=str(path), reason="not a JSON object")
+        return data
+
+    def load(self, run_id: str) -> RunState | None:
+        path = self.path_for(run_id)
+        data = self._read(path)
+        if data is None:
+            return None
+        try:
+            return RunState.from_dict(data)
+        except (CorruptRecordError, TypeError, ValueError) as exc:
+            raise CorruptRecordError(location=str(path), reason=str(exc), run_id=run_id) from None
+
+    # -- QueryableRunStore ---------------------------------------------------------------------
+
+    def _scan(self) -> dict[str, _Meta]:
+        """Metadata of every readable run file; corrupt files are skipped with a warning."""
+        seen: dict[str, _Meta] = {}
+        with os.scandir(self._dir) as it:
+            entries = [e for e in it if e.name.startswith(_RUN_PREFIX) and e.name.endswith(_RUN_SUFFIX)]
+        with self._lock:
+            for entry in entries:
+                run_id = entry.name[len(_RUN_PREFIX):-len(_RUN_SUFFIX)]
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:
+                    continue
+                cached = self._cache.get(run_id)
+                if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
+                    seen[run_id] = cached[2]
+                    continue
+                try:
+                    data = self._read(Path(entry.path))
+                except CorruptRecordError as exc:
+                    logger.warning("skipping unreadable run file: %s", exc)
+                    continue
+                if data is None:
+                    continue
+                meta = _meta_of(data)
+                self._cache[run_id] = (st.st_mtime_ns, st.st_size, meta)
+                seen[run_id] = meta
+            for gone in set(self._cache) - set(seen):
+                self._cache.pop(gone, None)
+        return seen
+
+    def _load_many(self, run_ids: list[str]) -> list[RunState]:
+        out = []
+        for rid in run_ids:
+            try:
+                run = self.load(rid)
+            except CorruptRecordError as exc:
+                logger.warning("skipping unreadable run file: %s", exc)
+                continue
+            if run is not None:
+                out.append(run)
+        return out
+
+    def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        wait_reason: WaitReason | None = None,
+        workflow_id: str | None = None,
+        limit: int = 100,
+    ) -> list[RunState]:
+        st = RunStatus(status).value if status is not None else None
+        wr = WaitReason(wait_reason).value if wait_reason is not None else None
+        rows = [
+            (rid, m) for rid, m in self._scan().items()
+            if (st is None or m.status == st) and (wr is None or m.wait_reason == wr)
+            and (workflow_id is None or m.workflow_id == workflow_id)
+        ]
+        rows.sort(key=lambda rm: rm[1].updated_ts, reverse=True)
+        return self._load_many([rid for rid, _ in rows[: max(limit, 0)]])
+
+    def list_due_wait_until(self, *, now_iso: str, limit: int = 100) -> list[RunState]:
+        now_ms = epoch_ms(now_iso, field="now_iso")
+        rows = [
+            (rid, m) for rid, m in self._scan().items()
+            if m.status == "waiting" and m.wait_reason == "until" and m.until_ms is not None and m.until_ms <= now_ms
+        ]
+        rows.sort(key=lambda rm: rm[1].until_ms or 0)
+        return self._load_many([rid for rid, _ in rows[: max(limit, 0)]])
+
+    def list_children(self, *, parent_run_id: str, status: RunStatus | None = None) -> list[RunState]:
+        st = RunStatus(status).value if status is not None else None
+        ids = [rid for rid, m in self._scan().items()
+               if m.parent_run_id == parent_run_id and (st is None or m.status == st)]
+        return self._load_many(ids)
+
+
+@dataclass
+class _LedgerIndex:
+    """Effect results of one run's ledger file, read up to ``offset`` bytes."""
+
+    offset: int = 0
+    results: dict[str, Any] = field(default_factory=dict)
+    tail_checked: bool = False
+
+
+class JsonlLedgerStore:
+    """Ledgers as JSON lines in ``base_dir``, one file per run, with an effect-result index.
+
+    The index is filled from the file once (reading only bytes not read before) and then
+    kept up to date by this store's own appends, so each effect step costs O(1).
+    """
+
+    def __init__(self, base_dir: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self._dir = Path(base_dir)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._fsync = fsync
+        self._index: dict[str, _LedgerIndex] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def base_dir(self) -> Path:
+        return self._dir
+
+    def path_for(self, run_id: str) -> Path:
+        return self._dir / f"ledger_{validate_run_id(run_id)}.jsonl"
+
+    def append(self, record: StepRecord) -> None:
+        data = record.to_dict()
+        line = (dumps_checked(data, "ledger record") + "\n").encode("utf-8")
+        path = self.path_for(record.run_id)
+        with self._lock:
+            idx = self._index.setdefault(record.run_id, _LedgerIndex())
+            with open(path, "ab") as f:
+                pos = f.tell()
+                if not idx.tail_checked:
+                    pos = self._cut_partial_line(f, pos)
+                    idx.tail_checked = True
+                f.write(line)
+                f.flush()
+                if self._fsync:
+                    os.fsync(f.fileno())
+            if idx.offset == pos:  # nobody else wrote since we last read: index our own line
+                idx.offset = pos + len(line)
+                _index_record(idx, data)
+
+    @staticmethod
+    def _cut_partial_line(f: Any, size: int) -> int:
+        """Drop a last line left without its newline by a crash (it was never acknowledged)."""
+        if size == 0:
+            return 0
+        with open(f.name, "rb") as r:
+            r.seek(max(0, size - 65536))
+            chunk = r.read()
+        if chunk.endswith(b"\n"):
+            return size
+        cut = chunk.rfind(b"\n")
+        keep = size - len(chunk) + cut + 1 if cut >= 0 else max(0, size - len(chunk))
+        logger.warning("ledger %s: dropping a partial last line left by a crash", f.name)
+        f.truncate(keep)
+        f.seek(keep)
+        return keep
+
+    def _parse(self, path: Path, raw: bytes, start_line: int = 1) -> list[dict[str, Any]]:
+        out = []
+        lines = raw.split(b"\n")
+        # The piece after the last newline is an unacknowledged partial write (or empty).
+        for n, line in enumerate(lines[:-1], start=start_line):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise CorruptRecordError(location=f"{path} line {n}", reason=f"not valid JSON ({exc})") from None
+            if not isinstance(rec, dict):
+                raise CorruptRecordError(location=f"{path} line {n}", reason="not a JSON object")
+            out.append(rec)
+        return out
+
+    def list(self, run_id: str) -> list[dict[str, Any]]:
+        path = self.path_for(run_id)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        return self._parse(path, raw)
+
+    def last_record(self, run_id: str) -> dict[str, Any] | None:
+        path = self.path_for(run_id)
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                block = 4096
+                while True:
+                    start = max(0, size - block)
+                    f.seek(start)
+                    chunk = f.read(size - start)
+                    body = chunk[: chunk.rfind(b"\n") + 1] if chunk.rfind(b"\n") >= 0 else b""
+                    lines = [ln for ln in body.split(b"\n") if ln.strip()]
+                    if len(lines) >= 2 or start == 0:
+                        break
+                    block *= 4
+        except FileNotFoundError:
+            return None
+        if not lines:
+            return None
+        try:
+            rec = json.loads(lines[-1])
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CorruptRecordError(location=f"{path} (last line)", reason=f"not valid JSON ({exc})") from None
+        return rec if isinstance(rec, dict) else None
+
+    def find_effect_result(self, run_id: str, idempotency_key: str) -> Any:
+        path = self.path_for(run_id)
+        with self._lock:
+            idx = self._index.setdefault(run_id, _LedgerIndex())
+            if idempotency_key in idx.results:
+                return idx.results[idempotency_key]
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                return None
+            if size > idx.offset:  # another writer appended: read only the new bytes
+                with open(path, "rb") as f:
+                    f.seek(idx.offset)
+                    raw = f.read(size - idx.offset)
+                complete = raw[: raw.rfind(b"\n") + 1]
+                for rec in self._parse(path, complete):
+                    _index_record(idx, rec)
+                idx.offset += len(complete)
+            return idx.results.get(idempotency_key)
+
+
+def _index_record(idx: _LedgerIndex, rec: dict[str, Any]) -> None:
+    key = rec.get("idempotency_key")
+    if key and rec.get("status") == "completed" and rec.get("result") is not None:
+        idx.results.setdefault(key, rec["result"])
