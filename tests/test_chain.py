@@ -19,7 +19,6 @@ from runtime import (
     compute_record_hash,
     verify_ledger_chain,
 )
-from scenarios import one_effect
 from stores import JsonlLedgerStore
 
 CHAINED = ["memory+chain", "jsonfile+chain"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from runtime import LimitWarning, RuntimeConfig
+
 from scenarios import chain
 
 LIMIT_KEYS = {"max_iterations", "current_iteration", "max_tokens", "max_output_tokens", "estimated_tokens_used",

@@ -21,6 +21,7 @@ from runtime import (
     compute_idempotency_key,
 )
 from runtime.step import Action, apply_outcome, execute_effect, start_attempt, step
+
 from scenarios import one_effect, tool_loop
 
 

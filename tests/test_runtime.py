@@ -24,6 +24,7 @@ from runtime import (
     WaitReason,
     WorkflowSpec,
 )
+
 from scenarios import ask, chain, one_effect
 
 

@@ -23,6 +23,7 @@ from runtime import (
     WorkflowRegistry,
     create_scheduled_runtime,
 )
+
 from scenarios import ask, chain, one_effect
 
 

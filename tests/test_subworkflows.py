@@ -17,6 +17,7 @@ from runtime import (
 )
 from runtime.runtime import child_run_id
 from runtime.step import Action, apply_outcome, execute_effect, start_attempt, step
+
 from scenarios import ask, chain, one_effect
 
 
