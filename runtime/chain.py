@@ -30,29 +30,30 @@ def compute_record_hash(*, record: StepRecord | Mapping[str, Any], prev_hash: st
 class HashChainedLedgerStore:
     """Wraps any ledger store and chains the records appended through it.
 
-    The chain head of each run is kept in memory, read once from the inner store's last
-    record. One writer per run at a time is assumed (the kernel's model); the Redis store
-    checks the head inside its commit instead.
+    The chain head is read from the inner store before every append (``last_record``,
+    O(1) on our stores), so several processes taking turns on one run keep one chain.
+    Only an inner store without ``last_record`` has its heads cached here, as the
+    reference did. Two writers appending to one run *at the same time* is outside the
+    kernel's model; the Redis store checks the head inside its atomic commit instead.
     """
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
         self._heads: dict[str, str | None] = {}
         self._lock = threading.Lock()
+        self._last_fn = getattr(inner, "last_record", None)
 
     @property
     def inner(self) -> Any:
         return self._inner
 
     def _head(self, run_id: str) -> str | None:
+        if self._last_fn is not None:
+            last = self._last_fn(run_id)
+            return last.get("record_hash") if last else None
         if run_id not in self._heads:
-            last_fn = getattr(self._inner, "last_record", None)
-            if last_fn is not None:
-                last = last_fn(run_id)
-            else:
-                records = self._inner.list(run_id)
-                last = records[-1] if records else None
-            self._heads[run_id] = last.get("record_hash") if last else None
+            records = self._inner.list(run_id)
+            self._heads[run_id] = records[-1].get("record_hash") if records else None
         return self._heads[run_id]
 
     def append(self, record: StepRecord) -> None:
@@ -67,9 +68,8 @@ class HashChainedLedgerStore:
         return self._inner.list(run_id)  # type: ignore[no-any-return]
 
     def last_record(self, run_id: str) -> dict[str, Any] | None:
-        last_fn = getattr(self._inner, "last_record", None)
-        if last_fn is not None:
-            return last_fn(run_id)  # type: ignore[no-any-return]
+        if self._last_fn is not None:
+            return self._last_fn(run_id)  # type: ignore[no-any-return]
         records = self._inner.list(run_id)
         return records[-1] if records else None
 
@@ -82,13 +82,29 @@ class HashChainedLedgerStore:
         return scan_effect_result(self._inner.list(run_id), idempotency_key)
 
     def head(self, run_id: str) -> str | None:
-        """The hash of the newest record of the run, as this store last wrote or read it."""
+        """The hash of the newest record of the run (what the next record will point at)."""
         with self._lock:
             return self._head(run_id)
 
     def verify(self, run_id: str) -> dict[str, Any]:
-        """:func:`verify_ledger_chain` over the run's records, checked against the known head too."""
-        return verify_ledger_chain(self.list(run_id), expected_head=self.head(run_id))
+        """:func:`verify_ledger_chain` over the run's records, plus a check of the tail.
+
+        Records alone cannot show that the newest ones were cut off. An inner store that
+        keeps a head of its own (``chain_head``, as the Redis store will) is compared for
+        equality; otherwise the newest hash this wrapper wrote must still be in the chain
+        (another process may have appended after it, which is fine).
+        """
+        records = self.list(run_id)
+        head_fn = getattr(self._inner, "chain_head", None)
+        if head_fn is not None:
+            return verify_ledger_chain(records, expected_head=head_fn(run_id))
+        report = verify_ledger_chain(records)
+        known = self._heads.get(run_id)
+        if report["ok"] and known is not None and all(r.get("record_hash") != known for r in records):
+            report["errors"].append({"index": len(records), "type": "head_mismatch", "expected_head": known,
+                                     "actual_head": report["head_hash"]})
+            report["ok"], report["first_bad_index"] = False, len(records)
+        return report
 
 
 def verify_ledger_chain(

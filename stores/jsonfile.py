@@ -199,7 +199,6 @@ class _LedgerIndex:
 
     offset: int = 0
     results: dict[str, Any] = field(default_factory=dict)
-    tail_checked: bool = False
 
 
 class JsonlLedgerStore:
@@ -229,11 +228,10 @@ class JsonlLedgerStore:
         path = self.path_for(record.run_id)
         with self._lock:
             idx = self._index.setdefault(record.run_id, _LedgerIndex())
-            with open(path, "ab") as f:
+            with open(path, "a+b") as f:
                 pos = f.tell()
-                if not idx.tail_checked:
+                if pos and os.pread(f.fileno(), 1, pos - 1) != b"\n":
                     pos = self._cut_partial_line(f, pos)
-                    idx.tail_checked = True
                 f.write(line)
                 f.flush()
                 if self._fsync:
@@ -245,15 +243,15 @@ class JsonlLedgerStore:
     @staticmethod
     def _cut_partial_line(f: Any, size: int) -> int:
         """Drop a last line left without its newline by a crash (it was never acknowledged)."""
-        if size == 0:
-            return 0
-        with open(f.name, "rb") as r:
-            r.seek(max(0, size - 65536))
-            chunk = r.read()
-        if chunk.endswith(b"\n"):
-            return size
-        cut = chunk.rfind(b"\n")
-        keep = size - len(chunk) + cut + 1 if cut >= 0 else max(0, size - len(chunk))
+        keep = size
+        while keep > 0:  # walk back to the last newline, a block at a time
+            start = max(0, keep - 65536)
+            chunk = os.pread(f.fileno(), keep - start, start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            keep = start
         logger.warning("ledger %s: dropping a partial last line left by a crash", f.name)
         f.truncate(keep)
         f.seek(keep)

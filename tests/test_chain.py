@@ -173,3 +173,16 @@ def test_missing_hash_stops_the_walk_and_empty_ledger_is_ok():
     assert report["errors"] == [{"index": 1, "type": "missing_record_hash"}]
     assert verify_ledger_chain([]) == {"ok": True, "count": 0, "errors": [], "first_bad_index": None,
                                        "head_hash": None, "computed_head_hash": None}
+
+
+def test_two_processes_taking_turns_keep_one_chain(tmp_path):
+    """A run resumed by another process, then by the first again, still verifies."""
+    recs = fixed_records()
+    first = HashChainedLedgerStore(JsonlLedgerStore(tmp_path))
+    second = HashChainedLedgerStore(JsonlLedgerStore(tmp_path))
+    first.append(recs[0])
+    second.append(recs[1])
+    first.append(recs[2])
+    second.append(recs[3])
+    assert verify_ledger_chain(first.list("r1"))["ok"]
+    assert first.verify("r1")["ok"] and second.verify("r1")["ok"]

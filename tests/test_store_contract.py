@@ -215,3 +215,13 @@ def test_run_files_are_plain_json_a_person_can_read(tmp_path):
     data = json.loads((tmp_path / "run_r1.json").read_text(encoding="utf-8"))
     assert data["run_id"] == "r1" and data["status"] == "running"
     assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path))
+
+
+def test_a_partial_line_left_after_this_store_appended_is_cut_too(tmp_path):
+    ledger = JsonlLedgerStore(tmp_path)
+    run = make_run("r1")
+    ledger.append(StepRecord.start(run=run, node_id="a", effect=None).finish_success(1))
+    with open(ledger.path_for("r1"), "ab") as f:  # another writer dies mid-line
+        f.write(b'{"half')
+    ledger.append(StepRecord.start(run=run, node_id="b", effect=None).finish_success(2))
+    assert [r["node_id"] for r in ledger.list("r1")] == ["a", "b"]
