@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,21 +21,59 @@ from .errors import InvalidTimeError, PayloadNotSerializable
 __all__ = [
     "canonical_ascii",
     "canonical_utf8",
+    "quote_ascii",
     "sha256_hex",
     "ensure_json",
     "utc_now_iso",
     "parse_iso",
     "epoch_ms",
     "dumps_checked",
+    "new_id",
 ]
 
-_dumps_ascii = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
-_dumps_utf8 = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _encoder(*, sort_keys: bool, ensure_ascii: bool) -> Callable[[Any], str]:
+    """A compact JSON encoder, built once. ``json.dumps`` builds a new C encoder on every
+    call, which costs as much as encoding a small record; the kernel encodes several per step."""
+    c_make = getattr(json.encoder, "c_make_encoder", None)
+    if c_make is None:  # not CPython's accelerator: the plain encoder gives the same text
+        return json.JSONEncoder(sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=ensure_ascii,
+                                allow_nan=False).encode
+    quote = json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
+    # markers=None skips the cycle check: a cycle ends in RecursionError, reported as not JSON.
+    encode = c_make(None, _refuse, quote, None, ":", ",", sort_keys, False, False)
+    plain = json.JSONEncoder(sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=ensure_ascii,
+                             allow_nan=False).encode
+
+    def dumps(value: Any) -> str:
+        if isinstance(value, str):  # the C encoder only takes containers at the top
+            return plain(value)
+        return "".join(encode(value, 0))
+
+    return dumps
+
+
+_dumps_ascii = _encoder(sort_keys=True, ensure_ascii=True)
+_dumps_utf8 = _encoder(sort_keys=True, ensure_ascii=False)
+_dumps_store = _encoder(sort_keys=False, ensure_ascii=False)
 
 
 def canonical_ascii(value: Any) -> str:
     """Sorted keys, compact separators, non-ASCII escaped (idempotency keys)."""
     return _dumps_ascii(value)
+
+
+def quote_ascii(text: str) -> str:
+    """A JSON string literal with non-ASCII escaped (a piece of :func:`canonical_ascii`)."""
+    return _quote_ascii(text)
+
+
+_quote_ascii: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 def canonical_utf8(value: Any) -> bytes:
@@ -83,8 +124,34 @@ def ensure_json(value: Any, where: str) -> None:
 
 
 def utc_now_iso() -> str:
-    """Current UTC time as ISO-8601 with a ``+00:00`` offset (what ``ctx.now_iso()`` gives)."""
-    return datetime.now(timezone.utc).isoformat()
+    """Current UTC time as ISO-8601 with a ``+00:00`` offset (what ``ctx.now_iso()`` gives).
+
+    The same text as ``datetime.now(timezone.utc).isoformat()``, at a third of the cost:
+    the date and time up to the second are formatted once per second. The kernel stamps
+    several records per step, so this is on the hot path.
+    """
+    global _second_cache
+    now = time.time()
+    sec = int(now)
+    micro = int((now - sec) * 1_000_000)
+    cached_sec, prefix = _second_cache
+    if cached_sec != sec:
+        prefix = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_cache = (sec, prefix)
+    return f"{prefix}.{micro:06d}+00:00" if micro else f"{prefix}+00:00"
+
+
+_second_cache: tuple[int, str] = (-1, "")
+
+
+def new_id() -> str:
+    """A random (version 4) UUID string; ~3x cheaper than ``str(uuid.uuid4())``, same format."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+# RFC 4122 variant bits: the first hex digit of the fourth group is one of 8, 9, a, b.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def parse_iso(value: Any, *, field: str = "until") -> datetime:
@@ -115,9 +182,6 @@ def dumps_checked(value: Any, where: str) -> str:
     """JSON text of ``value`` (UTF-8, compact); on failure, an error naming the bad key."""
     try:
         return _dumps_store(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         ensure_json(value, where)
         raise
-
-
-_dumps_store = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode

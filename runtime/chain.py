@@ -30,8 +30,8 @@ def compute_record_hash(*, record: StepRecord | Mapping[str, Any], prev_hash: st
 class HashChainedLedgerStore:
     """Wraps any ledger store and chains the records appended through it.
 
-    The chain head is read from the inner store before every append (``last_record``,
-    O(1) on our stores), so several processes taking turns on one run keep one chain.
+    The chain head is read from the inner store before every append (``last_record_hash``
+    or ``last_record``, O(1) on our stores), so several processes taking turns on one run keep one chain.
     Only an inner store without ``last_record`` has its heads cached here, as the
     reference did. Two writers appending to one run *at the same time* is outside the
     kernel's model; the Redis store checks the head inside its atomic commit instead.
@@ -42,12 +42,15 @@ class HashChainedLedgerStore:
         self._heads: dict[str, str | None] = {}
         self._lock = threading.Lock()
         self._last_fn = getattr(inner, "last_record", None)
+        self._head_fn = getattr(inner, "last_record_hash", None)
 
     @property
     def inner(self) -> Any:
         return self._inner
 
     def _head(self, run_id: str) -> str | None:
+        if self._head_fn is not None:
+            return self._head_fn(run_id)  # type: ignore[no-any-return]
         if self._last_fn is not None:
             last = self._last_fn(run_id)
             return last.get("record_hash") if last else None

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from ._json import dumps_checked, epoch_ms, parse_iso
 from .errors import RunAlreadyExists
-from .models import RunState, RunStatus, StepRecord, StepStatus, WaitReason
+from .models import RunState, RunStatus, StepRecord, WaitReason, _value
 
 __all__ = ["InMemoryRunStore", "InMemoryLedgerStore"]
 
@@ -29,20 +29,16 @@ class _RunMeta(NamedTuple):
 
 def _meta(run: RunState) -> _RunMeta:
     w = run.waiting
+    status = _value(run.status)
+    if w is None:
+        return _RunMeta(status, run.workflow_id, run.updated_at, None, None, run.parent_run_id)
     until_ms = None
-    if w is not None and run.status == RunStatus.WAITING and w.until:
+    if status == "waiting" and w.until:
         try:
             until_ms = epoch_ms(w.until)
         except ValueError:
             until_ms = None
-    return _RunMeta(
-        status=RunStatus(run.status).value,
-        workflow_id=run.workflow_id,
-        updated_at=run.updated_at,
-        wait_reason=WaitReason(w.reason).value if w is not None else None,
-        until_ms=until_ms,
-        parent_run_id=run.parent_run_id,
-    )
+    return _RunMeta(status, run.workflow_id, run.updated_at, _value(w.reason), until_ms, run.parent_run_id)
 
 
 def _updated_key(meta: _RunMeta) -> float:
@@ -135,18 +131,24 @@ class InMemoryLedgerStore:
 
     def __init__(self) -> None:
         self._lines: dict[str, list[str]] = {}
-        self._results: dict[str, dict[str, str]] = {}
+        # run id -> idempotency key -> index of the first completed line with a result
+        self._results: dict[str, dict[str, int]] = {}
+        self._heads: dict[str, str | None] = {}
         self._lock = threading.Lock()
 
     def append(self, record: StepRecord) -> None:
         data = record.to_dict()
         text = dumps_checked(data, "ledger record")
-        result_text = _indexable_result(data)
+        run_id = record.run_id
         with self._lock:
-            self._lines.setdefault(record.run_id, []).append(text)
-            if result_text is not None:
+            lines = self._lines.get(run_id)
+            if lines is None:
+                lines = self._lines[run_id] = []
+            lines.append(text)
+            self._heads[run_id] = data["record_hash"]
+            if _makes_result(data):
                 # The first completed record of a key wins, as in the reference.
-                self._results.setdefault(record.run_id, {}).setdefault(data["idempotency_key"], result_text)
+                self._results.setdefault(run_id, {}).setdefault(data["idempotency_key"], len(lines) - 1)
 
     def list(self, run_id: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -154,21 +156,23 @@ class InMemoryLedgerStore:
         return [json.loads(line) for line in lines]
 
     def last_record(self, run_id: str) -> dict[str, Any] | None:
-        """The newest record of the run, or None (what a hash chain bootstraps from)."""
+        """The newest record of the run, or None."""
         with self._lock:
             lines = self._lines.get(run_id)
             last = lines[-1] if lines else None
         return None if last is None else json.loads(last)
 
+    def last_record_hash(self, run_id: str) -> str | None:
+        """``record_hash`` of the newest record (what a hash chain links the next one to)."""
+        return self._heads.get(run_id)
+
     def find_effect_result(self, run_id: str, idempotency_key: str) -> Any:
-        text = self._results.get(run_id, {}).get(idempotency_key)
-        return None if text is None else json.loads(text)
+        with self._lock:
+            index = self._results.get(run_id, {}).get(idempotency_key)
+            line = None if index is None else self._lines[run_id][index]
+        return None if line is None else json.loads(line)["result"]
 
 
-def _indexable_result(data: dict[str, Any]) -> str | None:
-    """JSON text of the result a record makes reusable, or None if it makes none."""
-    if data["status"] != StepStatus.COMPLETED.value or not data.get("idempotency_key"):
-        return None
-    if data.get("result") is None:
-        return None
-    return json.dumps(data["result"], separators=(",", ":"), ensure_ascii=False)
+def _makes_result(data: dict[str, Any]) -> bool:
+    """Whether a record makes its result reusable: completed, keyed, and not None."""
+    return data["status"] == "completed" and bool(data["idempotency_key"]) and data["result"] is not None

@@ -7,13 +7,12 @@ enums are ``str`` enums so a stored ``"waiting"`` compares equal to ``RunStatus.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ._json import utc_now_iso
+from ._json import new_id, utc_now_iso
 from .errors import CorruptRecordError, InvalidRunId
 
 __all__ = [
@@ -203,7 +202,7 @@ class RunState:
     ) -> RunState:
         """A running run at ``entry_node`` with a fresh uuid4 id (or the given ``run_id``)."""
         return cls(
-            run_id=run_id or str(uuid.uuid4()),
+            run_id=run_id or new_id(),
             workflow_id=workflow_id,
             status=RunStatus.RUNNING,
             current_node=entry_node,
@@ -286,7 +285,7 @@ class StepRecord:
     ) -> StepRecord:
         return cls(
             run_id=run.run_id,
-            step_id=str(uuid.uuid4()),
+            step_id=new_id(),
             node_id=node_id,
             status=StepStatus.STARTED,
             effect=effect.to_dict() if effect is not None else None,
@@ -296,22 +295,22 @@ class StepRecord:
             idempotency_key=idempotency_key,
         )
 
-    def finish_success(self, result: Any = None) -> StepRecord:
+    def finish_success(self, result: Any = None, *, ended_at: str | None = None) -> StepRecord:
         self.status = StepStatus.COMPLETED
         self.result = result
-        self.ended_at = utc_now_iso()
+        self.ended_at = ended_at or utc_now_iso()
         return self
 
-    def finish_waiting(self, wait: WaitState) -> StepRecord:
+    def finish_waiting(self, wait: WaitState, *, ended_at: str | None = None) -> StepRecord:
         self.status = StepStatus.WAITING
         self.result = {"wait": wait.to_dict()}
-        self.ended_at = utc_now_iso()
+        self.ended_at = ended_at or utc_now_iso()
         return self
 
-    def finish_failure(self, error: str) -> StepRecord:
+    def finish_failure(self, error: str, *, ended_at: str | None = None) -> StepRecord:
         self.status = StepStatus.FAILED
         self.error = error
-        self.ended_at = utc_now_iso()
+        self.ended_at = ended_at or utc_now_iso()
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -404,7 +403,8 @@ class EffectOutcome:
 
 
 def _value(member: Any) -> Any:
-    return member.value if isinstance(member, Enum) else member
+    # `_value_` is a plain attribute; `.value` goes through a slow descriptor on every access.
+    return member._value_ if isinstance(member, Enum) else member
 
 
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9_\-:][A-Za-z0-9_.\-:]{0,199}")

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from ._json import canonical_ascii, ensure_json, sha256_hex
+from ._json import canonical_ascii, ensure_json, quote_ascii, sha256_hex
 from .models import Effect, EffectType, RunState
 
 __all__ = [
@@ -53,19 +53,18 @@ def compute_idempotency_key(*, run_id: str, node_id: str, effect: Effect, effect
     (ASCII-escaped, sorted keys, compact). ``effect_seq`` is decision D2: an effect issued
     again by a loop gets a new key, while a crash before the commit recomputes the same one.
     """
-    etype = effect.type.value if isinstance(effect.type, EffectType) else str(effect.type)
-    obj = {
-        "run_id": run_id,
-        "node_id": node_id,
-        "effect_type": etype,
-        "effect_payload": effect.payload,
-        "effect_seq": effect_seq,
-    }
+    etype = effect.type._value_ if isinstance(effect.type, EffectType) else str(effect.type)
     try:
-        text = canonical_ascii(obj)
-    except (TypeError, ValueError):
+        payload = canonical_ascii(effect.payload)
+    except (TypeError, ValueError, RecursionError):
         ensure_json(effect.payload, f"effect payload of node '{node_id}'")
         raise
+    # canonical_ascii({"run_id", "node_id", "effect_type", "effect_payload", "effect_seq"}),
+    # assembled by hand (keys in sorted order) because this runs for every effect.
+    text = (
+        f'{{"effect_payload":{payload},"effect_seq":{int(effect_seq)},"effect_type":{quote_ascii(etype)},'
+        f'"node_id":{quote_ascii(node_id)},"run_id":{quote_ascii(run_id)}}}'
+    )
     return sha256_hex(text)[:32]
 
 
@@ -79,7 +78,7 @@ class DefaultEffectPolicy:
     effect_max_attempts: Mapping[str, int] = field(default_factory=dict)
 
     def max_attempts(self, effect: Effect) -> int:
-        etype = effect.type.value if isinstance(effect.type, EffectType) else str(effect.type)
+        etype = effect.type._value_ if isinstance(effect.type, EffectType) else str(effect.type)
         return max(1, int(self.effect_max_attempts.get(etype, self.default_max_attempts)))
 
     def backoff_seconds(self, *, effect: Effect, attempt: int) -> float:

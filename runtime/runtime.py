@@ -188,12 +188,13 @@ class Runtime:
             return run
         if run.status == RunStatus.WAITING and not wake_if_due(run, utc_now_iso()):
             return run
+        find_result = self._finder(run_id)
         for _ in range(max_steps):
-            tr = step(run, workflow, ctx=self._context, policy=self._effect_policy, find_result=self._finder(run_id))
-            if tr.action == Action.EXECUTE:
+            tr = step(run, workflow, ctx=self._context, policy=self._effect_policy, find_result=find_result)
+            if tr.action is Action.EXECUTE:
                 assert tr.pending is not None
                 tr = self._execute(run, tr.pending)
-            elif tr.action == Action.FINISH and tr.records:
+            elif tr.action is Action.FINISH and tr.records:
                 # Completion: the state is saved first, then its single record (reference order).
                 self._run_store.save(tr.state)
                 for record in tr.records:
@@ -219,7 +220,7 @@ class Runtime:
             self._ledger_store.append(record)
             outcome = execute_effect(run, pending, self._handlers)
             tr = apply_outcome(run, pending, outcome, record=record, policy=self._effect_policy)
-            if tr.action != Action.RETRY:
+            if tr.action is not Action.RETRY:
                 return tr
             self._ledger_store.append(record)
             logger.info("run %s: %s attempt %d failed, retrying in %.2fs", run.run_id,

@@ -64,9 +64,13 @@ class Action(str, Enum):
     FINISH = "finish"  # the run is terminal
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PendingEffect:
-    """An effect a run has asked for and not yet landed: everything a remote executor needs."""
+    """An effect a run has asked for and not yet landed: everything a remote executor needs.
+
+    Treat it as immutable (``next_attempt`` makes a new one); it is not frozen only because
+    frozen dataclasses are slow to build and one is built for every effect.
+    """
 
     run_id: str
     node_id: str
@@ -104,7 +108,7 @@ class PendingEffect:
                              self.default_next_node, self.attempt + 1, self.max_attempts)
 
 
-@dataclass
+@dataclass(slots=True)
 class Transition:
     """The result of one kernel function: the new state, records to append, and what comes next."""
 
@@ -127,8 +131,8 @@ current_effect_call: contextvars.ContextVar[PendingEffect | None] = contextvars.
 )
 
 
-def _touch(run: RunState) -> None:
-    run.updated_at = utc_now_iso()
+def _touch(run: RunState, now: str | None = None) -> None:
+    run.updated_at = now or utc_now_iso()
 
 
 def _advance_effect_seq(run: RunState) -> None:
@@ -164,8 +168,9 @@ def step(
         ensure_json(plan.complete_output, "complete_output")
         run.status = RunStatus.COMPLETED
         run.output = plan.complete_output
-        _touch(run)
-        record = StepRecord.start(run=run, node_id=plan.node_id, effect=None).finish_success({"completed": True})
+        record = StepRecord.start(run=run, node_id=plan.node_id, effect=None)
+        record.finish_success({"completed": True}, ended_at=record.started_at)
+        _touch(run, record.started_at)
         return Transition(state=run, action=Action.FINISH, records=[record])
 
     if plan.effect is None:
@@ -246,8 +251,9 @@ def apply_outcome(
     Landing the effect (completed, waiting, or failed for good) advances ``effect_seq`` (D2).
     """
     pol = policy if policy is not None else _DEFAULT_POLICY
+    now = utc_now_iso()
     if outcome.status == "completed":
-        try:
+        try:  # a walk in Python, cheaper than encoding for the small results most effects return
             ensure_json(outcome.result, "effect result")
         except PayloadNotSerializable as exc:
             outcome = EffectOutcome.failed(str(exc))
@@ -255,7 +261,7 @@ def apply_outcome(
     records = [record] if record is not None else []
     if outcome.status == "completed":
         if record is not None:
-            record.finish_success(outcome.result)
+            record.finish_success(outcome.result, ended_at=now)
         result_key = pending.effect.result_key
         if result_key and outcome.result is not None:
             set_nested(run.vars, result_key, outcome.result)
@@ -267,22 +273,22 @@ def apply_outcome(
             return Transition(state=run, action=Action.FINISH, records=records, raise_after=err)
         run.current_node = pending.default_next_node
         _advance_effect_seq(run)
-        _touch(run)
+        _touch(run, now)
         return Transition(state=run, action=Action.NEXT, records=records)
 
     if outcome.status == "waiting" and outcome.wait is not None:
         if record is not None:
-            record.finish_waiting(outcome.wait)
+            record.finish_waiting(outcome.wait, ended_at=now)
         run.status = RunStatus.WAITING
         run.waiting = outcome.wait
         _advance_effect_seq(run)
-        _touch(run)
+        _touch(run, now)
         return Transition(state=run, action=Action.PARK, records=records)
 
     error = outcome.error or ("waiting outcome without a wait state" if outcome.status == "waiting"
                               else "unknown error")
     if record is not None:
-        record.finish_failure(error)
+        record.finish_failure(error, ended_at=now)
     if pending.attempt < pending.max_attempts:
         return Transition(
             state=run,
@@ -294,7 +300,7 @@ def apply_outcome(
     run.status = RunStatus.FAILED
     run.error = f"Effect failed after {pending.attempt} attempts: {error}"
     _advance_effect_seq(run)
-    _touch(run)
+    _touch(run, now)
     return Transition(state=run, action=Action.FINISH, records=records)
 
 

@@ -1,9 +1,14 @@
 """JSON-file backends: one ``run_{id}.json`` per run and one ``ledger_{id}.jsonl`` per run.
 
-Run files are replaced atomically (temp file + rename), so a crash mid-write leaves the
-previous state. Ledger lines are appended and fsynced one by one; a last line cut short
-by a crash was never acknowledged, so it is ignored when reading and cut off before the
-next append. Both kinds of file may share one folder.
+Durability rests on the ledger. Ledger lines are appended and fsynced (a ``started``
+line is flushed with the next line of its run, one fsync for both); a last line cut
+short by a crash was never acknowledged, so it is ignored when reading and cut off
+before the next append. Run files are replaced atomically (temp file + rename), so a
+crashed process leaves the previous state or the new one, never half a file; they are
+not fsynced unless asked (``fsync=True``), because a state that a power loss rolls back
+is recovered from the ledger: the kernel finds each recorded effect result by its
+idempotency key and reuses it instead of running the effect again. Both kinds of file
+may share one folder.
 """
 
 from __future__ import annotations
@@ -68,11 +73,12 @@ class JsonFileRunStore:
     changed since the last query, so several processes may share the folder.
     """
 
-    def __init__(self, base_dir: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    def __init__(self, base_dir: str | os.PathLike[str], *, fsync: bool = False) -> None:
         self._dir = Path(base_dir)
         self._dir.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
         self._cache: dict[str, tuple[int, int, _Meta]] = {}
+        self._paths = _PathCache(self._dir, _RUN_PREFIX, _RUN_SUFFIX)
         self._lock = threading.Lock()
 
     @property
@@ -80,7 +86,7 @@ class JsonFileRunStore:
         return self._dir
 
     def path_for(self, run_id: str) -> Path:
-        return self._dir / f"{_RUN_PREFIX}{validate_run_id(run_id)}{_RUN_SUFFIX}"
+        return self._paths.get(run_id)
 
     def _encode(self, run: RunState) -> bytes:
         return dumps_checked(run.to_dict(), "run").encode("utf-8")
@@ -193,12 +199,31 @@ class JsonFileRunStore:
         return self._load_many(ids)
 
 
+class _PathCache:
+    """File paths by run id, validated once (ids with path characters are refused)."""
+
+    def __init__(self, directory: Path, prefix: str, suffix: str, size: int = 4096) -> None:
+        self._dir, self._prefix, self._suffix, self._size = directory, prefix, suffix, size
+        self._paths: dict[str, Path] = {}
+
+    def get(self, run_id: str) -> Path:
+        path = self._paths.get(run_id)
+        if path is None:
+            if len(self._paths) >= self._size:
+                self._paths.clear()
+            path = self._dir / f"{self._prefix}{validate_run_id(run_id)}{self._suffix}"
+            self._paths[run_id] = path
+        return path
+
+
 @dataclass
 class _LedgerIndex:
     """Effect results of one run's ledger file, read up to ``offset`` bytes."""
 
     offset: int = 0
     results: dict[str, Any] = field(default_factory=dict)
+    #: File size after this store's last append, and that last record's hash.
+    tail: tuple[int, str | None] | None = None
 
 
 class JsonlLedgerStore:
@@ -213,6 +238,7 @@ class JsonlLedgerStore:
         self._dir.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
         self._index: dict[str, _LedgerIndex] = {}
+        self._paths = _PathCache(self._dir, "ledger_", ".jsonl")
         self._lock = threading.Lock()
 
     @property
@@ -220,7 +246,7 @@ class JsonlLedgerStore:
         return self._dir
 
     def path_for(self, run_id: str) -> Path:
-        return self._dir / f"ledger_{validate_run_id(run_id)}.jsonl"
+        return self._paths.get(run_id)
 
     def append(self, record: StepRecord) -> None:
         data = record.to_dict()
@@ -234,8 +260,12 @@ class JsonlLedgerStore:
                     pos = self._cut_partial_line(f, pos)
                 f.write(line)
                 f.flush()
-                if self._fsync:
+                # A `started` line needs no fsync of its own: the outcome line that follows
+                # is fsynced, and that flushes the whole file. Losing only a `started`
+                # line to a power cut loses nothing the kernel needs.
+                if self._fsync and data["status"] != "started":
                     os.fsync(f.fileno())
+            idx.tail = (pos + len(line), data["record_hash"])
             if idx.offset == pos:  # nobody else wrote since we last read: index our own line
                 idx.offset = pos + len(line)
                 _index_record(idx, data)
@@ -306,6 +336,18 @@ class JsonlLedgerStore:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CorruptRecordError(location=f"{path} (last line)", reason=f"not valid JSON ({exc})") from None
         return rec if isinstance(rec, dict) else None
+
+    def last_record_hash(self, run_id: str) -> str | None:
+        """``record_hash`` of the newest record; read from the file only if another writer appended."""
+        idx = self._index.get(run_id)
+        if idx is not None and idx.tail is not None:
+            try:
+                if self.path_for(run_id).stat().st_size == idx.tail[0]:
+                    return idx.tail[1]
+            except FileNotFoundError:
+                return None
+        last = self.last_record(run_id)
+        return last.get("record_hash") if last else None
 
     def find_effect_result(self, run_id: str, idempotency_key: str) -> Any:
         path = self.path_for(run_id)

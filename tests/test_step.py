@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 
@@ -90,7 +91,7 @@ def test_step_reuses_a_recorded_result_without_records():
 def test_a_failed_attempt_asks_for_a_retry_then_fails_the_run():
     run = RunState.new(workflow_id="agent", entry_node="think", run_id="r1", vars={"q": "?"})
     tr = step(run, agent())
-    pending = PendingEffect(**{**tr.pending.__dict__, "max_attempts": 2})
+    pending = dataclasses.replace(tr.pending, max_attempts=2)
     first = apply_outcome(run, pending, EffectOutcome.failed("timeout"), record=start_attempt(run, pending))
     assert first.action == Action.RETRY and first.pending.attempt == 2 and first.retry_in_s == 1.0
     assert run.status == RunStatus.RUNNING and "_runtime" not in run.vars
