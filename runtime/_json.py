@@ -87,11 +87,16 @@ def sha256_hex(data: bytes | str) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_LEAVES = frozenset({str, int, bool})
+
+
 def _find_bad_path(value: Any, path: str, depth: int = 0) -> tuple[str, str] | None:
     """Walk ``value`` and return (path, reason) of the first part JSON cannot hold."""
+    if value is None or type(value) in _LEAVES:
+        return None
     if depth > 500:
         return path, "nesting deeper than 500 levels"
-    if value is None or isinstance(value, (str, bool, int)):
+    if isinstance(value, (str, bool, int)):  # subclasses, such as str enums
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else (path, f"non-finite float {value!r}")

@@ -126,7 +126,7 @@ class StepPlan:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class WaitState:
     """Why and on what a run waits, and where it goes when it resumes."""
 
@@ -170,7 +170,7 @@ class WaitState:
         )
 
 
-@dataclass
+@dataclass(slots=True)
 class RunState:
     """The durable state of one run: where it is, its variables, and why it waits."""
 
@@ -252,7 +252,7 @@ class RunState:
             raise CorruptRecordError(location="run state", reason=f"missing field {exc.args[0]!r}") from None
 
 
-@dataclass
+@dataclass(slots=True)
 class StepRecord:
     """One ledger entry. An effect attempt is written twice: ``started``, then its outcome."""
 
@@ -404,7 +404,10 @@ class EffectOutcome:
 
 def _value(member: Any) -> Any:
     # `_value_` is a plain attribute; `.value` goes through a slow descriptor on every access.
-    return member._value_ if isinstance(member, Enum) else member
+    try:
+        return member._value_
+    except AttributeError:  # already a plain value
+        return member
 
 
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9_\-:][A-Za-z0-9_.\-:]{0,199}")
