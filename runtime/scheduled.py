@@ -33,7 +33,6 @@ class ScheduledRuntime:
     def run(
         self,
         workflow: WorkflowSpec,
-        *,
         vars: dict[str, Any] | None = None,
         actor_id: str | None = None,
         max_steps: int = 100,

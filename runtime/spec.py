@@ -48,6 +48,6 @@ class WorkflowSpec:
         except KeyError:
             raise UnknownNodeError(workflow_id=self.workflow_id, node_id=node_id) from None
 
-    def is_terminal(self, node_id: str) -> bool:
+    def is_terminal(self, node_id: str | None = None) -> bool:
         """Kept for API parity: termination is decided by plans, never by node ids."""
         return False
