@@ -9,43 +9,14 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, NamedTuple
+from typing import Any
 
-from ._json import dumps_checked, epoch_ms, parse_iso
+from ._json import dumps_checked
+from ._query import RunSummary, select_children, select_due, select_runs, summarize
 from .errors import RunAlreadyExists
-from .models import RunState, RunStatus, StepRecord, WaitReason, _value
+from .models import RunState, RunStatus, StepRecord, WaitReason
 
 __all__ = ["InMemoryRunStore", "InMemoryLedgerStore"]
-
-
-class _RunMeta(NamedTuple):
-    status: str
-    workflow_id: str
-    updated_at: str
-    wait_reason: str | None
-    until_ms: int | None
-    parent_run_id: str | None
-
-
-def _meta(run: RunState) -> _RunMeta:
-    w = run.waiting
-    status = _value(run.status)
-    if w is None:
-        return _RunMeta(status, run.workflow_id, run.updated_at, None, None, run.parent_run_id)
-    until_ms = None
-    if status == "waiting" and w.until:
-        try:
-            until_ms = epoch_ms(w.until)
-        except ValueError:
-            until_ms = None
-    return _RunMeta(status, run.workflow_id, run.updated_at, _value(w.reason), until_ms, run.parent_run_id)
-
-
-def _updated_key(meta: _RunMeta) -> float:
-    try:
-        return parse_iso(meta.updated_at, field="updated_at").timestamp()
-    except ValueError:
-        return 0.0
 
 
 class InMemoryRunStore:
@@ -53,19 +24,21 @@ class InMemoryRunStore:
 
     def __init__(self) -> None:
         self._runs: dict[str, str] = {}
-        self._meta: dict[str, _RunMeta] = {}
+        self._meta: dict[str, RunSummary] = {}
         self._lock = threading.Lock()
 
     def save(self, run: RunState) -> None:
-        text = dumps_checked(run.to_dict(), "run")
-        meta = _meta(run)
+        data = run.to_dict()
+        text = dumps_checked(data, "run")
+        meta = summarize(data)
         with self._lock:
             self._runs[run.run_id] = text
             self._meta[run.run_id] = meta
 
     def create(self, run: RunState) -> None:
-        text = dumps_checked(run.to_dict(), "run")
-        meta = _meta(run)
+        data = run.to_dict()
+        text = dumps_checked(data, "run")
+        meta = summarize(data)
         with self._lock:
             if run.run_id in self._runs:
                 raise RunAlreadyExists(run.run_id)
@@ -78,17 +51,13 @@ class InMemoryRunStore:
 
     # -- QueryableRunStore ---------------------------------------------------------------------
 
-    def _select(self, pred: Any) -> list[tuple[str, _RunMeta]]:
+    def _rows(self) -> list[tuple[str, RunSummary]]:
         with self._lock:
-            return [(rid, m) for rid, m in self._meta.items() if pred(m)]
+            return list(self._meta.items())
 
     def _load_all(self, ids: list[str]) -> list[RunState]:
-        out = []
-        for rid in ids:
-            run = self.load(rid)
-            if run is not None:
-                out.append(run)
-        return out
+        runs = (self.load(rid) for rid in ids)
+        return [run for run in runs if run is not None]
 
     def list_runs(
         self,
@@ -98,32 +67,14 @@ class InMemoryRunStore:
         workflow_id: str | None = None,
         limit: int = 100,
     ) -> list[RunState]:
-        st = RunStatus(status).value if status is not None else None
-        wr = WaitReason(wait_reason).value if wait_reason is not None else None
-
-        def pred(m: _RunMeta) -> bool:
-            return (
-                (st is None or m.status == st)
-                and (wr is None or m.wait_reason == wr)
-                and (workflow_id is None or m.workflow_id == workflow_id)
-            )
-
-        rows = sorted(self._select(pred), key=lambda rm: _updated_key(rm[1]), reverse=True)
-        return self._load_all([rid for rid, _ in rows[: max(limit, 0)]])
+        return self._load_all(select_runs(self._rows(), status=status, wait_reason=wait_reason,
+                                          workflow_id=workflow_id, limit=limit))
 
     def list_due_wait_until(self, *, now_iso: str, limit: int = 100) -> list[RunState]:
-        now_ms = epoch_ms(now_iso, field="now_iso")
-        rows = self._select(
-            lambda m: m.status == "waiting" and m.wait_reason == "until" and m.until_ms is not None
-            and m.until_ms <= now_ms
-        )
-        rows.sort(key=lambda rm: rm[1].until_ms or 0)
-        return self._load_all([rid for rid, _ in rows[: max(limit, 0)]])
+        return self._load_all(select_due(self._rows(), now_iso=now_iso, limit=limit))
 
     def list_children(self, *, parent_run_id: str, status: RunStatus | None = None) -> list[RunState]:
-        st = RunStatus(status).value if status is not None else None
-        rows = self._select(lambda m: m.parent_run_id == parent_run_id and (st is None or m.status == st))
-        return self._load_all([rid for rid, _ in rows])
+        return self._load_all(select_children(self._rows(), parent_run_id=parent_run_id, status=status))
 
 
 class InMemoryLedgerStore:

@@ -19,10 +19,11 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from runtime import CorruptRecordError, RunAlreadyExists, RunState, RunStatus, StepRecord, WaitReason
-from runtime._json import dumps_checked, epoch_ms, parse_iso
+from runtime._json import dumps_checked
+from runtime._query import RunSummary, select_children, select_due, select_runs, summarize
 from runtime.models import validate_run_id
 
 from ._atomic import atomic_create, atomic_write
@@ -33,37 +34,6 @@ logger = logging.getLogger(__name__)
 
 _RUN_PREFIX = "run_"
 _RUN_SUFFIX = ".json"
-
-
-class _Meta(NamedTuple):
-    status: str
-    workflow_id: str
-    updated_ts: float
-    wait_reason: str | None
-    until_ms: int | None
-    parent_run_id: str | None
-
-
-def _meta_of(data: dict[str, Any]) -> _Meta:
-    waiting = data.get("waiting") or None
-    until_ms = None
-    if waiting and data.get("status") == "waiting" and waiting.get("until"):
-        try:
-            until_ms = epoch_ms(waiting["until"])
-        except ValueError:
-            until_ms = None
-    try:
-        updated_ts = parse_iso(data.get("updated_at") or "", field="updated_at").timestamp()
-    except ValueError:
-        updated_ts = 0.0
-    return _Meta(
-        status=str(data.get("status")),
-        workflow_id=str(data.get("workflow_id")),
-        updated_ts=updated_ts,
-        wait_reason=waiting.get("reason") if waiting else None,
-        until_ms=until_ms,
-        parent_run_id=data.get("parent_run_id"),
-    )
 
 
 class JsonFileRunStore:
@@ -77,7 +47,7 @@ class JsonFileRunStore:
         self._dir = Path(base_dir)
         self._dir.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
-        self._cache: dict[str, tuple[int, int, _Meta]] = {}
+        self._cache: dict[str, tuple[int, int, RunSummary]] = {}
         self._paths = _PathCache(self._dir, _RUN_PREFIX, _RUN_SUFFIX)
         self._lock = threading.Lock()
 
@@ -123,9 +93,9 @@ class JsonFileRunStore:
 
     # -- QueryableRunStore ---------------------------------------------------------------------
 
-    def _scan(self) -> dict[str, _Meta]:
+    def _scan(self) -> list[tuple[str, RunSummary]]:
         """Metadata of every readable run file; corrupt files are skipped with a warning."""
-        seen: dict[str, _Meta] = {}
+        seen: dict[str, RunSummary] = {}
         with os.scandir(self._dir) as it:
             entries = [e for e in it if e.name.startswith(_RUN_PREFIX) and e.name.endswith(_RUN_SUFFIX)]
         with self._lock:
@@ -146,12 +116,12 @@ class JsonFileRunStore:
                     continue
                 if data is None:
                     continue
-                meta = _meta_of(data)
+                meta = summarize(data)
                 self._cache[run_id] = (st.st_mtime_ns, st.st_size, meta)
                 seen[run_id] = meta
             for gone in set(self._cache) - set(seen):
                 self._cache.pop(gone, None)
-        return seen
+        return list(seen.items())
 
     def _load_many(self, run_ids: list[str]) -> list[RunState]:
         out = []
@@ -173,30 +143,14 @@ class JsonFileRunStore:
         workflow_id: str | None = None,
         limit: int = 100,
     ) -> list[RunState]:
-        st = RunStatus(status).value if status is not None else None
-        wr = WaitReason(wait_reason).value if wait_reason is not None else None
-        rows = [
-            (rid, m) for rid, m in self._scan().items()
-            if (st is None or m.status == st) and (wr is None or m.wait_reason == wr)
-            and (workflow_id is None or m.workflow_id == workflow_id)
-        ]
-        rows.sort(key=lambda rm: rm[1].updated_ts, reverse=True)
-        return self._load_many([rid for rid, _ in rows[: max(limit, 0)]])
+        return self._load_many(select_runs(self._scan(), status=status, wait_reason=wait_reason,
+                                           workflow_id=workflow_id, limit=limit))
 
     def list_due_wait_until(self, *, now_iso: str, limit: int = 100) -> list[RunState]:
-        now_ms = epoch_ms(now_iso, field="now_iso")
-        rows = [
-            (rid, m) for rid, m in self._scan().items()
-            if m.status == "waiting" and m.wait_reason == "until" and m.until_ms is not None and m.until_ms <= now_ms
-        ]
-        rows.sort(key=lambda rm: rm[1].until_ms or 0)
-        return self._load_many([rid for rid, _ in rows[: max(limit, 0)]])
+        return self._load_many(select_due(self._scan(), now_iso=now_iso, limit=limit))
 
     def list_children(self, *, parent_run_id: str, status: RunStatus | None = None) -> list[RunState]:
-        st = RunStatus(status).value if status is not None else None
-        ids = [rid for rid, m in self._scan().items()
-               if m.parent_run_id == parent_run_id and (st is None or m.status == st)]
-        return self._load_many(ids)
+        return self._load_many(select_children(self._scan(), parent_run_id=parent_run_id, status=status))
 
 
 class _PathCache:
