@@ -82,6 +82,11 @@ class Runtime:
         self._handlers = handlers
         find = getattr(ledger_store, "find_effect_result", None)
         self._find_in_index: Callable[[str, str], Any] | None = find
+        # A run store that commits state and records together (Redis) and owns this ledger.
+        commit = getattr(run_store, "commit", None)
+        self._atomic: Callable[[RunState, list[Any]], None] | None = (
+            commit if commit is not None and getattr(run_store, "ledger", None) is ledger_store else None
+        )
 
     # -- properties (reference API) ------------------------------------------------------------
 
@@ -196,9 +201,12 @@ class Runtime:
                 tr = self._execute(run, tr.pending)
             elif tr.action is Action.FINISH and tr.records:
                 # Completion: the state is saved first, then its single record (reference order).
-                self._run_store.save(tr.state)
-                for record in tr.records:
-                    self._ledger_store.append(record)
+                if self._atomic is not None:
+                    self._atomic(tr.state, tr.records)
+                else:
+                    self._run_store.save(tr.state)
+                    for record in tr.records:
+                        self._ledger_store.append(record)
                 logger.info("run %s completed at node %s", run_id, tr.records[-1].node_id)
                 return tr.state
             self._commit(tr)
@@ -231,8 +239,12 @@ class Runtime:
             pending = tr.pending
 
     def _commit(self, tr: Transition) -> None:
-        """Append the transition's records, then save its state (the reference's order)."""
+        """Append the transition's records, then save its state (the reference's order);
+        one atomic commit of both when the stores can (Redis)."""
         if tr.noop:
+            return
+        if self._atomic is not None and tr.raise_after is None:
+            self._atomic(tr.state, tr.records)
             return
         for record in tr.records:
             self._ledger_store.append(record)

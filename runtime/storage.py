@@ -10,7 +10,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from .models import RunState, RunStatus, StepRecord, WaitReason
 
-__all__ = ["RunStore", "CreatableRunStore", "QueryableRunStore", "LedgerStore", "EffectResultIndex"]
+__all__ = [
+    "RunStore",
+    "CreatableRunStore",
+    "AtomicCommitRunStore",
+    "QueryableRunStore",
+    "LedgerStore",
+    "EffectResultIndex",
+]
 
 
 @runtime_checkable
@@ -40,6 +47,22 @@ class CreatableRunStore(Protocol):
 
     def create(self, run: RunState) -> None:
         """Store a new run; ``RunAlreadyExists`` if the id is taken, leaving the stored run intact."""
+        ...
+
+
+@runtime_checkable
+class AtomicCommitRunStore(Protocol):
+    """A run store that owns a ledger and writes a state and its records as one step.
+
+    The ``Runtime`` uses ``commit`` when ``run_store.ledger`` is the ledger store it was
+    given, so that a step is either wholly stored or not at all.
+    """
+
+    ledger: Any
+
+    def commit(self, run: RunState, records: list[StepRecord]) -> None:
+        """Save ``run`` and append ``records`` atomically; ``VersionConflict`` (nothing
+        written) if another writer moved the run since this store last read or wrote it."""
         ...
 
 

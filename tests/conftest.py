@@ -1,8 +1,9 @@
 """Shared fixtures: every scenario runs on every store backend.
 
-``backend`` is parametrised over the store combinations the kernel supports today
-(in memory and JSON files, each plain and hash-chained). The Redis stores and the
-Celery driver join as more parameters: a scenario only needs ``make_runtime()`` to
+``backend`` is parametrised over the store combinations the kernel supports today: in
+memory and JSON files, each plain and hash-chained, and Redis (a real redis-server this
+session starts, and fakeredis; Redis ledgers are always chained). The Celery driver
+joins as one more parameter: a scenario only needs ``make_runtime()`` to
 give it an object with the ``Runtime`` API (start / tick / resume / cancel_run /
 get_state / get_ledger) and ``backend.reopen()`` to give it a fresh view of the same
 data, as another process would see it.
@@ -10,6 +11,7 @@ data, as another process would see it.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 from runtime import HashChainedLedgerStore, InMemoryLedgerStore, InMemoryRunStore, Runtime
 from stores import JsonFileRunStore, JsonlLedgerStore
 
-BACKENDS = ["memory", "memory+chain", "jsonfile", "jsonfile+chain"]
+BACKENDS = ["memory", "memory+chain", "jsonfile", "jsonfile+chain", "redis", "fakeredis"]
 
 
 @dataclass
@@ -32,12 +34,24 @@ class Backend:
 
     @property
     def chained(self) -> bool:
-        return self.name.endswith("+chain")
+        return self.name.endswith("+chain") or self.name in ("redis", "fakeredis")
 
 
-def build_backend(name: str, data_dir: Path) -> Backend:
+def build_backend(name: str, data_dir: Path, redis_client: Any = None) -> Backend:
     chained = name.endswith("+chain")
     kind = name.split("+")[0]
+    if kind in ("redis", "fakeredis"):
+        # Redis ledgers are always hash-chained. Each test gets its own key prefix, so no
+        # test ever flushes or sees another's keys.
+        from stores.redis import RedisBackend
+
+        prefix = f"t{uuid.uuid4().hex[:12]}"
+
+        def reopen_redis() -> Backend:
+            backend = RedisBackend(redis_client, prefix=prefix)  # a fresh cache: another process
+            return Backend(name, backend.runs, backend.ledger, reopen_redis)
+
+        return reopen_redis()
     if kind == "memory":
         runs, ledger = InMemoryRunStore(), InMemoryLedgerStore()
 
@@ -58,9 +72,34 @@ def build_backend(name: str, data_dir: Path) -> Backend:
     raise ValueError(f"unknown backend {name}")
 
 
+@pytest.fixture(scope="session")
+def redis_server() -> Any:
+    """A redis-server this test session starts on a free port (never the machine's own)."""
+    from redis_server import RedisServer
+
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_redis_server() -> Any:
+    import fakeredis
+
+    return fakeredis.FakeServer()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return build_backend(request.param, tmp_path / "data")
+    client = None
+    if request.param == "redis":
+        client = request.getfixturevalue("redis_server").client()
+    elif request.param == "fakeredis":
+        import fakeredis
+
+        client = fakeredis.FakeRedis(server=request.getfixturevalue("fake_redis_server"))
+    return build_backend(request.param, tmp_path / "data", client)
 
 
 @pytest.fixture

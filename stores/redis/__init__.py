@@ -1,0 +1,30 @@
+"""Redis backends: connection settings, the embedded redis-server, and the Redis stores.
+
+``connect(RedisSettings.from_env())`` gives a checked redis-py client: to the URL in
+``ABSTRACTRUNTIME_REDIS_URL``, or, when it is unset, to an embedded redis-server that keeps
+its data under ``ABSTRACTRUNTIME_DATA_DIR`` (default ``./.abstractruntime``).
+"""
+
+from .embedded import EmbeddedRedis, find_redis_server, shared_embedded
+from .errors import EmbeddedRedisFailed, RedisServerNotFound, RedisUnavailable
+from .settings import RedisSettings, connect, mask_url
+from .store import RedisBackend, RedisLedgerStore, RedisRunStore
+
+__all__ = [
+    # Stores
+    "RedisBackend",
+    "RedisRunStore",
+    "RedisLedgerStore",
+    # Connection
+    "RedisSettings",
+    "connect",
+    "mask_url",
+    # Embedded server
+    "EmbeddedRedis",
+    "shared_embedded",
+    "find_redis_server",
+    # Errors
+    "RedisUnavailable",
+    "EmbeddedRedisFailed",
+    "RedisServerNotFound",
+]

