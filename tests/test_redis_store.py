@@ -257,3 +257,98 @@ def test_backend_from_settings_uses_prefix_and_limit(redis_server):
     assert backend.keys.run("x") == "fromsettings:{x}:run" and backend.max_value_bytes == 4096
     backend.runs.create(a_run("x"))
     assert backend.runs.load("x").run_id == "x"
+
+
+def test_events_can_be_followed_with_a_blocking_read(client):
+    backend = fresh(client)
+    seen: list = []
+    ready = threading.Event()
+
+    def follow():
+        ready.set()
+        last = "$"
+        while len(seen) < 3:
+            events = backend.follow_events(last_id=last, block_ms=5000)
+            if not events:
+                break
+            seen.extend(events)
+            last = events[-1][0]
+
+    t = threading.Thread(target=follow)
+    t.start()
+    ready.wait()
+    import time
+
+    time.sleep(0.2)  # let the XREAD block before the commits
+    run = a_run()
+    backend.runs.create(run)
+    run.vars["n"] = 1
+    backend.runs.save(run)
+    run.status = RunStatus.COMPLETED
+    backend.runs.save(run)
+    t.join(10)
+    assert [(e["run_id"], e["status"], e["v"]) for _, e in seen] == [
+        ("r1", "running", "1"), ("r1", "running", "2"), ("r1", "completed", "3")]
+
+
+def test_redis_going_away_mid_run_is_retried_then_reported_without_partial_commits(tmp_path):
+    import time
+
+    from redis_server import RedisServer
+    from stores.redis import RedisSettings, RedisUnavailable, connect
+
+    server = RedisServer()
+    server.start(appendonly=True, appendfsync="always")
+    try:
+        settings = RedisSettings(url=server.url, retry_attempts=6, retry_backoff_base_s=0.1,
+                                 retry_backoff_max_s=1.0, socket_timeout_s=2, connect_timeout_s=1)
+        backend = RedisBackend(connect(settings), prefix="outage")
+        run = a_run()
+        backend.runs.create(run)
+
+        # A short outage: the commit waits it out through the client's retries.
+        server.kill()
+        restarter = threading.Timer(0.4, server.restart)
+        restarter.start()
+        run.vars["n"] = 1
+        backend.runs.commit(run, [record_for(run, "during-outage")])
+        restarter.join()
+        assert backend.runs.load("r1").vars["n"] == 1
+
+        # A long outage: a clear error naming the server, and nothing half-written.
+        server.kill()
+        run.vars["n"] = 2
+        started = time.monotonic()
+        with pytest.raises(RedisUnavailable) as err:
+            backend.runs.commit(run, [record_for(run, "lost")])
+        assert "127.0.0.1" in str(err.value) and time.monotonic() - started < 30
+        server.restart()
+        after = RedisBackend(server.client(), prefix="outage")
+        stored, version = after.load_versioned("r1")
+        assert stored.vars["n"] == 1 and version == 2
+        assert [r["node_id"] for r in after.ledger.list("r1")] == ["during-outage"]
+        assert after.ledger.verify("r1")["ok"]
+    finally:
+        server.stop()
+
+
+def test_a_retried_commit_whose_reply_was_lost_is_applied_once(client):
+    """The token makes a re-sent script call a no-op that reports success."""
+    backend = fresh(client)
+    run = a_run()
+    backend.runs.create(run)
+    run.vars["n"] = 5
+    rec = record_for(run, "once")
+    sent = {}
+    original = backend._commit_script
+
+    def send_twice(keys, args):
+        first = original(keys=keys, args=args)
+        sent["again"] = original(keys=keys, args=args)  # as if the reply was lost and redis-py retried
+        return first
+
+    backend._commit_script = send_twice
+    backend.runs.commit(run, [rec])
+    assert sent["again"][0] == 1
+    assert [r["node_id"] for r in backend.ledger.list("r1")] == ["once"]
+    assert backend.load_versioned("r1")[1] == 2

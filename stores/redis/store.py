@@ -16,12 +16,14 @@ from typing import Any, NamedTuple
 import redis
 
 from runtime import RunAlreadyExists, RunState, RunStatus, StepRecord, VersionConflict, WaitReason
-from runtime._json import epoch_ms, parse_iso
+from runtime._json import epoch_ms, new_id, parse_iso
 from runtime.chain import compute_record_hash
 from runtime.models import validate_run_id
 
 from .codec import decode, encode
+from .errors import RedisUnavailable
 from .keys import Keys
+from .settings import mask_url
 
 __all__ = ["RedisBackend", "RedisRunStore", "RedisLedgerStore"]
 
@@ -35,6 +37,14 @@ DEFAULT_CACHE_SIZE = 50_000
 _PAGE = 200
 
 _COMMIT_LUA = resources.files(__package__).joinpath("lua/commit.lua").read_text(encoding="utf-8")
+
+
+def _describe(client: Any) -> str:
+    """The masked address of a client's server, for error messages."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    if kwargs.get("path"):
+        return mask_url(f"unix://{kwargs['path']}")
+    return mask_url(f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}")
 
 
 class _Index(NamedTuple):
@@ -219,9 +229,17 @@ class RedisBackend:
         argv: list[Any] = [
             mode, expected, head, rid, state, updated, new.status, old.status, new.reason, old.reason,
             new.wait_key, old.wait_key, new.until_ms, "1" if new.parent_run_id else "0", self.events_maxlen,
-            new_head, len(encoded), *encoded, len(results) // 2, *results,
+            new_head, new_id()[:23], len(encoded), *encoded, len(results) // 2, *results,
         ]
-        code, value = self._commit_script(keys=keys, args=argv)
+        try:
+            # A lost reply makes redis-py retry the call; the token makes the retry a no-op.
+            code, value = self._commit_script(keys=keys, args=argv)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._forget(rid)
+            for record in records:
+                record.prev_hash = record.record_hash = None
+            raise RedisUnavailable(url=_describe(self.client), reason=f"{type(exc).__name__} during a commit of "
+                                   f"run {rid}; nothing or all of it was written") from None
         if code == 1:
             if run is not None:
                 self._remember(rid, _Known(int(value), new_head or head, new))
@@ -236,6 +254,20 @@ class RedisBackend:
         actual = int(value) if code == 0 else None
         raise VersionConflict(run_id=rid, expected_version=known.version if known else -1,
                               actual_version=actual if actual is None or actual >= 0 else None)
+
+    def follow_events(self, *, last_id: str = "$", block_ms: int = 5000, count: int = 100
+                      ) -> list[tuple[str, dict[str, str]]]:
+        """Commits after ``last_id`` (``"$"``: from now on), waiting up to ``block_ms`` for one.
+
+        A blocking ``XREAD`` on the events stream, not polling: pass the last id returned to
+        read on. Each event is ``(id, {"run_id", "status", "v"})``.
+        """
+        reply = self.client.xread({self.keys.events(): last_id}, count=count, block=block_ms)
+        out: list[tuple[str, dict[str, str]]] = []
+        for _stream, entries in reply or ():
+            for entry_id, fields in entries:
+                out.append((entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()}))
+        return out
 
     def delete_cache(self) -> None:
         """Forget every remembered version (the next save of each run reads it first)."""

@@ -19,17 +19,24 @@
 -- ARGV[11] wait key new ("") ARGV[12] wait key old ("")
 -- ARGV[13] until (epoch ms, "" if none)   ARGV[14] "1" if the run has a parent
 -- ARGV[15] events stream max length       ARGV[16] new chain head ("" if no records)
--- ARGV[17] number of records n, then n records, then the number of results m, then m pairs
+-- ARGV[17] commit token (unique per call, kept in field t)
+-- ARGV[18] number of records n, then n records, then the number of results m, then m pairs
 --
 -- Returns {1, version} on success (append: {1, ledger length}); {0, actual version} on a
 -- version conflict (-1 when the run does not exist); {2, actual head} when the chain head
 -- moved; {3, version} when a "new" run already exists. Nothing is written unless it returns 1.
+-- A call whose token is already stored was applied before (the reply was lost and the
+-- client retried): it returns {1, ...} again and writes nothing.
 
 local mode = ARGV[1]
 local expected = ARGV[2]
-local stored = redis.call('HMGET', KEYS[1], 'v', 'h')
+local stored = redis.call('HMGET', KEYS[1], 'v', 'h', 't')
 local version = tonumber(stored[1])
 local head = stored[2] or ''
+if stored[3] == ARGV[17] then
+  if mode == 'append' then return {1, redis.call('XLEN', KEYS[2])} end
+  return {1, version}
+end
 
 if expected == 'new' then
   if version then return {3, version} end
@@ -38,16 +45,17 @@ elseif expected ~= 'any' then
 end
 if head ~= ARGV[3] then return {2, head} end
 
-local n = tonumber(ARGV[17])
+local n = tonumber(ARGV[18])
 for i = 1, n do
-  redis.call('XADD', KEYS[2], '*', 'r', ARGV[17 + i])
+  redis.call('XADD', KEYS[2], '*', 'r', ARGV[18 + i])
 end
-local at = 18 + n
+local at = 19 + n
 local m = tonumber(ARGV[at])
 for i = 1, m do
   redis.call('HSETNX', KEYS[3], ARGV[at + 2 * i - 1], ARGV[at + 2 * i])
 end
 if n > 0 then redis.call('HSET', KEYS[1], 'h', ARGV[16]) end
+redis.call('HSET', KEYS[1], 't', ARGV[17])
 
 if mode == 'append' then return {1, redis.call('XLEN', KEYS[2])} end
 
