@@ -294,8 +294,9 @@ def test_events_can_be_followed_with_a_blocking_read(client):
 def test_redis_going_away_mid_run_is_retried_then_reported_without_partial_commits(tmp_path):
     import time
 
-    from redis_server import RedisServer
     from stores.redis import RedisSettings, RedisUnavailable, connect
+
+    from redis_server import RedisServer
 
     server = RedisServer()
     server.start(appendonly=True, appendfsync="always")
