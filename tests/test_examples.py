@@ -24,6 +24,7 @@ EXPECTED = {
         "expense 2000: completed, rejected (classify -> review -> decide -> reject)",
     ],
     "05_persistence.py": ["[process 1] chain ok: True", "status: completed"],
+    "06_redis.py": ["[process 2] answered", "output: {'shipped': True}", "status: completed", "chain ok: True"],
 }
 
 

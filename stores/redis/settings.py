@@ -94,7 +94,7 @@ class RedisSettings:
     #: query, e.g. ``?ssl_ca_certs=/etc/ca.pem``) or ``unix://[:password@]/path.sock[?db=N]``.
     #: None (the default) starts an embedded redis-server under ``data_dir``.
     url: str | None = None
-    #: First part of every key (``ar:{run_id}:state``); lets several deployments share one Redis.
+    #: First part of every key (``ar:{run_id}:run``); lets several deployments share one Redis.
     #: Non-empty, without braces (they delimit Cluster hash tags) or whitespace.
     prefix: str = "ar"
     #: Seconds a command may wait for its reply before it fails (and is retried).
