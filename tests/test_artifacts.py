@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,17 +25,39 @@ from runtime.artifacts import (
     resolve_artifact,
     validate_artifact_id,
 )
-from runtime.errors import CorruptRecordError, InvalidArtifactId, PayloadNotSerializable
+from runtime.errors import CorruptRecordError, InvalidArtifactId, PayloadNotSerializable, StoreError
 from stores.files import FileArtifactStore
 
 BAD_IDS = ["../etc/passwd", "a/b", ""]
 
 
-@pytest.fixture(params=["memory", "file"])
+def redis_client(request: pytest.FixtureRequest, kind: str) -> Any:
+    """A client of the session's own redis-server ("redis") or of the session's fakeredis server."""
+    if kind == "redis":
+        return request.getfixturevalue("redis_server").client()
+    import fakeredis
+
+    return fakeredis.FakeRedis(server=request.getfixturevalue("fake_redis_server"))
+
+
+def unique_prefix() -> str:
+    # Each test gets its own key prefix: no test flushes or sees another's keys.
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["memory", "file", "redis", "fakeredis", "redis+large"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
     # Every backend must pass the same suite; the file store gets a fresh directory per test.
+    # "redis+large" keeps content over 4 bytes in a FileArtifactStore: the suite runs on that path too.
     if request.param == "memory":
         return InMemoryArtifactStore()
+    if request.param.startswith(("redis", "fakeredis")):
+        from stores.redis.artifacts import RedisArtifactStore
+
+        kind = request.param.split("+")[0]
+        large = FileArtifactStore(tmp_path / "large") if request.param.endswith("+large") else None
+        return RedisArtifactStore(redis_client(request, kind), prefix=unique_prefix(), large_store=large,
+                                  inline_limit_bytes=4)
     return FileArtifactStore(tmp_path / "base")
 
 
@@ -302,3 +325,197 @@ def test_stray_files_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     (tmp_path / "artifacts" / "notes.txt").write_text("hello")
     with caplog.at_level(logging.WARNING, logger="stores.files"):
         assert store.list_all() == [good]
+
+
+# -- The Redis store ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["redis", "fakeredis"])
+def redis_kind(request: pytest.FixtureRequest) -> tuple[Any, str]:
+    """``(client, prefix)``: a client of the session's server and a key prefix of this test's own."""
+    return redis_client(request, request.param), unique_prefix()
+
+
+def test_redis_layout_and_indexes(redis_kind: tuple[Any, str]) -> None:
+    from stores.redis.artifacts import RedisArtifactStore
+    from stores.redis.keys import Keys
+
+    client, prefix = redis_kind
+    k = Keys(prefix)
+    store = RedisArtifactStore(client, prefix=prefix)
+    meta = store.store(b"inline bytes", run_id="r1", tags={"k": "v"})
+    key = k.artifact(meta.artifact_id)
+    assert client.type(key) == b"hash"
+    assert client.hget(key, "c") == b"inline bytes" and client.hget(key, "r") == b"r1"
+    assert client.hexists(key, "x") == 0
+    assert client.zrange(k.artifacts_by_created(), 0, -1) == [meta.artifact_id.encode()]
+    assert client.smembers(k.artifacts_of_run("r1")) == {meta.artifact_id.encode()}
+    anonymous = store.store(b"no run")
+    assert client.hexists(k.artifact(anonymous.artifact_id), "r") == 0
+    # Another process on the same prefix sees the same artifacts.
+    assert RedisArtifactStore(client, prefix=prefix).list_all() == [anonymous, meta]
+    assert store.delete_by_run("r1") == 1 and store.delete(anonymous.artifact_id) is True
+    for name in (key, k.artifacts_by_created(), k.artifacts_of_run("r1")):
+        assert client.exists(name) == 0
+
+
+def test_redis_large_content_goes_to_the_large_store(redis_kind: tuple[Any, str], tmp_path: Path) -> None:
+    from stores.redis.artifacts import RedisArtifactStore
+    from stores.redis.keys import Keys
+
+    client, prefix = redis_kind
+    k = Keys(prefix)
+    files = FileArtifactStore(tmp_path)
+    store = RedisArtifactStore(client, prefix=prefix, large_store=files, inline_limit_bytes=1024,
+                               max_value_bytes=4096)
+    big = bytes(range(256)) * 40  # 10,240 bytes: over the inline limit and over max_value_bytes too
+    meta = store.store(big, run_id="r1", content_type="image/png")
+    key = k.artifact(meta.artifact_id)
+
+    # Redis keeps the metadata and a pointer; the bytes are one file of the large store.
+    assert client.hexists(key, "c") == 0
+    blob_id = client.hget(key, "x").decode()
+    assert blob_id.startswith(meta.artifact_id + "_")
+    assert (tmp_path / "artifacts" / f"{blob_id}.bin").read_bytes() == big
+    loaded = store.load(meta.artifact_id)
+    assert loaded is not None and loaded.content == big and loaded.metadata == meta
+    assert store.get_metadata(meta.artifact_id) == meta and store.exists(meta.artifact_id)
+    assert store.list_by_run("r1") == [meta] and store.search(content_type="image/png") == [meta]
+
+    # Small content stays inline.
+    small = store.store(b"small", run_id="r1")
+    assert client.hget(k.artifact(small.artifact_id), "c") == b"small"
+
+    # Replacing it (same id, new bytes) moves the pointer and removes the old file.
+    bigger = big + b"!"
+    store.store(bigger, artifact_id=meta.artifact_id)
+    new_blob = client.hget(key, "x").decode()
+    assert new_blob != blob_id and not files.exists(blob_id)
+    assert store.load_text(meta.artifact_id, encoding="latin-1") == bigger.decode("latin-1")
+    # Replacing it with small bytes brings the content back inline and removes the file too.
+    store.store(b"tiny now", artifact_id=meta.artifact_id)
+    assert client.hget(key, "c") == b"tiny now" and not files.exists(new_blob)
+
+    again = store.store(big, run_id="r2")
+    third_blob = client.hget(k.artifact(again.artifact_id), "x").decode()
+    assert store.delete_by_run("r2") == 1
+    assert not files.exists(third_blob) and files.list_all() == []
+
+
+def test_redis_without_large_store_over_the_limit_is_refused(redis_kind: tuple[Any, str]) -> None:
+    from stores.redis.artifacts import RedisArtifactStore
+    from stores.redis.codec import ValueTooLarge
+
+    client, prefix = redis_kind
+    store = RedisArtifactStore(client, prefix=prefix, max_value_bytes=1000)
+    with pytest.raises(ValueTooLarge, match="large_store") as err:
+        store.store(b"x" * 1001, run_id="r1")
+    assert isinstance(err.value, ValueError) and err.value.size == 1001 and err.value.limit == 1000
+    assert store.list_all() == [] and store.list_by_run("r1") == []
+    assert not store.exists(compute_artifact_id(b"x" * 1001))
+    # Without a large store the inline limit does not apply: up to max_value_bytes stays in Redis.
+    assert store.load_text(store.store(b"y" * 1000).artifact_id) == "y" * 1000
+
+
+def test_redis_missing_or_torn_content_is_corrupt(redis_kind: tuple[Any, str], tmp_path: Path) -> None:
+    from stores.redis.artifacts import RedisArtifactStore
+    from stores.redis.keys import Keys
+
+    client, prefix = redis_kind
+    k = Keys(prefix)
+    files = FileArtifactStore(tmp_path)
+    store = RedisArtifactStore(client, prefix=prefix, large_store=files, inline_limit_bytes=8)
+    external = store.store(b"kept outside redis")
+    files.delete(client.hget(k.artifact(external.artifact_id), "x").decode())  # lost by some other tool
+    with pytest.raises(CorruptRecordError, match="large store") as err:
+        store.load(external.artifact_id)
+    assert k.artifact(external.artifact_id) in str(err.value)
+
+    inline = store.store(b"inline")
+    client.hset(k.artifact(inline.artifact_id), "c", b"inlin")
+    with pytest.raises(CorruptRecordError, match="metadata says 6"):
+        store.load(inline.artifact_id)
+    # Metadata alone is still readable, and the content's loss does not hide them from listings.
+    assert store.get_metadata(inline.artifact_id) == inline
+    assert {m.artifact_id for m in store.list_all()} == {external.artifact_id, inline.artifact_id}
+
+    # A store without the large store cannot follow the pointer, and says so.
+    with pytest.raises(StoreError, match="no large_store"):
+        RedisArtifactStore(client, prefix=prefix).load(external.artifact_id)
+
+
+@pytest.mark.parametrize("garbage", [b"\xc1", b"\x92\x01", b"\x81\xa4tags\xa1x", b""])
+def test_redis_corrupt_metadata_names_its_key_and_others_still_list(
+    redis_kind: tuple[Any, str], caplog: pytest.LogCaptureFixture, garbage: bytes
+) -> None:
+    from stores.redis.artifacts import RedisArtifactStore
+    from stores.redis.keys import Keys
+
+    client, prefix = redis_kind
+    store = RedisArtifactStore(client, prefix=prefix)
+    good = store.store(b"good", run_id="r1")
+    bad = store.store(b"bad", run_id="r1")
+    bad_key = Keys(prefix).artifact(bad.artifact_id)
+    client.hset(bad_key, "m", garbage)  # damaged by some other tool
+
+    for call in (lambda: store.load(bad.artifact_id), lambda: store.get_metadata(bad.artifact_id)):
+        with pytest.raises(CorruptRecordError) as err:
+            call()
+        assert bad_key in str(err.value) and err.value.run_id == "r1"
+    assert store.exists(bad.artifact_id)  # the hash is still there
+
+    with caplog.at_level(logging.WARNING, logger="stores.redis.artifacts"):
+        assert store.list_all() == [good]
+        assert store.search() == [good]
+        assert store.list_by_run("r1") == [good]
+    assert bad_key in caplog.text
+    # Storing the bytes again repairs it.
+    store.store(b"bad", run_id="r1")
+    assert store.load_text(bad.artifact_id) == "bad"
+    # delete_by_run removes damaged artifacts of the run too (their run id is kept apart from m).
+    client.hset(bad_key, "m", garbage)
+    assert store.delete_by_run("r1") == 2
+    assert not store.exists(bad.artifact_id) and store.list_all() == []
+
+
+def test_redis_racing_writers_leave_the_indexes_consistent(redis_kind: tuple[Any, str], tmp_path: Path) -> None:
+    # Two writers store the same id for different runs (inline and large by turns), a third deletes it:
+    # whatever the interleaving, the run sets and the creation index must agree with the hash.
+    import threading
+
+    from stores.redis.artifacts import RedisArtifactStore
+    from stores.redis.keys import Keys
+
+    client, prefix = redis_kind
+    k = Keys(prefix)
+    files = FileArtifactStore(tmp_path)
+    store = RedisArtifactStore(client, prefix=prefix, large_store=files, inline_limit_bytes=8)
+    errors: list[BaseException] = []
+
+    def writer(run_id: str, content: bytes) -> None:
+        try:
+            for i in range(150):
+                store.store(content if i % 2 else b"s", run_id=run_id, artifact_id="shared")
+                if run_id == "r1" and i % 10 == 0:
+                    store.delete("shared")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(r, c)) for r, c in (("r1", b"x" * 20), ("r2", b"y" * 30))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    meta = store.get_metadata("shared")
+    runs = {r: client.sismember(k.artifacts_of_run(r), "shared") for r in ("r1", "r2")}
+    indexed = client.zscore(k.artifacts_by_created(), "shared") is not None
+    if meta is None:
+        assert runs == {"r1": 0, "r2": 0} and not indexed
+    else:
+        assert runs == {"r1": int(meta.run_id == "r1"), "r2": int(meta.run_id == "r2")} and indexed
+        loaded = store.load("shared")
+        assert loaded is not None and len(loaded.content) == meta.size_bytes
+    # Only the current content, if any, is left in the large store.
+    blob = client.hget(k.artifact("shared"), "x")
+    assert {m.artifact_id for m in files.list_all()} == ({blob.decode()} if blob else set())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,29 @@ from stores.files import JsonSnapshotStore
 BAD_IDS = ["../etc/passwd", "a/b", ""]
 
 
-@pytest.fixture(params=["memory", "file"])
+def redis_client(request: pytest.FixtureRequest, kind: str) -> Any:
+    """A client of the session's own redis-server ("redis") or of the session's fakeredis server."""
+    if kind == "redis":
+        return request.getfixturevalue("redis_server").client()
+    import fakeredis
+
+    return fakeredis.FakeRedis(server=request.getfixturevalue("fake_redis_server"))
+
+
+def unique_prefix() -> str:
+    # Each test gets its own key prefix: no test flushes or sees another's keys.
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["memory", "file", "redis", "fakeredis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> SnapshotStore:
     # Every backend must pass the same suite; the file store gets a fresh directory per test.
     if request.param == "memory":
         return InMemorySnapshotStore()
+    if request.param in ("redis", "fakeredis"):
+        from stores.redis.snapshots import RedisSnapshotStore
+
+        return RedisSnapshotStore(redis_client(request, request.param), prefix=unique_prefix())
     return JsonSnapshotStore(tmp_path / "snaps")
 
 
@@ -218,3 +237,109 @@ def test_corrupt_file_names_itself_and_others_still_load(
         assert [s.snapshot_id for s in store.list()] == ["good"]
     assert "snapshot_bad.json" in caplog.text
     assert store.load("good") == good
+
+
+# -- The Redis store ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["redis", "fakeredis"])
+def redis_kind(request: pytest.FixtureRequest) -> tuple[Any, str]:
+    """``(client, prefix)``: a client of the session's server and a key prefix of this test's own."""
+    return redis_client(request, request.param), unique_prefix()
+
+
+def test_redis_layout_and_indexes_follow_the_run(redis_kind: tuple[Any, str]) -> None:
+    from stores.redis.keys import Keys
+    from stores.redis.snapshots import RedisSnapshotStore
+
+    client, prefix = redis_kind
+    k = Keys(prefix)
+    store = RedisSnapshotStore(client, prefix=prefix)
+    s = snap("r1", snapshot_id="s1", created_at="2024-01-01T00:00:00.000002Z")
+    store.save(s)
+    assert client.type(k.snapshot("s1")) == b"hash"
+    assert set(client.hkeys(k.snapshot("s1"))) == {b"d", b"r"}
+    assert client.zrange(k.snapshots_by_created(), 0, -1, withscores=True) == [(b"s1", 1704067200000002.0)]
+    assert client.smembers(k.snapshots_of_run("r1")) == {b"s1"}
+    # Saved again for another run: it leaves the first run's set in the same transaction.
+    s.run_id = "r2"
+    store.save(s)
+    assert client.smembers(k.snapshots_of_run("r1")) == set()
+    assert [x.snapshot_id for x in store.list(run_id="r2")] == ["s1"] and store.list(run_id="r1") == []
+    # A new store on the same prefix (another process) sees it; a delete leaves no key behind.
+    assert RedisSnapshotStore(client, prefix=prefix).load("s1") == s
+    assert store.delete("s1") is True
+    for key in (k.snapshot("s1"), k.snapshots_by_created(), k.snapshots_of_run("r2")):
+        assert client.exists(key) == 0
+
+
+def test_redis_list_pages_through_the_index(redis_kind: tuple[Any, str]) -> None:
+    from stores.redis.snapshots import RedisSnapshotStore
+
+    client, prefix = redis_kind
+    store = RedisSnapshotStore(client, prefix=prefix)
+    for i in range(450):  # more than two pages of 200
+        store.save(snap("r1" if i % 2 else "r2", name=f"n{i}", tags=["odd"] if i % 2 else [],
+                        created_at=f"2024-01-01T00:{i // 60:02d}:{i % 60:02d}Z", snapshot_id=f"s{i}"))
+    assert [s.name for s in store.list(limit=3)] == ["n449", "n448", "n447"]
+    assert len(store.list(limit=1000)) == 450
+    odd = store.list(tag="odd", limit=1000)
+    assert len(odd) == 225 and odd[0].name == "n449" and odd[-1].name == "n1"
+    assert [s.name for s in store.list(run_id="r2", limit=2)] == ["n448", "n446"]
+
+
+def test_redis_over_the_size_limit_is_refused_before_writing(redis_kind: tuple[Any, str]) -> None:
+    from stores.redis.codec import ValueTooLarge
+    from stores.redis.snapshots import RedisSnapshotStore
+
+    client, prefix = redis_kind
+    store = RedisSnapshotStore(client, prefix=prefix, max_value_bytes=1000)
+    s = Snapshot.from_run(run=make_run(big="x" * 2000), name="big")
+    with pytest.raises(ValueTooLarge, match="max_value_bytes"):
+        store.save(s)
+    assert store.load(s.snapshot_id) is None and store.list() == []
+    # JSON holds integers of any size, msgpack does not: refused as not serializable.
+    s = Snapshot.from_run(run=make_run(n=2**70), name="huge int")
+    with pytest.raises(PayloadNotSerializable):
+        store.save(s)
+    assert store.list() == []
+
+
+@pytest.mark.parametrize("garbage", [b"\xc1", b"\x92\x01", b"\x81\xa4name\xa1x", b""])
+def test_redis_corrupt_entry_names_its_key_and_others_still_list(
+    redis_kind: tuple[Any, str], caplog: pytest.LogCaptureFixture, garbage: bytes
+) -> None:
+    from stores.redis.keys import Keys
+    from stores.redis.snapshots import RedisSnapshotStore
+
+    client, prefix = redis_kind
+    store = RedisSnapshotStore(client, prefix=prefix)
+    good = snap(name="good", snapshot_id="good")
+    bad = snap(name="bad", snapshot_id="bad", created_at="2024-02-01T00:00:00Z")
+    store.save(good)
+    store.save(bad)
+    bad_key = Keys(prefix).snapshot("bad")
+    client.hset(bad_key, "d", garbage)  # damaged by some other tool
+
+    with pytest.raises(CorruptRecordError) as err:
+        store.load("bad")
+    assert bad_key in str(err.value) and err.value.run_id == "r1"
+
+    with caplog.at_level(logging.WARNING, logger="stores.redis.snapshots"):
+        assert [s.snapshot_id for s in store.list()] == ["good"]
+        assert [s.snapshot_id for s in store.list(run_id="r1")] == ["good"]
+    assert bad_key in caplog.text
+    assert store.load("good") == good
+    # A delete still cleans it up, indexes included; saving again repairs it.
+    assert store.delete("bad") is True and store.load("bad") is None
+    store.save(bad)
+    assert store.load("bad") == bad
+
+
+def test_redis_refuses_a_decoding_client(fake_redis_server: Any) -> None:
+    import fakeredis
+
+    from stores.redis.snapshots import RedisSnapshotStore
+
+    with pytest.raises(ValueError, match="decode_responses"):
+        RedisSnapshotStore(fakeredis.FakeRedis(server=fake_redis_server, decode_responses=True))

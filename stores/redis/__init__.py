@@ -5,9 +5,11 @@
 its data under ``ABSTRACTRUNTIME_DATA_DIR`` (default ``./.abstractruntime``).
 """
 
+from .artifacts import RedisArtifactStore
 from .embedded import EmbeddedRedis, find_redis_server, shared_embedded
 from .errors import EmbeddedRedisFailed, RedisServerNotFound, RedisUnavailable
 from .settings import RedisSettings, connect, mask_url
+from .snapshots import RedisSnapshotStore
 from .store import RedisBackend, RedisLedgerStore, RedisRunStore
 
 __all__ = [
@@ -15,6 +17,8 @@ __all__ = [
     "RedisBackend",
     "RedisRunStore",
     "RedisLedgerStore",
+    "RedisSnapshotStore",
+    "RedisArtifactStore",
     # Connection
     "RedisSettings",
     "connect",

@@ -65,3 +65,31 @@ class Keys:
     def events(self) -> str:
         """STREAM of every commit (run id, status, version), capped; followed with XREAD BLOCK."""
         return f"{self.prefix}:events"
+
+    # -- snapshots (stores/redis/snapshots.py) ----------------------------------------------------
+
+    def snapshot(self, snapshot_id: str) -> str:
+        """HASH of one snapshot: ``d`` (msgpack of ``Snapshot.to_dict()``), ``r`` (its run id)."""
+        return f"{self.prefix}:snap:{snapshot_id}"
+
+    def snapshots_by_created(self) -> str:
+        """ZSET snapshot id -> created_at (epoch µs; ``-inf`` when unparseable), every snapshot."""
+        return f"{self.prefix}:idx:snap:created"
+
+    def snapshots_of_run(self, run_id: str) -> str:
+        """SET of the ids of the snapshots taken of one run."""
+        return f"{self.prefix}:idx:snap:run:{run_id}"
+
+    # -- artifacts (stores/redis/artifacts.py) ----------------------------------------------------
+
+    def artifact(self, artifact_id: str) -> str:
+        """HASH of one artifact: ``m`` (msgpack metadata), ``c`` (inline bytes) or ``x`` (large-store id), ``r``."""
+        return f"{self.prefix}:art:{artifact_id}"
+
+    def artifacts_by_created(self) -> str:
+        """ZSET artifact id -> created_at (epoch µs), every artifact."""
+        return f"{self.prefix}:idx:art:created"
+
+    def artifacts_of_run(self, run_id: str) -> str:
+        """SET of the ids of the artifacts stored with one run id."""
+        return f"{self.prefix}:idx:art:run:{run_id}"
