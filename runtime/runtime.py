@@ -159,16 +159,14 @@ class Runtime:
             parent_run_id=parent_run_id,
             run_id=run_id,
         )
-        if run_id is None:
+        # create() for fresh ids too: the store need not look for a state to replace.
+        create = getattr(self._run_store, "create", None)
+        if create is not None:
+            create(run)
+        else:  # a reference-style store: check, then save (not atomic across processes)
+            if run_id is not None and self._run_store.load(run_id) is not None:
+                raise RunAlreadyExists(run_id)
             self._run_store.save(run)
-        else:
-            create = getattr(self._run_store, "create", None)
-            if create is not None:
-                create(run)
-            else:  # a reference-style store: check, then save (not atomic across processes)
-                if self._run_store.load(run_id) is not None:
-                    raise RunAlreadyExists(run_id)
-                self._run_store.save(run)
         logger.debug("run %s started (workflow %s)", run.run_id, workflow.workflow_id)
         return run.run_id
 

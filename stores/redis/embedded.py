@@ -376,6 +376,10 @@ class EmbeddedRedis:
             f"appendonly {'yes' if self.appendonly else 'no'}",
             f"appendfsync {self.appendfsync}",
             'save ""',
+            # Most ledgers are short (a waiting run holds two or three records); the default
+            # 4 KiB stream node is mostly empty for them. 1 KiB nodes cut a two-record ledger
+            # from about 4.7 KB to 1.7 KB, for ~20 % more memory per record on long ledgers.
+            "stream-node-max-bytes 1024",
         ]
         return "\n".join(lines) + "\n"
 

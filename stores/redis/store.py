@@ -114,7 +114,7 @@ class RedisBackend:
     def _remember(self, run_id: str, known: _Known) -> None:
         with self._lock:
             if len(self._known) >= self._cache_size and run_id not in self._known:
-                self._known.clear()
+                del self._known[next(iter(self._known))]  # the oldest entry (dicts keep insertion order)
             self._known[run_id] = known
 
     def _forget(self, run_id: str) -> None:
@@ -173,7 +173,7 @@ class RedisBackend:
         wrote for the run. ``run=None`` appends records only (no version change). The records
         are chained here (``prev_hash``/``record_hash`` set in place) against the stored head;
         the script refuses the commit if the head or version moved: :class:`VersionConflict`,
-        nothing written. Returns the new version (or the ledger length for an append).
+        nothing written. Returns the run's version after the call.
         """
         rid = validate_run_id(run.run_id if run is not None else run_id or (records[0].run_id if records else ""))
         known = self._known.get(rid)
@@ -194,9 +194,9 @@ class RedisBackend:
         prev = head or None
         for record in records:
             record.prev_hash = prev
-            record.record_hash = compute_record_hash(record=record, prev_hash=prev)
-            prev = record.record_hash
             data = record.to_dict()
+            record.record_hash = data["record_hash"] = compute_record_hash(record=data, prev_hash=prev)
+            prev = record.record_hash
             encoded.append(encode(data, what="ledger record", limit=limit))
             if data["status"] == "completed" and data["idempotency_key"] and data["result"] is not None:
                 results += [data["idempotency_key"], encode(data["result"], what="effect result", limit=limit)]

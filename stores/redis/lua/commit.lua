@@ -22,7 +22,7 @@
 -- ARGV[17] commit token (unique per call, kept in field t)
 -- ARGV[18] number of records n, then n records, then the number of results m, then m pairs
 --
--- Returns {1, version} on success (append: {1, ledger length}); {0, actual version} on a
+-- Returns {1, version} on success (append: the unchanged version, 0 if none); {0, actual version} on a
 -- version conflict (-1 when the run does not exist); {2, actual head} when the chain head
 -- moved; {3, version} when a "new" run already exists. Nothing is written unless it returns 1.
 -- A call whose token is already stored was applied before (the reply was lost and the
@@ -33,10 +33,7 @@ local expected = ARGV[2]
 local stored = redis.call('HMGET', KEYS[1], 'v', 'h', 't')
 local version = tonumber(stored[1])
 local head = stored[2] or ''
-if stored[3] == ARGV[17] then
-  if mode == 'append' then return {1, redis.call('XLEN', KEYS[2])} end
-  return {1, version}
-end
+if stored[3] == ARGV[17] then return {1, version or 0} end
 
 if expected == 'new' then
   if version then return {3, version} end
@@ -54,13 +51,16 @@ local m = tonumber(ARGV[at])
 for i = 1, m do
   redis.call('HSETNX', KEYS[3], ARGV[at + 2 * i - 1], ARGV[at + 2 * i])
 end
-if n > 0 then redis.call('HSET', KEYS[1], 'h', ARGV[16]) end
-redis.call('HSET', KEYS[1], 't', ARGV[17])
+local new_head = head
+if n > 0 then new_head = ARGV[16] end
 
-if mode == 'append' then return {1, redis.call('XLEN', KEYS[2])} end
+if mode == 'append' then
+  redis.call('HSET', KEYS[1], 'h', new_head, 't', ARGV[17])
+  return {1, version or 0}
+end
 
 local new_version = (version or 0) + 1
-redis.call('HSET', KEYS[1], 's', ARGV[5], 'v', new_version)
+redis.call('HSET', KEYS[1], 's', ARGV[5], 'v', new_version, 'h', new_head, 't', ARGV[17])
 
 local run_id, updated = ARGV[4], ARGV[6]
 redis.call('ZADD', KEYS[4], updated, run_id)
