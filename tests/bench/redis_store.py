@@ -184,6 +184,8 @@ class OwnRedis:
             args = [
                 self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
                 "--save", "", "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log"),
+                # As the embedded server is configured (stores/redis/embedded.py).
+                "--stream-node-max-bytes", "1024",
             ]
             if self.aof is None:
                 args += ["--appendonly", "no"]
