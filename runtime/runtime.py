@@ -82,6 +82,9 @@ class Runtime:
         self._handlers = handlers
         find = getattr(ledger_store, "find_effect_result", None)
         self._find_in_index: Callable[[str, str], Any] | None = find
+        # A ledger that looks a result up and appends the `started` record in one call
+        # (Redis: one round trip instead of two per effect step).
+        self._begin: Callable[[Any], Any] | None = getattr(ledger_store, "begin_effect", None)
         # A run store that commits state and records together (Redis) and owns this ledger.
         commit = getattr(run_store, "commit", None)
         self._atomic: Callable[[RunState, list[Any]], None] | None = (
@@ -191,7 +194,7 @@ class Runtime:
             return run
         if run.status == RunStatus.WAITING and not wake_if_due(run, utc_now_iso()):
             return run
-        find_result = self._finder(run_id)
+        find_result = None if self._begin is not None else self._finder(run_id)
         for _ in range(max_steps):
             tr = step(run, workflow, ctx=self._context, policy=self._effect_policy, find_result=find_result)
             if tr.action is Action.EXECUTE:
@@ -223,7 +226,13 @@ class Runtime:
         """Execute an effect inline, attempt after attempt, appending each attempt's records."""
         while True:
             record = start_attempt(run, pending)
-            self._ledger_store.append(record)
+            if self._begin is not None and pending.attempt == 1:
+                prior = self._begin(record)
+                if prior is not None:  # recorded before a crash: reuse it, write nothing
+                    return apply_outcome(run, pending, EffectOutcome.completed(prior), record=None,
+                                         policy=self._effect_policy)
+            else:
+                self._ledger_store.append(record)
             outcome = execute_effect(run, pending, self._handlers)
             tr = apply_outcome(run, pending, outcome, record=record, policy=self._effect_policy)
             if tr.action is not Action.RETRY:

@@ -118,6 +118,11 @@ class EffectResultIndex(Protocol):
     an effect and committing the run reuses the result instead of repeating the effect.
     A ledger without this method is still accepted: the runtime then scans ``list()``,
     as the reference did (correct, but each effect step costs O(ledger length)).
+
+    A ledger may also offer ``begin_effect(started_record)``: return the result recorded
+    under the record's idempotency key if there is one (appending nothing), else append the
+    record and return None. The runtime then uses it instead of a lookup followed by an
+    append, which saves a round trip per effect step on a remote store.
     """
 
     def find_effect_result(self, run_id: str, idempotency_key: str) -> Any:

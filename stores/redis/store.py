@@ -36,7 +36,9 @@ DEFAULT_CACHE_SIZE = 50_000
 #: Index entries fetched per round trip when a filtered listing pages through an index.
 _PAGE = 200
 
-_COMMIT_LUA = resources.files(__package__).joinpath("lua/commit.lua").read_text(encoding="utf-8")
+_LUA = resources.files(__package__).joinpath("lua")
+_COMMIT_LUA = _LUA.joinpath("commit.lua").read_text(encoding="utf-8")
+_APPEND_LUA = _LUA.joinpath("append.lua").read_text(encoding="utf-8")
 
 
 def _describe(client: Any) -> str:
@@ -97,6 +99,7 @@ class RedisBackend:
         # register_script sends EVALSHA and loads the script again after a NOSCRIPT
         # (a restarted or failed-over server), so the script text crosses the wire once.
         self._commit_script = client.register_script(_COMMIT_LUA)
+        self._append_script = client.register_script(_APPEND_LUA)
         self.runs = RedisRunStore(self)
         self.ledger = RedisLedgerStore(self)
 
@@ -158,36 +161,9 @@ class RedisBackend:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def commit(
-        self,
-        run: RunState | None,
-        records: list[StepRecord],
-        *,
-        run_id: str | None = None,
-        expected_version: int | None = None,
-        create: bool = False,
-    ) -> int:
-        """Write ``run`` and append ``records`` to its ledger in one atomic script call.
-
-        The version checked is ``expected_version``, else the one this backend last read or
-        wrote for the run. ``run=None`` appends records only (no version change). The records
-        are chained here (``prev_hash``/``record_hash`` set in place) against the stored head;
-        the script refuses the commit if the head or version moved: :class:`VersionConflict`,
-        nothing written. Returns the run's version after the call.
-        """
-        rid = validate_run_id(run.run_id if run is not None else run_id or (records[0].run_id if records else ""))
-        known = self._known.get(rid)
-        if run is not None and not create and known is None:
-            # A save with no earlier read in this process: read what is stored first, so
-            # the script can move its index entries.
-            if self.load_versioned(rid) is None:
-                create = True
-            known = self._known.get(rid)
-        if known is None and not create:
-            head_raw = self.client.hget(self.keys.run(rid), "h")
-            known = _Known(-1, (head_raw or b"").decode(), _Index("", "", "", "", "", ""))
-        head = known.head if known is not None else ""
-
+    def _chain(self, records: list[StepRecord], head: str) -> tuple[list[bytes], list[bytes | str], str]:
+        """Hash-chain ``records`` after ``head`` (set in place) and encode them; also the
+        (idempotency key, result) pairs they make reusable, and the new head."""
         limit = self.max_value_bytes
         encoded: list[bytes] = []
         results: list[bytes | str] = []
@@ -200,52 +176,20 @@ class RedisBackend:
             encoded.append(encode(data, what="ledger record", limit=limit))
             if data["status"] == "completed" and data["idempotency_key"] and data["result"] is not None:
                 results += [data["idempotency_key"], encode(data["result"], what="effect result", limit=limit)]
-        new_head = prev or ""
+        return encoded, results, prev or ""
 
-        k = self.keys
-        if run is None:
-            mode, state, new, old = "append", b"", _Index("", "", "", "", "", ""), _Index("", "", "", "", "", "")
-            expected = "any"
-            updated = "0"
-        else:
-            mode = "commit"
-            state = encode(run.to_dict(), what="run", limit=limit)
-            new = _index_of(run)
-            old = known.entries if known is not None else _Index("", "", "", "", "", "")
-            if create:
-                expected = "new"
-            else:
-                assert known is not None
-                expected = str(expected_version if expected_version is not None else known.version)
-            # Microseconds, not ms: runs updated within one millisecond must still sort.
-            updated = str(int(parse_iso(run.updated_at, field="updated_at").timestamp() * 1_000_000))
-        keys = [
-            k.run(rid), k.ledger(rid), k.results(rid), k.by_updated(), k.by_workflow(new.workflow_id or "-"),
-            k.by_status(old.status or "-"), k.by_status(new.status or "-"),
-            k.by_wait_reason(old.reason or "-"), k.by_wait_reason(new.reason or "-"),
-            k.waiting_on(old.wait_key), k.waiting_on(new.wait_key), k.timers(),
-            k.children(new.parent_run_id or rid), k.events(),
-        ]
-        argv: list[Any] = [
-            mode, expected, head, rid, state, updated, new.status, old.status, new.reason, old.reason,
-            new.wait_key, old.wait_key, new.until_ms, "1" if new.parent_run_id else "0", self.events_maxlen,
-            new_head, new_id()[:23], len(encoded), *encoded, len(results) // 2, *results,
-        ]
+    def _call(self, script: Any, rid: str, keys: list[str], argv: list[Any], records: list[StepRecord]) -> Any:
         try:
-            # A lost reply makes redis-py retry the call; the token makes the retry a no-op.
-            code, value = self._commit_script(keys=keys, args=argv)
+            # A lost reply makes redis-py send the call again; the token makes that a no-op.
+            return script(keys=keys, args=argv)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._forget(rid)
             for record in records:
                 record.prev_hash = record.record_hash = None
-            raise RedisUnavailable(url=_describe(self.client), reason=f"{type(exc).__name__} during a commit of "
-                                   f"run {rid}; nothing or all of it was written") from None
-        if code == 1:
-            if run is not None:
-                self._remember(rid, _Known(int(value), new_head or head, new))
-            elif known is not None and known.version >= 0:
-                self._remember(rid, known._replace(head=new_head or head))
-            return int(value)
+            raise RedisUnavailable(url=_describe(self.client), reason=f"{type(exc).__name__} during a write to "
+                                   f"run {rid}; all of it or none of it was written") from None
+
+    def _refused(self, rid: str, code: int, value: Any, known: _Known | None, records: list[StepRecord]) -> None:
         self._forget(rid)
         for record in records:  # they were not written: leave them as they came
             record.prev_hash = record.record_hash = None
@@ -254,6 +198,93 @@ class RedisBackend:
         actual = int(value) if code == 0 else None
         raise VersionConflict(run_id=rid, expected_version=known.version if known else -1,
                               actual_version=actual if actual is None or actual >= 0 else None)
+
+    def _head(self, rid: str) -> tuple[_Known | None, str]:
+        known = self._known.get(rid)
+        if known is not None:
+            return known, known.head
+        head_raw = self.client.hget(self.keys.run(rid), "h")
+        return None, (head_raw or b"").decode()
+
+    def append(self, records: list[StepRecord], *, run_id: str, lookup_key: str | None = None) -> Any:
+        """Chain and append ``records`` to a run's ledger without touching its state.
+
+        With ``lookup_key``, a result already recorded under that idempotency key is
+        returned instead, and nothing is appended (one round trip for both). Returns None
+        after an append. :class:`VersionConflict` if the chain head moved.
+        """
+        rid = validate_run_id(run_id)
+        known, head = self._head(rid)
+        encoded, results, new_head = self._chain(records, head)
+        k = self.keys
+        argv: list[Any] = [head, new_head, new_id()[:23], lookup_key or "", len(encoded), *encoded,
+                           len(results) // 2, *results]
+        code, value = self._call(self._append_script, rid, [k.run(rid), k.ledger(rid), k.results(rid)], argv,
+                                 records)
+        if code == 4:
+            for record in records:
+                record.prev_hash = record.record_hash = None
+            return decode(value, key=f"{k.results(rid)} field {lookup_key}", run_id=rid, limit=self.max_value_bytes)
+        if code != 1:
+            self._refused(rid, code, value, known, records)
+        if known is not None:
+            self._remember(rid, known._replace(head=new_head))
+        return None
+
+    def commit(
+        self,
+        run: RunState,
+        records: list[StepRecord],
+        *,
+        expected_version: int | None = None,
+        create: bool = False,
+    ) -> int:
+        """Write ``run`` and append ``records`` to its ledger in one atomic script call.
+
+        The version checked is ``expected_version``, else the one this backend last read or
+        wrote for the run. The records are chained here (``prev_hash``/``record_hash`` set in
+        place) against the stored head; the script refuses the commit if the head or version
+        moved: :class:`VersionConflict`, nothing written. Returns the new version.
+        """
+        rid = validate_run_id(run.run_id)
+        known = self._known.get(rid)
+        if not create and known is None:
+            # A save with no earlier read in this process: read what is stored first, so
+            # the script can move its index entries.
+            if self.load_versioned(rid) is None:
+                create = True
+            known = self._known.get(rid)
+        head = known.head if known is not None else ""
+        encoded, results, new_head = self._chain(records, head)
+
+        k = self.keys
+        state = encode(run.to_dict(), what="run", limit=self.max_value_bytes)
+        new = _index_of(run)
+        old = known.entries if known is not None else _Index("", "", "", "", "", "")
+        if create:
+            expected = "new"
+        else:
+            assert known is not None
+            expected = str(expected_version if expected_version is not None else known.version)
+        # Microseconds, not ms: runs updated within one millisecond must still sort.
+        updated = str(int(parse_iso(run.updated_at, field="updated_at").timestamp() * 1_000_000))
+        keys = [
+            k.run(rid), k.ledger(rid), k.results(rid), k.by_updated(), k.by_workflow(new.workflow_id or "-"),
+            k.by_status(old.status or "-"), k.by_status(new.status or "-"),
+            k.by_wait_reason(old.reason or "-"), k.by_wait_reason(new.reason or "-"),
+            k.waiting_on(old.wait_key), k.waiting_on(new.wait_key), k.timers(),
+            k.children(new.parent_run_id or rid), k.events(),
+        ]
+        argv: list[Any] = [
+            "", expected, head, rid, state, updated, new.status, old.status, new.reason, old.reason,
+            new.wait_key, old.wait_key, new.until_ms, "1" if new.parent_run_id else "0", self.events_maxlen,
+            new_head or head, new_id()[:23], len(encoded), *encoded, len(results) // 2, *results,
+        ]
+        code, value = self._call(self._commit_script, rid, keys, argv, records)
+        if code != 1:
+            self._refused(rid, code, value, known, records)
+        self._remember(rid, _Known(int(value), new_head or head, new))
+        return int(value)
 
     def follow_events(self, *, last_id: str = "$", block_ms: int = 5000, count: int = 100
                       ) -> list[tuple[str, dict[str, str]]]:
@@ -361,7 +392,12 @@ class RedisLedgerStore:
 
     def append(self, record: StepRecord) -> None:
         """Chain and append one record (the run's state is not touched)."""
-        self.backend.commit(None, [record], run_id=record.run_id)
+        self.backend.append([record], run_id=record.run_id)
+
+    def begin_effect(self, record: StepRecord) -> Any:
+        """Append the ``started`` record of an effect attempt, unless a result is already
+        recorded under its idempotency key: then return that result and append nothing."""
+        return self.backend.append([record], run_id=record.run_id, lookup_key=record.idempotency_key)
 
     def list(self, run_id: str) -> list[dict[str, Any]]:
         key = self.backend.keys.ledger(validate_run_id(run_id))

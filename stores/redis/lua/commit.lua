@@ -10,7 +10,7 @@
 -- KEYS[10] wait set old    KEYS[11] wait set new
 -- KEYS[12] timers          KEYS[13] parent's children set   KEYS[14] events stream
 --
--- ARGV[1]  mode: "commit" (state and records) or "append" (records only, no version change)
+-- ARGV[1]  unused (kept so that the argument positions below stay put)
 -- ARGV[2]  expected version: a number, "new" (the run must not exist) or "any"
 -- ARGV[3]  expected chain head ("" when the ledger is empty)
 -- ARGV[4]  run id           ARGV[5]  msgpack state          ARGV[6]  updated_at (epoch µs)
@@ -22,13 +22,14 @@
 -- ARGV[17] commit token (unique per call, kept in field t)
 -- ARGV[18] number of records n, then n records, then the number of results m, then m pairs
 --
--- Returns {1, version} on success (append: the unchanged version, 0 if none); {0, actual version} on a
+-- (Appending records without a state, before an effect runs, is append.lua.)
+--
+-- Returns {1, version} on success; {0, actual version} on a
 -- version conflict (-1 when the run does not exist); {2, actual head} when the chain head
 -- moved; {3, version} when a "new" run already exists. Nothing is written unless it returns 1.
 -- A call whose token is already stored was applied before (the reply was lost and the
 -- client retried): it returns {1, ...} again and writes nothing.
 
-local mode = ARGV[1]
 local expected = ARGV[2]
 local stored = redis.call('HMGET', KEYS[1], 'v', 'h', 't')
 local version = tonumber(stored[1])
@@ -53,11 +54,6 @@ for i = 1, m do
 end
 local new_head = head
 if n > 0 then new_head = ARGV[16] end
-
-if mode == 'append' then
-  redis.call('HSET', KEYS[1], 'h', new_head, 't', ARGV[17])
-  return {1, version or 0}
-end
 
 local new_version = (version or 0) + 1
 redis.call('HSET', KEYS[1], 's', ARGV[5], 'v', new_version, 'h', new_head, 't', ARGV[17])
