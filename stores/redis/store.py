@@ -17,13 +17,14 @@ import redis
 
 from runtime import RunAlreadyExists, RunState, RunStatus, StepRecord, VersionConflict, WaitReason
 from runtime._json import epoch_ms, new_id, parse_iso
-from runtime.chain import compute_record_hash
+from runtime.chain import compute_record_hash, verify_ledger_chain
+from runtime.errors import CorruptRecordError
 from runtime.models import validate_run_id
 
 from .codec import decode, encode
 from .errors import RedisUnavailable
 from .keys import Keys
-from .settings import mask_url
+from .settings import RedisSettings, connect, mask_url
 
 __all__ = ["RedisBackend", "RedisRunStore", "RedisLedgerStore"]
 
@@ -107,8 +108,6 @@ class RedisBackend:
     def from_settings(cls, settings: Any = None) -> RedisBackend:
         """A backend on the Redis that ``settings`` names (``RedisSettings.from_env()`` when
         None; with no URL, the embedded server), with its prefix and value limit."""
-        from .settings import RedisSettings, connect
-
         settings = settings if settings is not None else RedisSettings.from_env()
         return cls(connect(settings), prefix=settings.prefix, max_value_bytes=settings.max_value_bytes)
 
@@ -132,8 +131,6 @@ class RedisBackend:
         try:
             return RunState.from_dict(data)
         except Exception as exc:
-            from runtime.errors import CorruptRecordError
-
             raise CorruptRecordError(location=f"Redis key {key} field s (run {run_id})", run_id=run_id,
                                      reason=str(exc)) from None
 
@@ -300,11 +297,6 @@ class RedisBackend:
                 out.append((entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()}))
         return out
 
-    def delete_cache(self) -> None:
-        """Forget every remembered version (the next save of each run reads it first)."""
-        with self._lock:
-            self._known.clear()
-
 
 class RedisRunStore:
     """The run-store view of a :class:`RedisBackend` (``RunStore`` and ``QueryableRunStore``)."""
@@ -406,9 +398,7 @@ class RedisLedgerStore:
             raw = fields.get(b"r")
             where = f"{key} entry {entry_id.decode()}"
             if raw is None:
-                from runtime.errors import CorruptRecordError
-
-                raise CorruptRecordError(location=f"Redis key {where}", run_id=run_id, reason="no field r")
+                    raise CorruptRecordError(location=f"Redis key {where}", run_id=run_id, reason="no field r")
             out.append(decode(raw, key=where, run_id=run_id, limit=self.backend.max_value_bytes))
         return out
 
@@ -438,6 +428,4 @@ class RedisLedgerStore:
 
     def verify(self, run_id: str) -> dict[str, Any]:
         """The chain check of the run's records against the stored head."""
-        from runtime.chain import verify_ledger_chain
-
         return verify_ledger_chain(self.list(run_id), expected_head=self.chain_head(run_id))
