@@ -353,3 +353,24 @@ def test_a_retried_commit_whose_reply_was_lost_is_applied_once(client):
     assert sent["again"][0] == 1
     assert [r["node_id"] for r in backend.ledger.list("r1")] == ["once"]
     assert backend.load_versioned("r1")[1] == 2
+
+
+def test_a_ledger_entry_of_an_unknown_format_is_refused_naming_it(client):
+    import msgpack
+
+    backend = fresh(client)
+    run = a_run()
+    backend.ledger.append(record_for(run, "a"))
+    client.xadd(backend.keys.ledger("r1"), {"r": msgpack.packb({"node_id": "b"})})
+    with pytest.raises(CorruptRecordError, match="not a ledger record of format 1"):
+        backend.ledger.list("r1")
+
+
+def test_stored_records_are_compact_and_read_back_whole(client):
+    backend = fresh(client)
+    run = a_run()
+    rec = record_for(run, "a")
+    backend.ledger.append(rec)
+    (entry_id, fields), = client.xrange(backend.keys.ledger("r1"))
+    assert len(fields[b"r"]) < len(__import__("msgpack").packb(rec.to_dict()))
+    assert backend.ledger.list("r1") == [rec.to_dict()]

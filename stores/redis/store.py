@@ -50,6 +50,27 @@ def _describe(client: Any) -> str:
     return mask_url(f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}")
 
 
+#: Field order of a stored ledger record, after the format tag; ``run_id`` is left out
+#: (the stream's key names the run). Arrays instead of maps halve a record's size, which
+#: matters most for the short ledgers of waiting runs.
+_RECORD_FIELDS = ("step_id", "node_id", "status", "effect", "result", "error", "started_at", "ended_at",
+                  "actor_id", "session_id", "attempt", "idempotency_key", "prev_hash", "record_hash", "signature")
+#: Format tag of a stored record (the first array item), so the format can change later.
+_RECORD_FORMAT = 1
+
+
+def _pack_record(data: dict[str, Any]) -> list[Any]:
+    return [_RECORD_FORMAT, *(data[f] for f in _RECORD_FIELDS)]
+
+
+def _unpack_record(value: Any, run_id: str, where: str) -> dict[str, Any]:
+    if isinstance(value, list) and value and value[0] == _RECORD_FORMAT and len(value) == len(_RECORD_FIELDS) + 1:
+        record = dict(zip(_RECORD_FIELDS, value[1:]))
+        return {"run_id": run_id, **record}
+    raise CorruptRecordError(location=f"Redis key {where}", run_id=run_id,
+                             reason=f"not a ledger record of format {_RECORD_FORMAT}")
+
+
 class _Index(NamedTuple):
     """The index entries of one run state (what the commit script adds and removes)."""
 
@@ -170,7 +191,7 @@ class RedisBackend:
             data = record.to_dict()
             record.record_hash = data["record_hash"] = compute_record_hash(record=data, prev_hash=prev)
             prev = record.record_hash
-            encoded.append(encode(data, what="ledger record", limit=limit))
+            encoded.append(encode(_pack_record(data), what="ledger record", limit=limit))
             if data["status"] == "completed" and data["idempotency_key"] and data["result"] is not None:
                 results += [data["idempotency_key"], encode(data["result"], what="effect result", limit=limit)]
         return encoded, results, prev or ""
@@ -399,7 +420,8 @@ class RedisLedgerStore:
             where = f"{key} entry {entry_id.decode()}"
             if raw is None:
                     raise CorruptRecordError(location=f"Redis key {where}", run_id=run_id, reason="no field r")
-            out.append(decode(raw, key=where, run_id=run_id, limit=self.backend.max_value_bytes))
+            value = decode(raw, key=where, run_id=run_id, limit=self.backend.max_value_bytes)
+            out.append(_unpack_record(value, run_id, where))
         return out
 
     def last_record(self, run_id: str) -> dict[str, Any] | None:
@@ -408,8 +430,9 @@ class RedisLedgerStore:
         if not entries:
             return None
         entry_id, fields = entries[0]
-        return decode(fields[b"r"], key=f"{key} entry {entry_id.decode()}", run_id=run_id,  # type: ignore[no-any-return]
-                      limit=self.backend.max_value_bytes)
+        where = f"{key} entry {entry_id.decode()}"
+        return _unpack_record(decode(fields[b"r"], key=where, run_id=run_id, limit=self.backend.max_value_bytes),
+                              run_id, where)
 
     def last_record_hash(self, run_id: str) -> str | None:
         return self.chain_head(run_id)
