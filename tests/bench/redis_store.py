@@ -90,7 +90,7 @@ from runtime.limits import RuntimeConfig  # noqa: E402
 from runtime.policies import compute_idempotency_key  # noqa: E402
 from stores.redis.codec import encode  # noqa: E402
 from stores.redis.keys import Keys  # noqa: E402
-from stores.redis.store import RedisBackend  # noqa: E402
+from stores.redis.store import RedisBackend, _pack_record  # noqa: E402
 
 #: Our commit's commits/s must reach this fraction of baseline B's (a bare same-shape EVALSHA).
 TARGET_COMMIT_RATIO_B = 0.9
@@ -567,7 +567,8 @@ def baseline_b(cap: Captured, per_call: dict[str, float], maxlen: int) -> Baseli
     rec, run = cap.first, cap.run
     values = {
         "state": encode(run.to_dict(), what="run", limit=1 << 30),
-        "record": encode(rec.to_dict(), what="record", limit=1 << 30),
+        # Stored records are tagged arrays (stores/redis/store.py), not maps.
+        "record": encode(_pack_record(rec.to_dict()), what="record", limit=1 << 30),
         "result": encode(rec.to_dict()["result"], what="result", limit=1 << 30),
         "idem": rec.idempotency_key,
         "rid": run.run_id,
