@@ -239,7 +239,7 @@ class Runtime:
                 return tr
             self._ledger_store.append(record)
             logger.info("run %s: %s attempt %d failed, retrying in %.2fs", run.run_id,
-                        pending.effect.type.value, pending.attempt, tr.retry_in_s)
+                        getattr(pending.effect.type, "value", pending.effect.type), pending.attempt, tr.retry_in_s)
             if tr.retry_in_s > 0:
                 time.sleep(tr.retry_in_s)  # looked up at call time, so tests can patch time.sleep
             assert tr.pending is not None

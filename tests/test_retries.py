@@ -219,3 +219,12 @@ def test_lookup_without_an_index_falls_back_to_the_ledger(backend):
     ledger.append(apply_outcome(run, tr.pending, EffectOutcome.completed("once"), record=rec).records[0])
     state = rt.tick(workflow=wf, run_id=run_id)
     assert calls == [] and state.status == RunStatus.COMPLETED
+
+
+def test_effect_types_given_as_plain_strings_work_with_retries(make_runtime, no_sleep):
+    """Code that writes Effect(type="tool_calls") (a str, not the enum) still retries and lands."""
+    tool = Flaky(1)
+    rt = make_runtime(effect_handlers={"tool_calls": tool}, effect_policy=RetryPolicy(tool_max_attempts=2))
+    wf = one_effect(Effect(type="tool_calls", payload={}, result_key="r"))  # type: ignore[arg-type]
+    state = rt.tick(workflow=wf, run_id=rt.start(workflow=wf))
+    assert state.status == RunStatus.COMPLETED and tool.calls == 2 and no_sleep == [1.0]
