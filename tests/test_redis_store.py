@@ -64,11 +64,13 @@ def test_a_stale_writer_is_refused_and_writes_nothing(client):
     assert first.ledger.verify("r1")["ok"]
 
 
-def test_two_writers_race_a_thousand_times_and_exactly_one_wins_each_round(client):
-    """The acceptance race: both load, both commit; one commit lands per round, the chain holds."""
+@pytest.mark.parametrize("sharing", ["two backends", "one backend, two threads"])
+def test_two_writers_race_a_thousand_times_and_exactly_one_wins_each_round(client, sharing):
+    """The acceptance race: both load, both commit; one commit lands per round, the chain holds.
+    Two processes have a backend each; two threads of one process share one."""
     base = fresh(client)
     base.runs.create(a_run())
-    writers = [twin(base), twin(base)]
+    writers = [twin(base), twin(base)] if sharing == "two backends" else [base, base]
     rounds = 1000
     barrier = threading.Barrier(2)
     wins = [[0] * rounds, [0] * rounds]

@@ -116,8 +116,10 @@ class RedisBackend:
         self.max_value_bytes = max_value_bytes
         self.events_maxlen = events_maxlen
         self._cache_size = cache_size
-        self._known: dict[str, _Known] = {}
-        self._lock = threading.Lock()
+        # What this thread last read or wrote of each run. Per thread, so that two threads
+        # sharing a backend are checked against the versions *they* loaded: with one shared
+        # cache, a thread that loaded an old version would commit over another's write.
+        self._local = threading.local()
         # register_script sends EVALSHA and loads the script again after a NOSCRIPT
         # (a restarted or failed-over server), so the script text crosses the wire once.
         self._commit_script = client.register_script(_COMMIT_LUA)
@@ -134,15 +136,21 @@ class RedisBackend:
 
     # -- cache -----------------------------------------------------------------------------------
 
+    @property
+    def _known(self) -> dict[str, _Known]:
+        known: dict[str, _Known] | None = getattr(self._local, "known", None)
+        if known is None:
+            known = self._local.known = {}
+        return known
+
     def _remember(self, run_id: str, known: _Known) -> None:
-        with self._lock:
-            if len(self._known) >= self._cache_size and run_id not in self._known:
-                del self._known[next(iter(self._known))]  # the oldest entry (dicts keep insertion order)
-            self._known[run_id] = known
+        cache = self._known
+        if len(cache) >= self._cache_size and run_id not in cache:
+            del cache[next(iter(cache))]  # the oldest entry (dicts keep insertion order)
+        cache[run_id] = known
 
     def _forget(self, run_id: str) -> None:
-        with self._lock:
-            self._known.pop(run_id, None)
+        self._known.pop(run_id, None)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -259,8 +267,8 @@ class RedisBackend:
     ) -> int:
         """Write ``run`` and append ``records`` to its ledger in one atomic script call.
 
-        The version checked is ``expected_version``, else the one this backend last read or
-        wrote for the run. The records are chained here (``prev_hash``/``record_hash`` set in
+        The version checked is ``expected_version``, else the one this thread last read or
+        wrote for the run through this backend. The records are chained here (``prev_hash``/``record_hash`` set in
         place) against the stored head; the script refuses the commit if the head or version
         moved: :class:`VersionConflict`, nothing written. Returns the new version.
         """
