@@ -2,7 +2,8 @@
 
 ``backend`` is parametrised over the store combinations the kernel supports today: in
 memory and JSON files, each plain and hash-chained, and Redis (a real redis-server this
-session starts, and fakeredis; Redis ledgers are always chained). The Celery driver
+session starts, fakeredis, and a one-node Redis Cluster that enforces CROSSSLOT; Redis
+ledgers are always chained). The Celery driver
 joins as one more parameter: a scenario only needs ``make_runtime()`` to
 give it an object with the ``Runtime`` API (start / tick / resume / cancel_run /
 get_state / get_ledger) and ``backend.reopen()`` to give it a fresh view of the same
@@ -22,7 +23,7 @@ import pytest
 from runtime import HashChainedLedgerStore, InMemoryLedgerStore, InMemoryRunStore, Runtime
 from stores import JsonFileRunStore, JsonlLedgerStore
 
-BACKENDS = ["memory", "memory+chain", "jsonfile", "jsonfile+chain", "redis", "fakeredis"]
+BACKENDS = ["memory", "memory+chain", "jsonfile", "jsonfile+chain", "redis", "fakeredis", "redis-cluster"]
 
 
 @dataclass
@@ -34,13 +35,13 @@ class Backend:
 
     @property
     def chained(self) -> bool:
-        return self.name.endswith("+chain") or self.name in ("redis", "fakeredis")
+        return self.name.endswith("+chain") or self.name.startswith(("redis", "fakeredis"))
 
 
 def build_backend(name: str, data_dir: Path, redis_client: Any = None) -> Backend:
     chained = name.endswith("+chain")
     kind = name.split("+")[0]
-    if kind in ("redis", "fakeredis"):
+    if kind in ("redis", "fakeredis", "redis-cluster"):
         # Redis ledgers are always hash-chained. Each test gets its own key prefix, so no
         # test ever flushes or sees another's keys.
         from stores.redis import RedisBackend
@@ -48,7 +49,8 @@ def build_backend(name: str, data_dir: Path, redis_client: Any = None) -> Backen
         prefix = f"t{uuid.uuid4().hex[:12]}"
 
         def reopen_redis() -> Backend:
-            backend = RedisBackend(redis_client, prefix=prefix)  # a fresh cache: another process
+            # A fresh cache: another process.
+            backend = RedisBackend(redis_client, prefix=prefix, cluster=kind == "redis-cluster")
             return Backend(name, backend.runs, backend.ledger, reopen_redis)
 
         return reopen_redis()
@@ -84,6 +86,16 @@ def redis_server() -> Any:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster_server() -> Any:
+    """A one-node Redis Cluster (it enforces CROSSSLOT), started for this session."""
+    from redis_server import OneNodeCluster
+
+    server = OneNodeCluster().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def fake_redis_server() -> Any:
     import fakeredis
 
@@ -99,6 +111,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
         import fakeredis
 
         client = fakeredis.FakeRedis(server=request.getfixturevalue("fake_redis_server"))
+    elif request.param == "redis-cluster":
+        client = request.getfixturevalue("redis_cluster_server").client()
     return build_backend(request.param, tmp_path / "data", client)
 
 

@@ -301,3 +301,68 @@ class RedisServer:
             self._terminate()
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10,000) is free and valid too."""
+    for _ in range(200):
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster-mode redis-server")
+
+
+class OneNodeCluster:
+    """A redis-server in cluster mode that owns all 16,384 slots: a real Redis Cluster of one
+    node. It enforces what Cluster enforces (a script or transaction may not touch keys of
+    two slots: CROSSSLOT), so a plain client can test Cluster-safe key layouts."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="redis-cluster-test-")
+        self.port = _cluster_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port)
+
+    def start(self) -> OneNodeCluster:
+        self.proc = subprocess.Popen(
+            [default_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+             "--save", "", "--appendonly", "no", "--cluster-enabled", "yes",
+             "--cluster-config-file", "nodes.conf", "--logfile", os.path.join(self.dir, "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = self.client()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    log = Path(self.dir, "redis.log").read_text(errors="replace")[-600:]
+                    self.stop()
+                    raise RuntimeError(f"cluster-mode redis-server did not start:\n{log}") from None
+                time.sleep(0.05)
+        client.execute_command("CLUSTER", "ADDSLOTS", *range(16384))
+        while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the one-node cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)

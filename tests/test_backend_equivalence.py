@@ -56,6 +56,8 @@ def test_same_final_states_and_ledgers_as_in_memory(name, tmp_path, request):
         import fakeredis
 
         client = fakeredis.FakeRedis(server=request.getfixturevalue("fake_redis_server"))
+    elif name == "redis-cluster":
+        client = request.getfixturevalue("redis_cluster_server").client()
     expected = play(build_backend("memory", tmp_path / "m"))
     got = play(build_backend(name, tmp_path / "x", client))
     # A waiting record holds the wait key, which names the run id: compare the rest of it.

@@ -306,3 +306,15 @@ def test_connect_over_tls(tmp_path):
 
 def test_default_binary_exists():
     assert default_binary()
+
+
+def test_cluster_flag_from_env():
+    from stores.redis import RedisSettings
+
+    assert RedisSettings.from_env({"ABSTRACTRUNTIME_REDIS_CLUSTER": "yes"}).cluster is True
+    assert RedisSettings.from_env({"ABSTRACTRUNTIME_REDIS_CLUSTER": "0"}).cluster is False
+    assert RedisSettings.from_env({}).cluster is False
+    import pytest
+
+    with pytest.raises(ValueError, match="ABSTRACTRUNTIME_REDIS_CLUSTER must be true or false"):
+        RedisSettings.from_env({"ABSTRACTRUNTIME_REDIS_CLUSTER": "maybe"})

@@ -376,3 +376,31 @@ def test_stored_records_are_compact_and_read_back_whole(client):
     (entry_id, fields), = client.xrange(backend.keys.ledger("r1"))
     assert len(fields[b"r"]) < len(__import__("msgpack").packb(rec.to_dict()))
     assert backend.ledger.list("r1") == [rec.to_dict()]
+
+
+def test_on_cluster_one_script_would_cross_slots_so_a_commit_is_split(redis_cluster_server):
+    """On Redis Cluster the single-script commit is refused (CROSSSLOT); cluster mode commits
+    the run's slot first, then the index slot, and every index still answers."""
+    import redis as redis_py
+
+    client = redis_cluster_server.client()
+    standalone = fresh(client)
+    with pytest.raises(redis_py.ResponseError, match="CROSSSLOT|hash to the same slot"):
+        standalone.runs.create(a_run("r1"))
+
+    backend = fresh(client, cluster=True)
+    wf = WorkflowSpec(workflow_id="ask", entry_node="a", nodes={
+        "a": lambda run, ctx: StepPlan(node_id="a", next_node="b", effect=Effect(
+            type=EffectType.ASK_USER, payload={"prompt": "?", "wait_key": "k"})),
+        "b": lambda run, ctx: StepPlan(node_id="b", complete_output={}),
+    })
+    rt = Runtime(run_store=backend.runs, ledger_store=backend.ledger)
+    run_id = rt.start(workflow=wf)
+    rt.tick(workflow=wf, run_id=run_id)
+    assert backend.runs.runs_waiting_on("k") == [run_id]
+    assert [r.run_id for r in backend.runs.list_runs(status=RunStatus.WAITING)] == [run_id]
+    rt.resume(workflow=wf, run_id=run_id, wait_key="k", payload=1)
+    assert backend.runs.runs_waiting_on("k") == []
+    assert [r.run_id for r in backend.runs.list_runs(status=RunStatus.COMPLETED)] == [run_id]
+    assert backend.runs.list_runs(status=RunStatus.WAITING) == []
+    assert backend.ledger.verify(run_id)["ok"]

@@ -13,10 +13,14 @@ __all__ = ["Keys"]
 class Keys:
     """Key names under one prefix (default ``ar``)."""
 
-    def __init__(self, prefix: str = "ar") -> None:
+    def __init__(self, prefix: str = "ar", *, cluster: bool = False) -> None:
         if not prefix or any(c in prefix for c in "{} \t\r\n"):
             raise ValueError(f"Invalid Redis key prefix {prefix!r}: it must be non-empty, without braces or spaces")
         self.prefix = prefix
+        self.cluster = cluster
+        # On Redis Cluster every cross-run index shares one hash tag, so that the index step
+        # of a commit touches one slot (the run's own keys are in the run's slot).
+        self._g = f"{prefix}:{{{prefix}-idx}}:" if cluster else f"{prefix}:"
 
     # -- one run (one cluster slot) --------------------------------------------------------------
 
@@ -33,38 +37,41 @@ class Keys:
         return f"{self.prefix}:{{{run_id}}}:results"
 
     def children(self, parent_run_id: str) -> str:
-        """SET of the run ids whose parent is this run (in the parent's slot)."""
+        """SET of the run ids whose parent is this run (in the parent's slot; on Cluster, in the
+        index slot, because the child's commit writes it)."""
+        if self.cluster:
+            return f"{self._g}children:{parent_run_id}"
         return f"{self.prefix}:{{{parent_run_id}}}:children"
 
     # -- cross-run indexes -----------------------------------------------------------------------
 
     def by_status(self, status: str) -> str:
         """ZSET run id -> updated_at (epoch µs), runs of one status."""
-        return f"{self.prefix}:idx:status:{status}"
+        return f"{self._g}idx:status:{status}"
 
     def by_workflow(self, workflow_id: str) -> str:
         """ZSET run id -> updated_at (epoch µs), runs of one workflow."""
-        return f"{self.prefix}:idx:workflow:{workflow_id}"
+        return f"{self._g}idx:workflow:{workflow_id}"
 
     def by_wait_reason(self, reason: str) -> str:
         """ZSET run id -> updated_at (epoch µs), waiting runs of one wait reason."""
-        return f"{self.prefix}:idx:reason:{reason}"
+        return f"{self._g}idx:reason:{reason}"
 
     def by_updated(self) -> str:
         """ZSET run id -> updated_at (epoch µs), every run."""
-        return f"{self.prefix}:idx:updated"
+        return f"{self._g}idx:updated"
 
     def timers(self) -> str:
         """ZSET run id -> wake time (epoch ms) of runs waiting ``until`` a time."""
-        return f"{self.prefix}:timers"
+        return f"{self._g}timers"
 
     def waiting_on(self, wait_key: str) -> str:
         """SET of the run ids waiting on one wait key (event delivery without a scan)."""
-        return f"{self.prefix}:wait:{wait_key}"
+        return f"{self._g}wait:{wait_key}"
 
     def events(self) -> str:
         """STREAM of every commit (run id, status, version), capped; followed with XREAD BLOCK."""
-        return f"{self.prefix}:events"
+        return f"{self._g}events"
 
     # -- snapshots (stores/redis/snapshots.py) ----------------------------------------------------
 

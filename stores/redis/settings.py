@@ -37,6 +37,7 @@ ENV_VARS = {
     "ABSTRACTRUNTIME_REDIS_RETRY_ATTEMPTS": "retry_attempts",
     "ABSTRACTRUNTIME_DATA_DIR": "data_dir",
     "ABSTRACTRUNTIME_REDIS_MAX_VALUE_BYTES": "max_value_bytes",
+    "ABSTRACTRUNTIME_REDIS_CLUSTER": "cluster",
 }
 
 _MASK = "***"
@@ -115,6 +116,9 @@ class RedisSettings:
     max_depth: int = 64
     #: Seconds a pooled connection may sit idle before it is checked with PING on its next use; 0 never.
     health_check_interval_s: float = 30.0
+    #: Redis Cluster: each commit is two calls (the run's slot, then the index slot) and every
+    #: cross-run index shares one hash tag. False (one call per commit) for a single Redis.
+    cluster: bool = False
 
     def __post_init__(self) -> None:
         if self.url is not None:
@@ -156,6 +160,11 @@ class RedisSettings:
             if not raw:
                 continue
             kind = types[name]
+            if kind == "bool":
+                if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                    raise ValueError(f"{var} must be true or false, got {raw!r}")
+                values[name] = raw.lower() in ("1", "true", "yes", "on")
+                continue
             try:
                 values[name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
             except ValueError:

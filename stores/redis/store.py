@@ -40,6 +40,9 @@ _PAGE = 200
 _LUA = resources.files(__package__).joinpath("lua")
 _COMMIT_LUA = _LUA.joinpath("commit.lua").read_text(encoding="utf-8")
 _APPEND_LUA = _LUA.joinpath("append.lua").read_text(encoding="utf-8")
+_INDEX_LUA = _LUA.joinpath("index.lua").read_text(encoding="utf-8")
+_STATUSES = ("running", "waiting", "completed", "failed", "cancelled")
+_REASONS = ("event", "until", "user", "job", "subworkflow")
 
 
 def _describe(client: Any) -> str:
@@ -108,11 +111,14 @@ class RedisBackend:
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        cluster: bool = False,
     ) -> None:
         # redis-py's return types are unions of bytes and str; the client is built with
         # decode_responses=False, so values here are always bytes.
         self.client: Any = client
-        self.keys = Keys(prefix)
+        #: Redis Cluster: a commit is two calls, the run's slot then the index slot.
+        self.cluster = cluster
+        self.keys = Keys(prefix, cluster=cluster)
         self.max_value_bytes = max_value_bytes
         self.events_maxlen = events_maxlen
         self._cache_size = cache_size
@@ -124,6 +130,7 @@ class RedisBackend:
         # (a restarted or failed-over server), so the script text crosses the wire once.
         self._commit_script = client.register_script(_COMMIT_LUA)
         self._append_script = client.register_script(_APPEND_LUA)
+        self._index_script = client.register_script(_INDEX_LUA)
         self.runs = RedisRunStore(self)
         self.ledger = RedisLedgerStore(self)
 
@@ -132,7 +139,8 @@ class RedisBackend:
         """A backend on the Redis that ``settings`` names (``RedisSettings.from_env()`` when
         None; with no URL, the embedded server), with its prefix and value limit."""
         settings = settings if settings is not None else RedisSettings.from_env()
-        return cls(connect(settings), prefix=settings.prefix, max_value_bytes=settings.max_value_bytes)
+        return cls(connect(settings), prefix=settings.prefix, max_value_bytes=settings.max_value_bytes,
+                   cluster=settings.cluster)
 
     # -- cache -----------------------------------------------------------------------------------
 
@@ -302,14 +310,24 @@ class RedisBackend:
             k.children(new.parent_run_id or rid), k.events(),
         ]
         argv: list[Any] = [
-            "", expected, head, rid, state, updated, new.status, old.status, new.reason, old.reason,
-            new.wait_key, old.wait_key, new.until_ms, "1" if new.parent_run_id else "0", self.events_maxlen,
+            "run" if self.cluster else "all", expected, head, rid, state, updated, new.status, old.status,
+            new.reason, old.reason, new.wait_key, old.wait_key, new.until_ms, "1" if new.parent_run_id else "0",
+            self.events_maxlen,
             new_head or head, new_id()[:23], len(encoded), *encoded, len(results) // 2, *results,
         ]
-        code, value = self._call(self._commit_script, rid, keys, argv, records)
+        code, value = self._call(self._commit_script, rid, keys[:3] if self.cluster else keys, argv, records)
         if code != 1:
             self._refused(rid, code, value, known, records)
         self._remember(rid, _Known(int(value), new_head or head, new))
+        if self.cluster:
+            # The second step, in the index slot. If this process dies before it, the run's
+            # next commit puts every index right again (index.lua rebuilds its entries).
+            self._call(self._index_script, rid, [
+                k.by_updated(), k.by_workflow(new.workflow_id or "-"), *(k.by_status(s) for s in _STATUSES),
+                *(k.by_wait_reason(r) for r in _REASONS), k.waiting_on(old.wait_key), k.waiting_on(new.wait_key),
+                k.timers(), k.children(new.parent_run_id or rid), k.events(),
+            ], [rid, updated, new.status, new.reason, old.wait_key, new.wait_key, new.until_ms,
+                "1" if new.parent_run_id else "0", self.events_maxlen, int(value)], [])
         return int(value)
 
     def follow_events(self, *, last_id: str = "$", block_ms: int = 5000, count: int = 100

@@ -10,7 +10,9 @@
 -- KEYS[10] wait set old    KEYS[11] wait set new
 -- KEYS[12] timers          KEYS[13] parent's children set   KEYS[14] events stream
 --
--- ARGV[1]  unused (kept so that the argument positions below stay put)
+-- ARGV[1]  "all": also move the indexes (one Redis: one call does everything);
+--          "run": only the run's own keys (Redis Cluster: index.lua follows, and KEYS[4..]
+--          may be omitted)
 -- ARGV[2]  expected version: a number, "new" (the run must not exist) or "any"
 -- ARGV[3]  expected chain head ("" when the ledger is empty)
 -- ARGV[4]  run id           ARGV[5]  msgpack state          ARGV[6]  updated_at (epoch µs)
@@ -57,6 +59,7 @@ if n > 0 then new_head = ARGV[16] end
 
 local new_version = (version or 0) + 1
 redis.call('HSET', KEYS[1], 's', ARGV[5], 'v', new_version, 'h', new_head, 't', ARGV[17])
+if ARGV[1] == 'run' then return {1, new_version} end
 
 local run_id, updated = ARGV[4], ARGV[6]
 redis.call('ZADD', KEYS[4], updated, run_id)
