@@ -14,6 +14,7 @@ from typing import Any
 
 from ._json import canonical_utf8, sha256_hex
 from .models import StepRecord
+from .step import scan_effect_result
 
 __all__ = ["compute_record_hash", "HashChainedLedgerStore", "verify_ledger_chain"]
 
@@ -80,9 +81,7 @@ class HashChainedLedgerStore:
         find = getattr(self._inner, "find_effect_result", None)
         if find is not None:
             return find(run_id, idempotency_key)
-        from .step import scan_effect_result  # the fallback for inner stores without an index
-
-        return scan_effect_result(self._inner.list(run_id), idempotency_key)
+        return scan_effect_result(self._inner.list(run_id), idempotency_key)  # no index: scan, as 0.2.0 did
 
     def head(self, run_id: str) -> str | None:
         """The hash of the newest record of the run (what the next record will point at)."""

@@ -61,6 +61,7 @@ local new_version = (version or 0) + 1
 redis.call('HSET', KEYS[1], 's', ARGV[5], 'v', new_version, 'h', new_head, 't', ARGV[17])
 if ARGV[1] == 'run' then return {1, new_version} end
 
+-- The index moves below are also index.lua (Cluster mode); change both together.
 local run_id, updated = ARGV[4], ARGV[6]
 redis.call('ZADD', KEYS[4], updated, run_id)
 redis.call('ZADD', KEYS[5], updated, run_id)

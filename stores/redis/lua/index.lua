@@ -14,6 +14,9 @@
 -- ARGV[8] "1" if the run has a parent  ARGV[9] events max length  ARGV[10] the new version
 --
 -- Returns 1.
+--
+-- The same index moves are the tail of commit.lua (its "all" mode, one call on a single
+-- Redis); change both together. The scenario suite runs on both modes.
 
 local run_id, updated = ARGV[1], ARGV[2]
 local statuses = {'running', 'waiting', 'completed', 'failed', 'cancelled'}
