@@ -65,9 +65,10 @@ class InvalidPlanError(WorkflowError, ValueError):
 class WorkflowNotRegistered(WorkflowError, KeyError):
     """Raised when a workflow id is missing from the registry."""
 
-    def __init__(self, workflow_id: str) -> None:
+    def __init__(self, workflow_id: str, *, hint: str | None = None) -> None:
         self.workflow_id = workflow_id
-        super().__init__(f"Workflow '{workflow_id}' is not registered. Register it with registry.register(spec).")
+        super().__init__(f"Workflow '{workflow_id}' is not registered. "
+                         + (hint if hint is not None else "Register it with registry.register(spec)."))
 
 
 class WorkflowAlreadyRegistered(WorkflowError, ValueError):

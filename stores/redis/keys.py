@@ -65,6 +65,11 @@ class Keys:
         """ZSET run id -> wake time (epoch ms) of runs waiting ``until`` a time."""
         return f"{self._g}timers"
 
+    def leases(self) -> str:
+        """ZSET run id -> lease expiry (epoch ms, Redis clock) of runs expecting a follow-up message
+        (a tick, an effect task); the recovery sweep re-dispatches the expired ones."""
+        return f"{self._g}leases"
+
     def waiting_on(self, wait_key: str) -> str:
         """SET of the run ids waiting on one wait key (event delivery without a scan)."""
         return f"{self._g}wait:{wait_key}"

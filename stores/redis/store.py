@@ -41,6 +41,7 @@ _LUA = resources.files(__package__).joinpath("lua")
 _COMMIT_LUA = _LUA.joinpath("commit.lua").read_text(encoding="utf-8")
 _APPEND_LUA = _LUA.joinpath("append.lua").read_text(encoding="utf-8")
 _INDEX_LUA = _LUA.joinpath("index.lua").read_text(encoding="utf-8")
+_CLAIM_LUA = _LUA.joinpath("claim.lua").read_text(encoding="utf-8")
 _STATUSES = ("running", "waiting", "completed", "failed", "cancelled")
 _REASONS = ("event", "until", "user", "job", "subworkflow")
 
@@ -131,6 +132,7 @@ class RedisBackend:
         self._commit_script = client.register_script(_COMMIT_LUA)
         self._append_script = client.register_script(_APPEND_LUA)
         self._index_script = client.register_script(_INDEX_LUA)
+        self._claim_script = client.register_script(_CLAIM_LUA)
         self.runs = RedisRunStore(self)
         self.ledger = RedisLedgerStore(self)
 
@@ -180,6 +182,51 @@ class RedisBackend:
         v = int(version or 0)
         self._remember(run_id, _Known(v, (head or b"").decode(), _index_of(run)))
         return run, v
+
+    def load_for_driver(self, run_id: str) -> tuple[RunState, int, dict[str, Any] | None, int] | None:
+        """The state, its version, its dispatch (what it expects next, or None) and the Redis
+        clock in epoch ms, in one round trip; None when the run does not exist."""
+        k = self.keys.run(validate_run_id(run_id))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(k, "s", "v", "h", "d")
+        pipe.time()
+        (raw, version, head, dispatch), (sec, usec) = pipe.execute()
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        if raw is None:
+            return None
+        run = self._decode_state(run_id, raw)
+        v = int(version or 0)
+        self._remember(run_id, _Known(v, (head or b"").decode(), _index_of(run)))
+        d = decode(dispatch, key=f"{k} field d", run_id=run_id, limit=self.max_value_bytes) if dispatch else None
+        if d is not None and not isinstance(d, dict):
+            raise CorruptRecordError(location=f"Redis key {k} field d", run_id=run_id, reason="not a map")
+        return run, v, d, now_ms
+
+    def time_ms(self) -> int:
+        """The Redis server's clock in epoch ms (wake times are judged by it, not by ours)."""
+        sec, usec = self.client.time()
+        return int(sec) * 1000 + int(usec) // 1000
+
+    def claim_due(self, key: str, *, limit: int, hold_ms: int) -> tuple[int, list[str]]:
+        """Claim up to ``limit`` members of the sorted set ``key`` (timers or leases) whose score
+        is due by the Redis clock, pushing each score ``hold_ms`` ahead; (now in ms, ids)."""
+        now, *ids = self._claim_script(keys=[key], args=[int(limit), int(hold_ms)])
+        return int(now), [i.decode() for i in ids]
+
+    def renew_lease(self, run_id: str, lease_ms: int, now_ms: int | None = None) -> None:
+        """Push the lease of a run that holds one to ``lease_ms`` from now (nothing if it holds none)."""
+        now = self.time_ms() if now_ms is None else now_ms
+        self.client.zadd(self.keys.leases(), {validate_run_id(run_id): now + int(lease_ms)}, xx=True)
+
+    def clear_dispatch(self, run_id: str) -> None:
+        """Remove the dispatch and the lease of a run (after its last follow-up is done)."""
+        rid = validate_run_id(run_id)
+        # Two keys in two slots on Cluster: not a transaction. A lease left without a dispatch
+        # is dropped by the next sweep.
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hdel(self.keys.run(rid), "d")
+        pipe.zrem(self.keys.leases(), rid)
+        pipe.execute()
 
     def _load_many(self, run_ids: list[str]) -> list[RunState]:
         if not run_ids:
@@ -240,18 +287,21 @@ class RedisBackend:
         head_raw = self.client.hget(self.keys.run(rid), "h")
         return None, (head_raw or b"").decode()
 
-    def append(self, records: list[StepRecord], *, run_id: str, lookup_key: str | None = None) -> Any:
+    def append(self, records: list[StepRecord], *, run_id: str, lookup_key: str | None = None,
+               dispatch: dict[str, Any] | None = None) -> Any:
         """Chain and append ``records`` to a run's ledger without touching its state.
 
         With ``lookup_key``, a result already recorded under that idempotency key is
         returned instead, and nothing is appended (one round trip for both). Returns None
-        after an append. :class:`VersionConflict` if the chain head moved.
+        after an append. :class:`VersionConflict` if the chain head moved. ``dispatch``
+        replaces the run's dispatch field in the same call.
         """
         rid = validate_run_id(run_id)
         known, head = self._head(rid)
         encoded, results, new_head = self._chain(records, head)
         k = self.keys
-        argv: list[Any] = [head, new_head, new_id()[:23], lookup_key or "", len(encoded), *encoded,
+        packed = encode(dispatch, what="dispatch", limit=self.max_value_bytes) if dispatch is not None else ""
+        argv: list[Any] = [head, new_head, new_id()[:23], lookup_key or "", packed, len(encoded), *encoded,
                            len(results) // 2, *results]
         code, value = self._call(self._append_script, rid, [k.run(rid), k.ledger(rid), k.results(rid)], argv,
                                  records)
@@ -272,6 +322,8 @@ class RedisBackend:
         *,
         expected_version: int | None = None,
         create: bool = False,
+        dispatch: dict[str, Any] | None = None,
+        lease_ms: int | None = None,
     ) -> int:
         """Write ``run`` and append ``records`` to its ledger in one atomic script call.
 
@@ -279,6 +331,11 @@ class RedisBackend:
         wrote for the run through this backend. The records are chained here (``prev_hash``/``record_hash`` set in
         place) against the stored head; the script refuses the commit if the head or version
         moved: :class:`VersionConflict`, nothing written. Returns the new version.
+
+        ``dispatch`` (a small JSON-able dict, kept in the run hash) says what the run expects
+        next; ``lease_ms`` puts the run in the lease index until that many milliseconds from
+        now by the Redis clock. Without them the commit removes both (the Celery driver sets
+        them; ``workers/engine.py`` says what they hold).
         """
         rid = validate_run_id(run.run_id)
         known = self._known.get(rid)
@@ -302,18 +359,21 @@ class RedisBackend:
             expected = str(expected_version if expected_version is not None else known.version)
         # Microseconds, not ms: runs updated within one millisecond must still sort.
         updated = str(int(parse_iso(run.updated_at, field="updated_at").timestamp() * 1_000_000))
+        lease = "" if lease_ms is None else str(max(0, int(lease_ms)))
         keys = [
             k.run(rid), k.ledger(rid), k.results(rid), k.by_updated(), k.by_workflow(new.workflow_id or "-"),
             k.by_status(old.status or "-"), k.by_status(new.status or "-"),
             k.by_wait_reason(old.reason or "-"), k.by_wait_reason(new.reason or "-"),
             k.waiting_on(old.wait_key), k.waiting_on(new.wait_key), k.timers(),
-            k.children(new.parent_run_id or rid), k.events(),
+            k.children(new.parent_run_id or rid), k.events(), k.leases(),
         ]
         argv: list[Any] = [
             "run" if self.cluster else "all", expected, head, rid, state, updated, new.status, old.status,
             new.reason, old.reason, new.wait_key, old.wait_key, new.until_ms, "1" if new.parent_run_id else "0",
             self.events_maxlen,
-            new_head or head, new_id()[:23], len(encoded), *encoded, len(results) // 2, *results,
+            new_head or head, new_id()[:23],
+            encode(dispatch, what="dispatch", limit=self.max_value_bytes) if dispatch is not None else "", lease,
+            len(encoded), *encoded, len(results) // 2, *results,
         ]
         code, value = self._call(self._commit_script, rid, keys[:3] if self.cluster else keys, argv, records)
         if code != 1:
@@ -325,9 +385,9 @@ class RedisBackend:
             self._call(self._index_script, rid, [
                 k.by_updated(), k.by_workflow(new.workflow_id or "-"), *(k.by_status(s) for s in _STATUSES),
                 *(k.by_wait_reason(r) for r in _REASONS), k.waiting_on(old.wait_key), k.waiting_on(new.wait_key),
-                k.timers(), k.children(new.parent_run_id or rid), k.events(),
+                k.timers(), k.children(new.parent_run_id or rid), k.events(), k.leases(),
             ], [rid, updated, new.status, new.reason, old.wait_key, new.wait_key, new.until_ms,
-                "1" if new.parent_run_id else "0", self.events_maxlen, int(value)], [])
+                "1" if new.parent_run_id else "0", self.events_maxlen, int(value), lease], [])
         return int(value)
 
     def follow_events(self, *, last_id: str = "$", block_ms: int = 5000, count: int = 100
@@ -448,6 +508,23 @@ class RedisLedgerStore:
                     raise CorruptRecordError(location=f"Redis key {where}", run_id=run_id, reason="no field r")
             value = decode(raw, key=where, run_id=run_id, limit=self.backend.max_value_bytes)
             out.append(_unpack_record(value, run_id, where))
+        return out
+
+    def follow(self, run_id: str, *, last_id: str = "0", block_ms: int = 5000, count: int = 100
+               ) -> list[tuple[str, dict[str, Any]]]:
+        """Records appended after stream id ``last_id`` ("0": from the start), waiting up to
+        ``block_ms`` for one with a blocking ``XREAD`` (not polling); ``(entry id, record)`` pairs."""
+        key = self.backend.keys.ledger(validate_run_id(run_id))
+        reply = self.backend.client.xread({key: last_id}, count=count, block=block_ms)
+        out = []
+        for _stream, entries in reply or ():
+            for entry_id, fields in entries:
+                where = f"{key} entry {entry_id.decode()}"
+                raw = fields.get(b"r")
+                if raw is None:
+                    raise CorruptRecordError(location=f"Redis key {where}", run_id=run_id, reason="no field r")
+                value = decode(raw, key=where, run_id=run_id, limit=self.backend.max_value_bytes)
+                out.append((entry_id.decode(), _unpack_record(value, run_id, where)))
         return out
 
     def last_record(self, run_id: str) -> dict[str, Any] | None:

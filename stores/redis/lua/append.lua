@@ -7,7 +7,8 @@
 -- ARGV[2]  new chain head
 -- ARGV[3]  call token (kept in field t; a re-sent call is a no-op)
 -- ARGV[4]  idempotency key to look up first ("" for none)
--- ARGV[5]  number of records n, then n msgpack records, then the number of results m,
+-- ARGV[5]  dispatch to keep in field d ("" leaves d as it is)
+-- ARGV[6]  number of records n, then n msgpack records, then the number of results m,
 --          then m pairs (idempotency key, msgpack result; HSETNX: the first wins)
 --
 -- Returns {1, 0} when appended; {4, result} when ARGV[4] has a recorded result (nothing
@@ -21,13 +22,17 @@ if ARGV[4] ~= '' then
 end
 local head = stored[1] or ''
 if head ~= ARGV[1] then return {2, head} end
-local n = tonumber(ARGV[5])
+local n = tonumber(ARGV[6])
 for i = 1, n do
-  redis.call('XADD', KEYS[2], '*', 'r', ARGV[5 + i])
+  redis.call('XADD', KEYS[2], '*', 'r', ARGV[6 + i])
 end
-local at = 6 + n
+local at = 7 + n
 for i = 1, tonumber(ARGV[at]) do
   redis.call('HSETNX', KEYS[3], ARGV[at + 2 * i - 1], ARGV[at + 2 * i])
 end
-redis.call('HSET', KEYS[1], 'h', ARGV[2], 't', ARGV[3])
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[1], 'h', ARGV[2], 't', ARGV[3], 'd', ARGV[5])
+else
+  redis.call('HSET', KEYS[1], 'h', ARGV[2], 't', ARGV[3])
+end
 return {1, 0}

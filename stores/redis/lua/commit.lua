@@ -9,6 +9,7 @@
 -- KEYS[8]  idx reason old  KEYS[9]  idx reason new
 -- KEYS[10] wait set old    KEYS[11] wait set new
 -- KEYS[12] timers          KEYS[13] parent's children set   KEYS[14] events stream
+-- KEYS[15] leases          (run id -> lease expiry, epoch ms by the Redis clock)
 --
 -- ARGV[1]  "all": also move the indexes (one Redis: one call does everything);
 --          "run": only the run's own keys (Redis Cluster: index.lua follows, and KEYS[4..]
@@ -22,7 +23,9 @@
 -- ARGV[13] until (epoch ms, "" if none)   ARGV[14] "1" if the run has a parent
 -- ARGV[15] events stream max length       ARGV[16] new chain head ("" if no records)
 -- ARGV[17] commit token (unique per call, kept in field t)
--- ARGV[18] number of records n, then n records, then the number of results m, then m pairs
+-- ARGV[18] dispatch: what the run expects next (msgpack, kept in field d), "" to remove it
+-- ARGV[19] lease in ms from now (Redis TIME) for the follow-up that dispatch names, "" for none
+-- ARGV[20] number of records n, then n records, then the number of results m, then m pairs
 --
 -- (Appending records without a state, before an effect runs, is append.lua.)
 --
@@ -33,7 +36,7 @@
 -- client retried): it returns {1, ...} again and writes nothing.
 
 local expected = ARGV[2]
-local stored = redis.call('HMGET', KEYS[1], 'v', 'h', 't')
+local stored = redis.call('HMGET', KEYS[1], 'v', 'h', 't', 'd')
 local version = tonumber(stored[1])
 local head = stored[2] or ''
 if stored[3] == ARGV[17] then return {1, version or 0} end
@@ -45,11 +48,11 @@ elseif expected ~= 'any' then
 end
 if head ~= ARGV[3] then return {2, head} end
 
-local n = tonumber(ARGV[18])
+local n = tonumber(ARGV[20])
 for i = 1, n do
-  redis.call('XADD', KEYS[2], '*', 'r', ARGV[18 + i])
+  redis.call('XADD', KEYS[2], '*', 'r', ARGV[20 + i])
 end
-local at = 19 + n
+local at = 21 + n
 local m = tonumber(ARGV[at])
 for i = 1, m do
   redis.call('HSETNX', KEYS[3], ARGV[at + 2 * i - 1], ARGV[at + 2 * i])
@@ -58,7 +61,12 @@ local new_head = head
 if n > 0 then new_head = ARGV[16] end
 
 local new_version = (version or 0) + 1
-redis.call('HSET', KEYS[1], 's', ARGV[5], 'v', new_version, 'h', new_head, 't', ARGV[17])
+if ARGV[18] ~= '' then
+  redis.call('HSET', KEYS[1], 's', ARGV[5], 'v', new_version, 'h', new_head, 't', ARGV[17], 'd', ARGV[18])
+else
+  redis.call('HSET', KEYS[1], 's', ARGV[5], 'v', new_version, 'h', new_head, 't', ARGV[17])
+  if stored[4] then redis.call('HDEL', KEYS[1], 'd') end
+end
 if ARGV[1] == 'run' then return {1, new_version} end
 
 -- The index moves below are also index.lua (Cluster mode); change both together.
@@ -77,5 +85,11 @@ else
   redis.call('ZREM', KEYS[12], run_id)
 end
 if ARGV[14] == '1' then redis.call('SADD', KEYS[13], run_id) end
+if ARGV[19] ~= '' then
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[15], now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(ARGV[19]), run_id)
+else
+  redis.call('ZREM', KEYS[15], run_id)
+end
 redis.call('XADD', KEYS[14], 'MAXLEN', '~', ARGV[15], '*', 'run_id', run_id, 'status', ARGV[7], 'v', new_version)
 return {1, new_version}

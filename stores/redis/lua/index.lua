@@ -7,11 +7,12 @@
 -- KEYS[3..7]   idx status: running, waiting, completed, failed, cancelled
 -- KEYS[8..12]  idx reason: event, until, user, job, subworkflow
 -- KEYS[13] wait set old  KEYS[14] wait set new  KEYS[15] timers
--- KEYS[16] parent's children set   KEYS[17] events stream
+-- KEYS[16] parent's children set   KEYS[17] events stream   KEYS[18] leases
 --
 -- ARGV[1] run id  ARGV[2] updated_at (epoch µs)  ARGV[3] status  ARGV[4] wait reason ("")
 -- ARGV[5] wait key old ("")  ARGV[6] wait key new ("")  ARGV[7] until (epoch ms, "")
 -- ARGV[8] "1" if the run has a parent  ARGV[9] events max length  ARGV[10] the new version
+-- ARGV[11] lease in ms from now (Redis TIME), "" for none
 --
 -- Returns 1.
 --
@@ -39,5 +40,11 @@ else
   redis.call('ZREM', KEYS[15], run_id)
 end
 if ARGV[8] == '1' then redis.call('SADD', KEYS[16], run_id) end
+if ARGV[11] ~= '' then
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[18], now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(ARGV[11]), run_id)
+else
+  redis.call('ZREM', KEYS[18], run_id)
+end
 redis.call('XADD', KEYS[17], 'MAXLEN', '~', ARGV[9], '*', 'run_id', run_id, 'status', ARGV[3], 'v', ARGV[10])
 return 1

@@ -1,0 +1,194 @@
+"""Workflows, tools and effect handlers that the Celery worker processes of the tests import.
+
+Listed in ``ABSTRACTRUNTIME_IMPORTS`` for the workers the tests start, and imported by the
+tests themselves, which run the same workflows in process to compare. Every handler is
+deterministic: what an effect returns depends only on its input and its attempt number,
+so both drivers must end with the same state and the same ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from runtime import Effect, EffectType, RetryPolicy, StepPlan, WorkflowSpec
+from runtime.models import EffectOutcome
+from runtime.step import current_effect_call
+from workers.registry import register_effect_handler, register_workflow, set_effect_policy, tool
+
+from scenarios import chain, one_effect, tool_loop
+
+#: Retries for LLM and tool effects, with a short backoff so the tests stay fast.
+POLICY = RetryPolicy(llm_max_attempts=3, tool_max_attempts=3, backoff_base=0.05, backoff_max=0.2)
+set_effect_policy(POLICY)
+
+
+# -- tools and handlers ------------------------------------------------------------------------------
+
+@tool
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@tool
+def echo(**kwargs: Any) -> Any:
+    return kwargs
+
+
+@tool
+def explode(**kwargs: Any) -> Any:
+    raise ValueError("the tool exploded")
+
+
+def fake_llm(run: Any, effect: Effect) -> EffectOutcome:
+    """An LLM that answers with its prompt reversed; a prompt starting with "flaky" fails its
+    first attempt, "broken" fails every attempt, and "slow:N" takes N seconds."""
+    prompt = str(effect.payload.get("prompt", ""))
+    call = current_effect_call.get()
+    attempt = call.attempt if call is not None else 1
+    if prompt.startswith("flaky") and attempt == 1:
+        return EffectOutcome.failed("503 from the provider")
+    if prompt.startswith("broken"):
+        return EffectOutcome.failed(f"provider down (attempt {attempt})")
+    if prompt.startswith("slow:"):
+        time.sleep(float(prompt.split(":")[1]))
+    if prompt.startswith("die-once:"):
+        # SIGKILL this worker process the first time (a marker file remembers it).
+        marker = prompt.split(":", 1)[1]
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+    return EffectOutcome.completed({"content": prompt[::-1], "attempt": attempt})
+
+
+register_effect_handler(EffectType.LLM_CALL, fake_llm)
+
+
+# -- workflows ---------------------------------------------------------------------------------------
+
+def _wf(spec: WorkflowSpec) -> WorkflowSpec:
+    return register_workflow(spec, replace=True)
+
+
+def _branch() -> WorkflowSpec:
+    def decide(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="decide", next_node="big" if run.vars.get("x", 0) > 10 else "small")
+
+    def big(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="big", complete_output={"path": "big"})
+
+    def small(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="small", complete_output={"path": "small"})
+
+    return WorkflowSpec(workflow_id="branch", entry_node="decide", nodes={"decide": decide, "big": big,
+                                                                          "small": small})
+
+
+def _llm(prompt: str, workflow_id: str) -> WorkflowSpec:
+    return one_effect(Effect(type=EffectType.LLM_CALL, payload={"prompt": prompt}, result_key="llm"),
+                      workflow_id=workflow_id)
+
+
+def _tools(calls: list[dict[str, Any]], workflow_id: str) -> WorkflowSpec:
+    return one_effect(Effect(type=EffectType.TOOL_CALLS, payload={"tool_calls": calls}, result_key="tools"),
+                      workflow_id=workflow_id)
+
+
+def _raises() -> WorkflowSpec:
+    def boom(run: Any, ctx: Any) -> StepPlan:
+        raise RuntimeError("node blew up")
+
+    return WorkflowSpec(workflow_id="raises", entry_node="boom", nodes={"boom": boom})
+
+
+def _agent() -> WorkflowSpec:
+    """An LLM call, a tool call, a question to a person, then completion."""
+
+    def think(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="think", effect=Effect(type=EffectType.LLM_CALL, payload={"prompt": "plan"},
+                                                       result_key="plan"), next_node="act")
+
+    def act(run: Any, ctx: Any) -> StepPlan:
+        calls = [{"name": "add", "arguments": {"a": 2, "b": 3}, "call_id": "c1"}]
+        return StepPlan(node_id="act", effect=Effect(type=EffectType.TOOL_CALLS, payload={"tool_calls": calls},
+                                                     result_key="tools"), next_node="ask")
+
+    def ask(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="ask", effect=Effect(type=EffectType.ASK_USER, payload={"prompt": "Ship it?",
+                                                     "choices": ["yes", "no"]}, result_key="answer"),
+                        next_node="done")
+
+    def done(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="done", complete_output={"plan": run.vars["plan"], "sum":
+                        run.vars["tools"]["results"][0]["output"], "answer": run.vars["answer"]})
+
+    return WorkflowSpec(workflow_id="agent", entry_node="think",
+                        nodes={"think": think, "act": act, "ask": ask, "done": done})
+
+
+def _parent(workflow_id: str, child: str, *, is_async: bool = False) -> WorkflowSpec:
+    payload: dict[str, Any] = {"workflow_id": child, "vars": {"from": "parent"}}
+    if is_async:
+        payload["async"] = True
+    return one_effect(Effect(type=EffectType.START_SUBWORKFLOW, payload=payload, result_key="child"),
+                      workflow_id=workflow_id)
+
+
+def _nowhere() -> WorkflowSpec:
+    return one_effect(Effect(type=EffectType.TOOL_CALLS, payload={"tool_calls": []}, result_key="t"),
+                      workflow_id="nowhere", next_node=None)
+
+
+WORKFLOWS = [
+    _wf(chain(5)),
+    _wf(chain(2000, workflow_id="chain2000")),
+    _wf(_branch()),
+    _wf(tool_loop(3, {"tool_calls": [{"name": "echo", "arguments": {"q": "x"}, "call_id": "1"}]},
+                  workflow_id="tool_loop")),
+    _wf(_tools([{"name": "add", "arguments": {"a": 1, "b": 2}, "call_id": "a"},
+                {"name": "explode", "arguments": {}, "call_id": "b"},
+                {"name": "missing", "arguments": {}, "call_id": "c"}], "tools")),
+    _wf(_llm("hello", "llm")),
+    _wf(_llm("flaky hello", "llm_flaky")),
+    _wf(_llm("broken", "llm_broken")),
+    _wf(_llm("slow:1.5", "llm_slow")),
+    _wf(one_effect(Effect(type=EffectType.ASK_USER, payload={"prompt": "Go?", "choices": ["y", "n"]},
+                          result_key="answer"), workflow_id="ask")),
+    _wf(one_effect(Effect(type=EffectType.ASK_USER, payload={}), workflow_id="ask_no_prompt")),
+    _wf(one_effect(Effect(type=EffectType.WAIT_EVENT, payload={"wait_key": "evt:go"}, result_key="evt"),
+                   workflow_id="wait_event")),
+    _wf(one_effect(Effect(type=EffectType.WAIT_EVENT, payload={}), workflow_id="wait_event_no_key")),
+    _wf(one_effect(Effect(type=EffectType.WAIT_UNTIL, payload={"until": "2020-01-01T00:00:00Z"},
+                          result_key="t"), workflow_id="wait_past")),
+    _wf(_raises()),
+    _wf(_agent()),
+    _wf(_nowhere()),
+    _wf(chain(3, workflow_id="child")),
+    _wf(_raises()),
+    _wf(one_effect(Effect(type=EffectType.ASK_USER, payload={"prompt": "child asks"}, result_key="a"),
+                   workflow_id="child_asks")),
+    _wf(_parent("parent_sync", "child")),
+    _wf(_parent("parent_async", "child", is_async=True)),
+    _wf(_parent("parent_of_failing", "raises")),
+    _wf(_parent("parent_of_asking", "child_asks")),
+    _wf(_parent("grandparent", "parent_of_asking")),
+    _wf(_parent("parent_unknown_child", "no_such_workflow")),
+]
+
+
+def _sleep_until() -> WorkflowSpec:
+    """Waits until ``vars["until"]``, then completes with the time it woke (by the worker clock)."""
+
+    def sleep(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="sleep", effect=Effect(type=EffectType.WAIT_UNTIL,
+                                                       payload={"until": run.vars["until"]}), next_node="up")
+
+    def up(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="up", complete_output={"woke_at": time.time()})
+
+    return WorkflowSpec(workflow_id="sleep_until", entry_node="sleep", nodes={"sleep": sleep, "up": up})
+
+
+WORKFLOWS.append(_wf(_sleep_until()))

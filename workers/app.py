@@ -1,0 +1,187 @@
+"""The Celery app: msgpack-only messages, late acks, one queue per kind of work, and the tasks.
+
+Workers run it with ``celery -A workers.app worker -Q ticks,llm,tools,subworkflows,timers,maintenance``
+and beat with ``celery -A workers.app beat``; both read :class:`WorkerSettings` from the
+environment. Tasks carry ids and numbers only; each one hands its arguments to the
+:class:`~workers.engine.Engine` of its process, built on first use (after the fork of a
+prefork pool, so no Redis connection is shared across processes).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery
+
+from stores.redis import RedisBackend
+
+from .engine import Engine
+from .registry import Registry, registry
+from .settings import WorkerSettings
+
+__all__ = ["create_app", "CeleryDispatcher", "TASK_NAMES", "broker_url_of"]
+
+logger = logging.getLogger("workers.app")
+
+#: Task names by kind (Flower and ``celery inspect`` show these).
+TASK_NAMES = {
+    "tick": "abstractruntime.tick",
+    "wake": "abstractruntime.wake",
+    "sweep": "abstractruntime.sweep",
+    "ticks": "abstractruntime.effect",
+    "llm": "abstractruntime.effect.llm",
+    "tools": "abstractruntime.effect.tools",
+    "subworkflows": "abstractruntime.effect.subworkflow",
+}
+
+
+def broker_url_of(settings: WorkerSettings) -> str:
+    """The broker URL: the configured one, else the Redis that keeps the runs (started
+    embedded when no Redis URL is set; its unix socket becomes a ``redis+socket://`` URL)."""
+    if settings.broker_url:
+        return settings.broker_url
+    url = settings.redis.url
+    if url is None:
+        from stores.redis.embedded import shared_embedded
+
+        url = shared_embedded(settings.redis.data_dir).start()
+    if url.startswith("unix://"):
+        rest = url[len("unix://"):]
+        password = ""
+        if "@" in rest:
+            userinfo, _, rest = rest.rpartition("@")
+            password = userinfo.partition(":")[2]
+        path, _, query = rest.partition("?")
+        db = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("db", "0")
+        auth = f":{password}@" if password else ""
+        return f"redis+socket://{auth}{path}?virtual_host={db}"
+    return url
+
+
+class CeleryDispatcher:
+    """Sends the driver's messages to their queues (the :class:`~workers.engine.Dispatcher`)."""
+
+    def __init__(self, app: Celery, settings: WorkerSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self._q_ticks = settings.queue("ticks")
+        self._q_timers = settings.queue("timers")
+
+    def tick(self, run_id: str, version: int | None, *, countdown: float = 0.0, attempt: int = 1) -> None:
+        self.app.send_task(TASK_NAMES["tick"], args=[run_id, version, attempt], queue=self._q_ticks,
+                           countdown=countdown or None)
+
+    def effect(self, kind: str, run_id: str, version: int | None, key: str, attempt: int, *,
+               countdown: float = 0.0) -> None:
+        self.app.send_task(TASK_NAMES[kind], args=[run_id, version, key, attempt], queue=self.settings.queue(kind),
+                           countdown=countdown or None)
+
+    def wake(self, run_id: str, version: int | None, *, countdown: float = 0.0) -> None:
+        self.app.send_task(TASK_NAMES["wake"], args=[run_id, version], queue=self._q_timers,
+                           countdown=countdown or None)
+
+
+class _Holder:
+    """The engine of this process, built on first use."""
+
+    def __init__(self, app: Celery, settings: WorkerSettings, reg: Registry) -> None:
+        self.app, self.settings, self.registry = app, settings, reg
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Engine:
+        engine = self._engine
+        if engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self.registry.import_modules(self.settings.imports)
+                    backend = RedisBackend.from_settings(self.settings.redis)
+                    self._engine = Engine(backend, self.registry, self.settings,
+                                          CeleryDispatcher(self.app, self.settings))
+                engine = self._engine
+        return engine
+
+
+def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None = None,
+               main: str = "abstractruntime") -> Celery:
+    """A Celery app for ``settings`` (default: from the environment) with the driver's tasks."""
+    settings = settings if settings is not None else WorkerSettings.from_env()
+    reg = reg if reg is not None else registry
+    app = Celery(main, broker=broker_url_of(settings), set_as_current=False)
+    q = settings.queue
+    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_s}
+    if not settings.ack_emulation:
+        transport["ack_emulation"] = False
+    app.conf.update(
+        # Messages are msgpack and nothing else: no pickle, ever.
+        task_serializer="msgpack",
+        accept_content=["msgpack"],
+        result_serializer="msgpack",
+        result_accept_content=["msgpack"],
+        task_ignore_result=True,
+        # A task is acknowledged after it ran; one whose worker died goes back to the queue.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=settings.prefetch,
+        task_default_queue=q("ticks"),
+        task_routes={
+            TASK_NAMES["tick"]: {"queue": q("ticks")},
+            TASK_NAMES["ticks"]: {"queue": q("ticks")},
+            TASK_NAMES["llm"]: {"queue": q("llm")},
+            TASK_NAMES["tools"]: {"queue": q("tools")},
+            TASK_NAMES["subworkflows"]: {"queue": q("subworkflows")},
+            TASK_NAMES["wake"]: {"queue": q("timers")},
+            TASK_NAMES["sweep"]: {"queue": q("maintenance")},
+        },
+        broker_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        # Beat keeps its schedule in memory (the default keeps it in a pickled shelve file).
+        beat_scheduler="celery.beat:Scheduler",
+        beat_schedule={
+            "abstractruntime-sweep": {
+                "task": TASK_NAMES["sweep"],
+                "schedule": settings.sweep_period_s,
+                "options": {"queue": q("maintenance"), "expires": max(settings.sweep_period_s * 5, 5.0)},
+            },
+        },
+        worker_hijack_root_logger=False,
+    )
+    holder = _Holder(app, settings, reg)
+    app.abstractruntime = holder  # type: ignore[attr-defined]
+
+    @app.task(name=TASK_NAMES["tick"])
+    def tick(run_id: str, version: int | None = None, attempt: int = 1) -> str:
+        return holder.get().tick(run_id, version, attempt)
+
+    @app.task(name=TASK_NAMES["wake"])
+    def wake(run_id: str, version: int | None = None) -> str:
+        return holder.get().wake(run_id, version)
+
+    @app.task(name=TASK_NAMES["sweep"])
+    def sweep() -> dict[str, int]:
+        return holder.get().sweep()
+
+    def effect(run_id: str, version: int | None, key: str, attempt: int) -> str:
+        return holder.get().effect(run_id, version, key, attempt)
+
+    for kind in ("ticks", "llm", "tools", "subworkflows"):
+        app.task(name=TASK_NAMES[kind])(effect)
+    return app
+
+
+_default_app: Celery | None = None
+_default_lock = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    """``workers.app.app``: the app of the environment's settings, made on first access, so
+    that ``celery -A workers.app`` finds it and importing this module starts nothing."""
+    global _default_app
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _default_lock:
+        if _default_app is None:
+            _default_app = create_app()
+        return _default_app

@@ -1,0 +1,172 @@
+"""The producer side: start runs by workflow id, watch them, answer them, cancel them.
+
+A producer needs the same settings as the workers (``ABSTRACTRUNTIME_*``) and imports the
+same workflow modules (it checks a workflow id and finds its entry node there); it never
+runs a node. Every change it makes is one version-checked commit, then a message::
+
+    client = Client()
+    run_id = client.start("greet", vars={"name": "Ada"})
+    state = client.wait_for(run_id, timeout=30)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from celery import Celery
+
+from runtime import RunState, RunStatus, WaitReason
+from runtime.errors import RunNotFound, RunNotWaiting, WorkflowNotRegistered
+from stores.redis import RedisBackend
+
+from .app import CeleryDispatcher, create_app
+from .engine import Engine
+from .registry import Registry, registry
+from .settings import WorkerSettings
+
+__all__ = ["Client", "WaitTimeout", "TERMINAL"]
+
+#: Statuses a run does not leave.
+TERMINAL = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class WaitTimeout(TimeoutError):
+    """``wait_for`` ran out of time; ``state`` is the run as last seen."""
+
+    def __init__(self, run_id: str, statuses: Iterable[RunStatus], timeout_s: float, state: RunState) -> None:
+        self.run_id, self.state = run_id, state
+        wanted = ", ".join(RunStatus(s).value for s in statuses)
+        super().__init__(f"Run '{run_id}' did not reach {wanted} within {timeout_s:g}s; it is "
+                         f"{RunStatus(state.status).value} at node {state.current_node!r}")
+
+
+class Client:
+    """Start, inspect, resume and cancel runs that Celery workers execute."""
+
+    def __init__(self, settings: WorkerSettings | None = None, *, app: Celery | None = None,
+                 backend: RedisBackend | None = None, reg: Registry | None = None) -> None:
+        self.settings = settings if settings is not None else WorkerSettings.from_env()
+        self.registry = reg if reg is not None else registry
+        self.registry.import_modules(self.settings.imports)
+        self.app = app if app is not None else create_app(self.settings, reg=self.registry)
+        self.backend = backend if backend is not None else RedisBackend.from_settings(self.settings.redis)
+        self.engine = Engine(self.backend, self.registry, self.settings, CeleryDispatcher(self.app, self.settings))
+
+    # -- starting --------------------------------------------------------------------------------
+
+    def start(self, workflow_id: str, vars: dict[str, Any] | None = None, *, run_id: str | None = None,
+              actor_id: str | None = None, session_id: str | None = None) -> str:
+        """Create a run of ``workflow_id`` and send its first tick; returns the run id.
+
+        ``run_id`` picks the id, which must be free (:class:`RunAlreadyExists` otherwise).
+        :class:`WorkflowNotRegistered` when no imported module registered the workflow.
+        """
+        workflow = self.registry.workflows.get(workflow_id)
+        if workflow is None:
+            known = ", ".join(sorted(self.registry.workflows.list_ids())) or "none"
+            raise WorkflowNotRegistered(workflow_id, hint=f"registered here: {known}; modules imported from "
+                                        f"ABSTRACTRUNTIME_IMPORTS: {', '.join(self.settings.imports) or 'none'}")
+        return self.engine.create(workflow, vars=vars, run_id=run_id, actor_id=actor_id, session_id=session_id)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get_state(self, run_id: str) -> RunState:
+        run = self.backend.runs.load(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        return run
+
+    def get_ledger(self, run_id: str) -> list[dict[str, Any]]:
+        return self.backend.ledger.list(run_id)
+
+    def verify(self, run_id: str) -> dict[str, Any]:
+        """The hash-chain check of a run's ledger against its stored head."""
+        return self.backend.ledger.verify(run_id)
+
+    def follow_ledger(self, run_id: str, *, block_ms: int = 5000, until_terminal: bool = True
+                      ) -> Iterator[dict[str, Any]]:
+        """Yield the run's ledger records, then each new one as it is appended (blocking reads).
+
+        Stops once the run is terminal and every record has been read (``until_terminal``).
+        """
+        last = "0"
+        while True:
+            batch = self.backend.ledger.follow(run_id, last_id=last, block_ms=block_ms)
+            for entry_id, record in batch:
+                last = entry_id
+                yield record
+            if not batch and until_terminal and self.get_state(run_id).status in TERMINAL:
+                return
+
+    def follow_events(self, *, last_id: str = "$", block_ms: int = 5000) -> list[tuple[str, dict[str, str]]]:
+        """Commits of every run after ``last_id`` (a blocking read of the events stream)."""
+        return self.backend.follow_events(last_id=last_id, block_ms=block_ms)
+
+    def list_runs(self, *, status: RunStatus | str | None = None, workflow_id: str | None = None,
+                  wait_reason: WaitReason | str | None = None, limit: int = 100) -> list[RunState]:
+        return self.backend.runs.list_runs(
+            status=RunStatus(status) if status is not None else None, workflow_id=workflow_id,
+            wait_reason=WaitReason(wait_reason) if wait_reason is not None else None, limit=limit)
+
+    def count(self, *, status: RunStatus | str | None = None, workflow_id: str | None = None) -> int:
+        """How many runs have ``status`` (or are of ``workflow_id``; or exist), from the indexes."""
+        k = self.backend.keys
+        if status is not None and workflow_id is not None:
+            return len(self.list_runs(status=status, workflow_id=workflow_id, limit=10**9))
+        if status is not None:
+            key = k.by_status(RunStatus(status).value)
+        elif workflow_id is not None:
+            key = k.by_workflow(workflow_id)
+        else:
+            key = k.by_updated()
+        return int(self.backend.client.zcard(key))
+
+    def wait_for(self, run_id: str, statuses: Iterable[RunStatus | str] | None = None, *,
+                 timeout: float = 30.0) -> RunState:
+        """Block until the run has one of ``statuses`` (default: waiting or terminal).
+
+        Follows the events stream (blocking reads) rather than polling the run. Raises
+        :class:`WaitTimeout` with the last state seen.
+        """
+        wanted = {RunStatus(s) for s in statuses} if statuses is not None else {RunStatus.WAITING, *TERMINAL}
+        deadline = time.monotonic() + timeout
+        # The id of the newest event first, so that no commit between it and the read is missed.
+        newest = self.backend.client.xrevrange(self.backend.keys.events(), count=1)
+        last = newest[0][0].decode() if newest else "0"
+        while True:
+            state = self.get_state(run_id)
+            if state.status in wanted:
+                return state
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WaitTimeout(run_id, wanted, timeout, state)
+            events = self.backend.follow_events(last_id=last, block_ms=max(1, int(min(left, 1.0) * 1000)),
+                                                count=1000)
+            if events:
+                last = events[-1][0]
+
+    # -- changing --------------------------------------------------------------------------------
+
+    def resume(self, run_id: str, *, wait_key: str | None, payload: Any) -> RunState:
+        """Deliver ``payload`` to a run waiting on ``wait_key`` and send its tick."""
+        return self.engine.resume(run_id, wait_key=wait_key, payload=payload)
+
+    def respond(self, run_id: str, answer: Any) -> RunState:
+        """Answer a run's question (ask_user): its wait key is looked up, not needed."""
+        state = self.get_state(run_id)
+        if state.status != RunStatus.WAITING or state.waiting is None:
+            raise RunNotWaiting(run_id=run_id, status=state.status)
+        return self.resume(run_id, wait_key=state.waiting.wait_key, payload=answer)
+
+    def emit(self, wait_key: str, payload: Any) -> list[str]:
+        """Resume every run waiting on ``wait_key``; returns their ids."""
+        return self.engine.emit(wait_key, payload)
+
+    def cancel(self, run_id: str, *, reason: str | None = None) -> list[RunState]:
+        """Cancel a run and its children, transitively; returns the runs now cancelled."""
+        return self.engine.cancel(run_id, reason=reason)
+
+    def close(self) -> None:
+        self.backend.client.close()

@@ -1,0 +1,527 @@
+"""The Celery driver's logic, without Celery: what a tick, an effect task, a wake and a sweep do.
+
+Every entry point loads the run from Redis (the truth), decides with the kernel step
+(``runtime.step``), commits with the version it loaded (one atomic script call), and only
+then asks its :class:`Dispatcher` to send the follow-up message. Messages only nudge: a
+message that finds the run moved on (stale, duplicate, redelivered, cancelled) does nothing.
+
+What a run expects next is kept with its state, in the run hash field ``d`` (the
+*dispatch*), written by the same commit:
+
+* ``{"k": "tick"}`` — a tick of its current node;
+* ``{"k": "effect", "p": PendingEffect, "r": started record or None, "q": queue kind}`` —
+  an effect task (``r`` is the attempt's ``started`` record, already in the ledger);
+* ``{"k": "notify"}`` — a child run ended and its parent has not been told yet;
+* absent — nothing (the run waits for a person, an event or a timer, or it ended).
+
+Each commit that expects a message also puts the run in the lease index (a sorted set
+scored by expiry, by the Redis clock); the next commit of the run clears or renews it.
+:meth:`Engine.sweep` (beat) re-sends what expired leases name and wakes due timers, so
+a lost message, a dead worker or a crash between commit and dispatch costs one lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from runtime import EffectType, RunState, RunStatus, StepRecord, VersionConflict, WaitReason, WaitState
+from runtime._json import ensure_json, epoch_ms
+from runtime.errors import RunAlreadyExists, RunNotFound, RunNotWaiting, WaitKeyMismatch, WorkflowNotRegistered
+from runtime.models import EffectOutcome, validate_run_id
+from runtime.runtime import child_run_id
+from runtime.spec import WorkflowSpec
+from runtime.step import (
+    Action,
+    PendingEffect,
+    Transition,
+    apply_cancel,
+    apply_outcome,
+    apply_resume,
+    current_effect_call,
+    execute_effect,
+    start_attempt,
+    step,
+    wake_if_due,
+)
+from stores.redis import RedisBackend
+
+from .registry import Registry
+from .settings import WorkerSettings
+
+__all__ = ["Dispatcher", "Engine", "EFFECT_QUEUES"]
+
+logger = logging.getLogger("workers.engine")
+
+#: The queue kind each effect type runs on; other effects (the waits) run inside the tick.
+EFFECT_QUEUES = {
+    EffectType.LLM_CALL: "llm",
+    EffectType.TOOL_CALLS: "tools",
+    EffectType.START_SUBWORKFLOW: "subworkflows",
+}
+
+_TICK: dict[str, Any] = {"k": "tick"}
+_NOTIFY: dict[str, Any] = {"k": "notify"}
+#: Commits retried when a producer operation (resume, cancel) races another writer.
+_CONFLICT_RETRIES = 20
+
+
+class Dispatcher(Protocol):
+    """Sends the follow-up messages (the Celery one lives in ``workers.app``)."""
+
+    def tick(self, run_id: str, version: int | None, *, countdown: float = 0.0, attempt: int = 1) -> None: ...
+
+    def effect(self, kind: str, run_id: str, version: int | None, key: str, attempt: int, *,
+               countdown: float = 0.0) -> None: ...
+
+    def wake(self, run_id: str, version: int | None, *, countdown: float = 0.0) -> None: ...
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
+
+
+def _copy(record: StepRecord) -> StepRecord:
+    return StepRecord.from_dict(record.to_dict())
+
+
+class Engine:
+    """Ticks, effects, wakes and sweeps of runs kept in one :class:`RedisBackend`."""
+
+    def __init__(self, backend: RedisBackend, registry: Registry, settings: WorkerSettings,
+                 dispatcher: Dispatcher) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self._tick_lease = int(settings.tick_lease_s * 1000)
+        self._effect_lease = int(settings.effect_lease_s * 1000)
+        # Children a START_SUBWORKFLOW handler created, ticked once the parent's commit is in
+        # (per thread: a threads pool runs several effect tasks at once).
+        self._local = threading.local()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _workflow(self, workflow_id: str) -> WorkflowSpec:
+        spec = self.registry.workflows.get(workflow_id)
+        if spec is None:
+            raise WorkflowNotRegistered(workflow_id)
+        return spec
+
+    def _handlers(self) -> dict[Any, Any]:
+        from runtime.effects import builtin_wait_handlers
+
+        handlers: dict[Any, Any] = dict(builtin_wait_handlers())
+        handlers[EffectType.START_SUBWORKFLOW] = self._start_subworkflow
+        handlers.update(self.registry.effect_handlers)
+        return handlers
+
+    def _commit(self, run: RunState, records: list[StepRecord], version: int, *,
+                dispatch: dict[str, Any] | None = None, lease_ms: int | None = None) -> int:
+        return self.backend.commit(run, records, expected_version=version, dispatch=dispatch, lease_ms=lease_ms)
+
+    def _terminal_dispatch(self, run: RunState) -> tuple[dict[str, Any] | None, int | None]:
+        """A run that ended tells its parent; until it has, the lease keeps it in the sweep."""
+        return (_NOTIFY, self._tick_lease) if run.parent_run_id else (None, None)
+
+    # -- the tick task ---------------------------------------------------------------------------
+
+    def tick(self, run_id: str, version: int | None = None, attempt: int = 1) -> str:
+        """Run the current node of a run (up to ``nodes_per_tick`` effect-free nodes).
+
+        Returns what happened, for logs and tests: ``"missing"``, ``"stale"``, or the action.
+        """
+        loaded = self.backend.load_for_driver(run_id)
+        if loaded is None:
+            logger.warning("tick: run %s does not exist", run_id)
+            return "missing"
+        run, v, d, now_ms = loaded
+        kind = d.get("k") if d else None
+        if kind == "notify":
+            self._notify_parent(run)
+            return "notified"
+        if run.status != RunStatus.RUNNING or kind != "tick" or (version is not None and version != v):
+            return "stale"
+        return self._advance(run, v, now_ms, attempt)
+
+    def _advance(self, run: RunState, v: int, now_ms: int, attempt: int = 1) -> str:
+        rid = run.run_id
+        for n in range(self.settings.nodes_per_tick):
+            node = run.current_node
+            try:
+                workflow = self._workflow(run.workflow_id)
+                tr = step(run, workflow, ctx=self.registry.context, policy=self.registry.effect_policy)
+            except Exception as exc:  # D5: the tick policy decides, then the run fails
+                return self._node_failed(rid, v, node, exc, attempt)
+            attempt = 1
+            try:
+                if tr.action is Action.NEXT:
+                    v = self._commit(run, [], v, dispatch=_TICK, lease_ms=self._tick_lease)
+                    if n + 1 < self.settings.nodes_per_tick:
+                        continue
+                    self.dispatcher.tick(rid, v)
+                    return "next"
+                if tr.action is Action.EXECUTE:
+                    assert tr.pending is not None
+                    return self._execute(run, v, tr.pending, now_ms)
+                return self._land(run, v, tr, tr.records, now_ms)
+            except VersionConflict:
+                logger.info("tick: run %s moved by another writer; this tick's work is dropped", rid)
+                return "stale"
+        return "next"  # pragma: no cover - the loop always returns
+
+    def _execute(self, run: RunState, v: int, pending: PendingEffect, now_ms: int) -> str:
+        """An effect requested by a node: waits run here; LLM, tools and subworkflows go to their queue."""
+        record = start_attempt(run, pending)
+        kind = EFFECT_QUEUES.get(EffectType(pending.effect.type))
+        if kind is None:
+            started = _copy(record)
+            outcome = execute_effect(run, pending, self._handlers())
+            tr = apply_outcome(run, pending, outcome, record=record, policy=self.registry.effect_policy)
+            return self._land(run, v, tr, [started, *tr.records], now_ms)
+        dispatch = {"k": "effect", "p": pending.to_dict(), "r": record.to_dict(), "q": kind}
+        v = self._commit(run, [record], v, dispatch=dispatch, lease_ms=self._effect_lease)
+        self.dispatcher.effect(kind, run.run_id, v, pending.idempotency_key, pending.attempt)
+        return "execute"
+
+    def _land(self, run: RunState, v: int, tr: Transition, records: list[StepRecord], now_ms: int) -> str:
+        """Commit an effect's outcome (or a completion) and send what comes next."""
+        rid = run.run_id
+        if tr.raise_after is not None:  # an effect completed in a plan going nowhere (D5)
+            self._fail(run, records, str(tr.raise_after), tr.raise_after)
+            dispatch, lease = self._terminal_dispatch(run)
+            self._commit(run, records, v, dispatch=dispatch, lease_ms=lease)
+            self._after_end(run)
+            return "failed"
+        if tr.action is Action.NEXT:
+            v = self._commit(run, records, v, dispatch=_TICK, lease_ms=self._tick_lease)
+            self._tick_children()
+            self.dispatcher.tick(rid, v)
+            return "next"
+        if tr.action is Action.PARK:
+            v = self._commit(run, records, v)
+            self._tick_children()
+            w = run.waiting
+            if w is not None and w.reason == WaitReason.UNTIL and w.until:
+                self.dispatcher.wake(rid, v, countdown=max(0.0, (epoch_ms(w.until) - now_ms) / 1000))
+            return "park"
+        if tr.action is Action.RETRY:
+            assert tr.pending is not None
+            kind = EFFECT_QUEUES.get(EffectType(tr.pending.effect.type), "ticks")
+            dispatch = {"k": "effect", "p": tr.pending.to_dict(), "r": None, "q": kind}
+            v = self._commit(run, records, v, dispatch=dispatch,
+                             lease_ms=int(tr.retry_in_s * 1000) + self._effect_lease)
+            self.dispatcher.effect(kind, rid, v, tr.pending.idempotency_key, tr.pending.attempt,
+                                   countdown=tr.retry_in_s)
+            return "retry"
+        dispatch, lease = self._terminal_dispatch(run)
+        self._commit(run, records, v, dispatch=dispatch, lease_ms=lease)
+        self._after_end(run)
+        return "finish"
+
+    def _node_failed(self, rid: str, v: int, node: str | None, exc: Exception, attempt: int) -> str:
+        """A node handler raised: retry the tick with backoff, then fail the run with a record (D5)."""
+        if attempt < self.settings.tick_max_attempts:
+            delay = self.settings.tick_backoff_s * (2 ** (attempt - 1))
+            logger.warning("run %s: node %s raised %s (attempt %d of %d); retrying in %.1fs", rid, node,
+                           type(exc).__name__, attempt, self.settings.tick_max_attempts, delay)
+            self.backend.renew_lease(rid, int(delay * 1000) + self._tick_lease)
+            self.dispatcher.tick(rid, v, countdown=delay, attempt=attempt + 1)
+            return "retry"
+        loaded = self.backend.load_for_driver(rid)
+        if loaded is None or loaded[1] != v:
+            return "stale"
+        run = loaded[0]
+        record = StepRecord.start(run=run, node_id=node or "", effect=None)
+        message = f"Node '{node}' raised {type(exc).__name__}: {exc}"
+        self._fail(run, [record], message, exc)
+        logger.error("run %s failed: %s", rid, message)
+        dispatch, lease = self._terminal_dispatch(run)
+        try:
+            self._commit(run, [record], v, dispatch=dispatch, lease_ms=lease)
+        except VersionConflict:
+            return "stale"
+        self._after_end(run)
+        return "failed"
+
+    @staticmethod
+    def _fail(run: RunState, records: list[StepRecord], message: str, exc: BaseException) -> None:
+        if records and records[-1].status == "started":
+            records[-1].finish_failure(message)
+        else:
+            record = StepRecord.start(run=run, node_id=run.current_node or "", effect=None)
+            record.finish_failure(message)
+            records.append(record)
+        run.status = RunStatus.FAILED
+        run.error = message
+        run.updated_at = records[-1].ended_at or run.updated_at
+
+    # -- effect tasks ----------------------------------------------------------------------------
+
+    def effect(self, run_id: str, version: int | None, key: str, attempt: int) -> str:
+        """Execute one attempt of a run's pending effect and commit its outcome."""
+        loaded = self.backend.load_for_driver(run_id)
+        if loaded is None:
+            return "missing"
+        run, v, d, now_ms = loaded
+        p = d.get("p") if d and d.get("k") == "effect" else None
+        if (run.status != RunStatus.RUNNING or not isinstance(p, dict) or p.get("idempotency_key") != key
+                or p.get("attempt") != attempt or (version is not None and version != v)):
+            return "stale"  # cancelled, landed already, or another attempt's message
+        pending = PendingEffect.from_dict(p)
+        if d and d.get("r"):
+            record = StepRecord.from_dict(d["r"])
+            record.prev_hash = record.record_hash = None
+        else:  # a retry: its `started` record goes in now, and is remembered in the dispatch
+            record = start_attempt(run, pending)
+            try:
+                self.backend.append([_copy(record)], run_id=run.run_id,
+                                    dispatch={**d, "r": record.to_dict()} if d else None)
+            except VersionConflict:
+                return "stale"
+        self._local.children = []
+        outcome = execute_effect(run, pending, self._handlers())
+        tr = apply_outcome(run, pending, outcome, record=record, policy=self.registry.effect_policy)
+        try:
+            return self._land(run, v, tr, tr.records, now_ms)
+        except VersionConflict:
+            logger.info("effect: run %s moved while effect %s ran; its outcome is dropped", run_id, key)
+            return "stale"
+
+    def _start_subworkflow(self, run: RunState, effect: Any, default_next_node: str | None) -> EffectOutcome:
+        """Create the child run (its id derived from this attempt, so a redelivery finds it).
+
+        An async child is ticked once the parent's commit is in and does not block it; a sync
+        child parks the parent, which resumes (or fails) when the child ends (decision D6).
+        """
+        payload = effect.payload
+        workflow_id = payload.get("workflow_id")
+        if not workflow_id:
+            return EffectOutcome.failed("start_subworkflow requires payload.workflow_id")
+        child_wf = self.registry.workflows.get(workflow_id)
+        if child_wf is None:
+            return EffectOutcome.failed(f"Workflow '{workflow_id}' not found in registry")
+        call = current_effect_call.get()
+        assert call is not None
+        child_id = child_run_id(run.run_id, call.idempotency_key, call.attempt)
+        loaded = self.backend.load_for_driver(child_id)
+        child = loaded[0] if loaded is not None else None
+        if child is None:
+            try:
+                self.create(child_wf, vars=payload.get("vars"), run_id=child_id, actor_id=run.actor_id,
+                            session_id=run.session_id, parent_run_id=run.run_id, dispatch=False)
+            except RunAlreadyExists:  # a duplicate of this task made it a moment ago
+                pass
+        to_tick: list[str] = self._local.__dict__.setdefault("children", [])
+        if payload.get("async"):
+            to_tick.append(child_id)
+            return EffectOutcome.completed({"sub_run_id": child_id, "async": True})
+        if child is not None and child.status == RunStatus.COMPLETED:
+            return EffectOutcome.completed({"sub_run_id": child_id, "output": child.output})
+        if child is not None and child.status.is_terminal:
+            return EffectOutcome.failed(f"Subworkflow '{workflow_id}' failed: {child.error}")
+        to_tick.append(child_id)
+        return EffectOutcome.waiting(WaitState(
+            reason=WaitReason.SUBWORKFLOW,
+            wait_key=f"subworkflow:{child_id}",
+            resume_to_node=payload.get("resume_to_node") or default_next_node,
+            result_key=effect.result_key,
+            details={"sub_run_id": child_id, "sub_workflow_id": workflow_id},
+        ))
+
+    def _tick_children(self) -> None:
+        children, self._local.children = self._local.__dict__.get("children", []), []
+        for child_id in children:
+            self.dispatcher.tick(child_id, None)
+
+    def _after_end(self, run: RunState) -> None:
+        self._local.children = []
+        if run.parent_run_id:
+            self._notify_parent(run)
+
+    def _notify_parent(self, child: RunState) -> None:
+        """A child ended: resume its parent if it waits on it (with the output) or fail it."""
+        parent_id = child.parent_run_id
+        wait_key = f"subworkflow:{child.run_id}"
+        for _ in range(_CONFLICT_RETRIES):
+            loaded = self.backend.load_for_driver(parent_id) if parent_id else None
+            if loaded is None:
+                break
+            parent, pv, _d, _now = loaded
+            w = parent.waiting
+            if parent.status != RunStatus.WAITING or w is None or w.wait_key != wait_key:
+                break  # an async child, or the parent moved on (cancelled, resumed)
+            try:
+                if child.status == RunStatus.COMPLETED:
+                    apply_resume(parent, wait_key=wait_key, payload={"sub_run_id": child.run_id,
+                                                                     "output": child.output})
+                    pv = self._commit(parent, [], pv, dispatch=_TICK, lease_ms=self._tick_lease)
+                    self.dispatcher.tick(parent.run_id, pv)
+                else:
+                    record = StepRecord.start(run=parent, node_id=parent.current_node or "", effect=None)
+                    message = f"Subworkflow '{child.workflow_id}' failed: {child.error}"
+                    self._fail(parent, [record], message, RuntimeError(message))
+                    parent.waiting = None
+                    dispatch, lease = self._terminal_dispatch(parent)
+                    self._commit(parent, [record], pv, dispatch=dispatch, lease_ms=lease)
+                    if parent.parent_run_id:
+                        self._notify_parent(parent)
+                break
+            except VersionConflict:
+                continue
+        else:
+            return  # still racing: the child's lease brings this back through the sweep
+        self.backend.clear_dispatch(child.run_id)
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def wake(self, run_id: str, version: int | None = None) -> str:
+        """Wake a run waiting until a time, if that time has come by the Redis clock, and tick it."""
+        loaded = self.backend.load_for_driver(run_id)
+        if loaded is None:
+            return "missing"
+        run, v, _d, now_ms = loaded
+        w = run.waiting
+        # No version check: whether the run waits and is due is the whole question, and two
+        # wakes of one run (countdown and sweep) race to one commit.
+        if run.status != RunStatus.WAITING or w is None or w.reason != WaitReason.UNTIL or not w.until:
+            return "stale"
+        due_ms = epoch_ms(w.until)
+        if due_ms > now_ms:  # early (a clock ahead of Redis's): never wake early, come back on time
+            self.dispatcher.wake(run_id, v, countdown=(due_ms - now_ms) / 1000)
+            return "early"
+        wake_if_due(run, _iso(now_ms))
+        try:
+            v = self._commit(run, [], v, dispatch=_TICK, lease_ms=self._tick_lease)
+        except VersionConflict:
+            return "stale"
+        return self._advance(run, v, now_ms)
+
+    # -- recovery --------------------------------------------------------------------------------
+
+    def sweep(self) -> dict[str, int]:
+        """Wake due timers and re-send what expired leases name; safe on many workers at once."""
+        k = self.backend.keys
+        counts = {"leases": 0, "timers": 0}
+        _now, ids = self.backend.claim_due(k.leases(), limit=self.settings.sweep_batch, hold_ms=self._tick_lease)
+        for rid in ids:
+            try:
+                loaded = self.backend.load_for_driver(rid)
+            except Exception as exc:  # one bad run must not stop the sweep of the others
+                logger.error("sweep: cannot load run %s: %s", rid, exc)
+                continue
+            d = loaded[2] if loaded is not None else None
+            kind = d.get("k") if d else None
+            if loaded is None or kind is None:  # nothing expected: the lease outlived its dispatch
+                self.backend.clear_dispatch(rid)
+                continue
+            v = loaded[1]
+            counts["leases"] += 1
+            if kind == "effect" and d is not None:
+                p = d["p"]
+                self.backend.renew_lease(rid, self._effect_lease)
+                self.dispatcher.effect(d.get("q") or "ticks", rid, v, p["idempotency_key"], p["attempt"])
+            else:
+                self.dispatcher.tick(rid, v)
+            logger.info("sweep: lease of run %s expired; %s sent again", rid, kind)
+        _now, ids = self.backend.claim_due(k.timers(), limit=self.settings.sweep_batch,
+                                           hold_ms=int(self.settings.timer_hold_s * 1000))
+        for rid in ids:
+            counts["timers"] += 1
+            self.dispatcher.wake(rid, None)
+        return counts
+
+    # -- producer operations ---------------------------------------------------------------------
+
+    def create(self, workflow: WorkflowSpec, *, vars: dict[str, Any] | None = None, run_id: str | None = None,
+               actor_id: str | None = None, session_id: str | None = None, parent_run_id: str | None = None,
+               dispatch: bool = True) -> str:
+        """Store a new run at the workflow's entry node and send its first tick."""
+        from runtime.limits import RuntimeConfig
+
+        workflow.get_node(workflow.entry_node)
+        if run_id is not None:
+            validate_run_id(run_id)
+        run_vars = dict(vars or {})
+        ensure_json(run_vars, "vars")
+        if "_limits" not in run_vars:
+            run_vars["_limits"] = RuntimeConfig().to_limits_dict()
+        run = RunState.new(workflow_id=workflow.workflow_id, entry_node=workflow.entry_node, actor_id=actor_id,
+                           session_id=session_id, vars=run_vars, parent_run_id=parent_run_id, run_id=run_id)
+        v = self.backend.commit(run, [], create=True, dispatch=_TICK, lease_ms=self._tick_lease)
+        if dispatch:
+            self.dispatcher.tick(run.run_id, v)
+        return run.run_id
+
+    def _retrying(self, run_id: str, change: Callable[[RunState, int], tuple[RunState, str] | None]) -> RunState:
+        """Load, change, commit; again on a version conflict. ``change`` returns None for no commit."""
+        for _ in range(_CONFLICT_RETRIES):
+            loaded = self.backend.load_for_driver(run_id)
+            if loaded is None:
+                raise RunNotFound(run_id)
+            run, v = loaded[0], loaded[1]
+            result = change(run, v)
+            if result is None:
+                return run
+            try:
+                change_run, what = result
+                if what == "tick":
+                    v = self._commit(change_run, [], v, dispatch=_TICK, lease_ms=self._tick_lease)
+                    self.dispatcher.tick(run_id, v)
+                else:
+                    self._commit(change_run, [], v)
+                return change_run
+            except VersionConflict:
+                time.sleep(0.001)
+        raise VersionConflict(run_id=run_id, expected_version=-1, actual_version=None)
+
+    def resume(self, run_id: str, *, wait_key: str | None, payload: Any) -> RunState:
+        """Deliver ``payload`` to a waiting run and send its tick (RunNotWaiting, WaitKeyMismatch)."""
+
+        def change(run: RunState, v: int) -> tuple[RunState, str]:
+            apply_resume(run, wait_key=wait_key, payload=payload)
+            return run, "tick"
+
+        return self._retrying(run_id, change)
+
+    def emit(self, wait_key: str, payload: Any) -> list[str]:
+        """Resume every run waiting on ``wait_key`` (found through the wait-key index)."""
+        ensure_json(payload, "payload")
+        resumed = []
+        for rid in self.backend.runs.runs_waiting_on(wait_key):
+            try:
+                self.resume(rid, wait_key=wait_key, payload=payload)
+            except (RunNotWaiting, WaitKeyMismatch, RunNotFound):
+                continue  # it moved on between the index read and the resume
+            resumed.append(rid)
+        return resumed
+
+    def cancel(self, run_id: str, *, reason: str | None = None) -> list[RunState]:
+        """Cancel a run and, transitively, its children (D6); returns the runs now cancelled."""
+        out: list[RunState] = []
+        queue, seen = [run_id], set()
+        while queue:
+            rid = queue.pop(0)
+            if rid in seen:
+                continue
+            seen.add(rid)
+
+            def change(run: RunState, v: int) -> tuple[RunState, str] | None:
+                return (run, "none") if apply_cancel(run, reason) else None
+
+            try:
+                state = self._retrying(rid, change)
+            except RunNotFound:
+                if rid == run_id:
+                    raise
+                continue
+            if state.status == RunStatus.CANCELLED:
+                out.append(state)
+                if rid == run_id and state.parent_run_id:
+                    self._notify_parent(state)  # a parent waiting on it fails (D6)
+            queue.extend(sorted(i.decode() for i in self.backend.client.smembers(self.backend.keys.children(rid))))
+        return out

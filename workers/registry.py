@@ -1,0 +1,167 @@
+"""What workers know by name: workflows by id, tools by name, effect handlers by effect type.
+
+Nothing callable crosses the wire: a message names a run, and the run names its workflow;
+the code is what the worker imported. The modules listed in ``ABSTRACTRUNTIME_IMPORTS``
+register their workflows here when imported::
+
+    from workers.registry import register_workflow, tool
+
+    register_workflow(WorkflowSpec(workflow_id="greet", entry_node="hello", nodes={...}))
+
+    @tool
+    def add(a: int, b: int) -> int:
+        return a + b
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from runtime import EffectType, WorkflowRegistry, WorkflowSpec
+from runtime.effects import adapt_handler
+from runtime.models import Effect, EffectOutcome, RunState
+from runtime.policies import DefaultEffectPolicy, EffectPolicy
+from runtime.step import EffectHandler
+
+__all__ = [
+    "Registry",
+    "registry",
+    "register_workflow",
+    "register_tool",
+    "tool",
+    "register_effect_handler",
+    "set_effect_policy",
+    "import_modules",
+    "execute_tool_calls",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Registry:
+    """Workflows, tools and effect handlers of one process (a worker or a producer)."""
+
+    def __init__(self) -> None:
+        self.workflows = WorkflowRegistry()
+        self._tools: dict[str, Callable[..., Any]] = {}
+        self._handlers: dict[EffectType, EffectHandler] = {}
+        self._lock = threading.Lock()
+        self.effect_policy: EffectPolicy = DefaultEffectPolicy()
+        self.context: Any = None
+        self._imported: set[str] = set()
+
+    def register_workflow(self, workflow: WorkflowSpec, *, replace: bool = False) -> WorkflowSpec:
+        """Register ``workflow`` under its id (``replace=True`` to swap a registered one)."""
+        if not isinstance(workflow, WorkflowSpec):
+            raise TypeError(f"register_workflow() takes a WorkflowSpec, got {type(workflow).__name__}")
+        with self._lock:
+            if replace and workflow.workflow_id in self.workflows:
+                self.workflows.unregister(workflow.workflow_id)
+            self.workflows.register(workflow)
+        return workflow
+
+    def register_tool(self, name: str, fn: Callable[..., Any]) -> None:
+        """Register ``fn`` as the tool ``name`` (ValueError if the name is taken by another)."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("a tool needs a non-empty name")
+        if not callable(fn):
+            raise ValueError(f"tool {name!r} is not callable")
+        with self._lock:
+            if self._tools.get(name, fn) is not fn:
+                raise ValueError(f"tool {name!r} is already registered")
+            self._tools[name] = fn
+
+    @property
+    def tools(self) -> Mapping[str, Callable[..., Any]]:
+        return dict(self._tools)
+
+    def register_effect_handler(self, effect_type: EffectType | str, handler: Callable[..., EffectOutcome]) -> None:
+        """Handle ``effect_type`` with ``handler(run, effect[, default_next_node])`` on workers."""
+        with self._lock:
+            self._handlers[EffectType(effect_type)] = adapt_handler(handler)
+
+    @property
+    def effect_handlers(self) -> Mapping[EffectType, EffectHandler]:
+        """The registered handlers; TOOL_CALLS falls back to the registered tools."""
+        handlers = dict(self._handlers)
+        if EffectType.TOOL_CALLS not in handlers and self._tools:
+            handlers[EffectType.TOOL_CALLS] = self._tool_calls
+        return handlers
+
+    def _tool_calls(self, run: RunState, effect: Effect, default_next_node: str | None) -> EffectOutcome:
+        return execute_tool_calls(self._tools, effect)
+
+    def import_modules(self, names: Iterable[str]) -> None:
+        """Import each module once (it registers its workflows); ImportError names the module."""
+        for name in names:
+            if name in self._imported:
+                continue
+            try:
+                importlib.import_module(name)
+            except ImportError as exc:
+                raise ImportError(f"cannot import {name!r} (listed in ABSTRACTRUNTIME_IMPORTS): {exc}") from exc
+            self._imported.add(name)
+
+
+def execute_tool_calls(tools: Mapping[str, Callable[..., Any]], effect: Effect) -> EffectOutcome:
+    """Run each call of a TOOL_CALLS effect with the named tool; errors are reported per call."""
+    calls = effect.payload.get("tool_calls")
+    if not isinstance(calls, list):
+        return EffectOutcome.failed("tool_calls requires payload.tool_calls (list)")
+    results = []
+    for call in calls:
+        call = call if isinstance(call, dict) else {}
+        name = str(call.get("name") or "")
+        call_id = str(call.get("call_id") or "")
+        args = call.get("arguments") or {}
+        fn = tools.get(name)
+        if fn is None:
+            results.append({"call_id": call_id, "name": name, "success": False, "output": None,
+                            "error": f"Tool '{name}' not found"})
+            continue
+        try:
+            output = fn(**args) if isinstance(args, dict) else fn(args)
+        except Exception as exc:  # a tool's failure is data for the agent, not a crash
+            results.append({"call_id": call_id, "name": name, "success": False, "output": None, "error": str(exc)})
+            continue
+        results.append({"call_id": call_id, "name": name, "success": True, "output": output, "error": None})
+    return EffectOutcome.completed({"mode": "executed", "results": results})
+
+
+#: The process-wide registry that workers and producers use.
+registry = Registry()
+
+
+def register_workflow(workflow: WorkflowSpec, *, replace: bool = False) -> WorkflowSpec:
+    """Register a workflow with the process-wide registry (returns it, so it can decorate)."""
+    return registry.register_workflow(workflow, replace=replace)
+
+
+def register_tool(name: str, fn: Callable[..., Any]) -> None:
+    registry.register_tool(name, fn)
+
+
+def tool(fn: F | None = None, *, name: str | None = None) -> Any:
+    """Decorator: ``@tool`` or ``@tool(name="search")`` registers a function as a tool."""
+
+    def wrap(f: F) -> F:
+        registry.register_tool(name or f.__name__, f)
+        return f
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def register_effect_handler(effect_type: EffectType | str, handler: Callable[..., EffectOutcome]) -> None:
+    registry.register_effect_handler(effect_type, handler)
+
+
+def set_effect_policy(policy: EffectPolicy) -> None:
+    """The retry policy and idempotency keys of effects on workers (default: no retries)."""
+    registry.effect_policy = policy
+
+
+def import_modules(names: Iterable[str]) -> None:
+    registry.import_modules(names)

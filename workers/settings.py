@@ -1,0 +1,172 @@
+"""Every setting of the Celery driver in one place, read from ``ABSTRACTRUNTIME_*`` variables.
+
+``WorkerSettings.from_env()`` is what workers, beat and producers use; the Redis part is
+:class:`stores.redis.RedisSettings` (URL, prefix, timeouts, the embedded server). With no
+broker URL the broker is the same Redis that keeps the runs (the embedded one when no Redis
+URL is set either), so a fresh machine needs no configuration.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from stores.redis.settings import RedisSettings, mask_url
+
+__all__ = ["WorkerSettings", "QUEUE_KINDS", "ENV_VARS"]
+
+#: The queues the driver uses, by kind; each name is a setting (``queue_<kind>``).
+QUEUE_KINDS = ("ticks", "llm", "tools", "subworkflows", "timers", "maintenance")
+
+#: Environment variable -> settings field.
+ENV_VARS = {
+    "ABSTRACTRUNTIME_BROKER_URL": "broker_url",
+    "ABSTRACTRUNTIME_IMPORTS": "imports",
+    "ABSTRACTRUNTIME_QUEUE_TICKS": "queue_ticks",
+    "ABSTRACTRUNTIME_QUEUE_LLM": "queue_llm",
+    "ABSTRACTRUNTIME_QUEUE_TOOLS": "queue_tools",
+    "ABSTRACTRUNTIME_QUEUE_SUBWORKFLOWS": "queue_subworkflows",
+    "ABSTRACTRUNTIME_QUEUE_TIMERS": "queue_timers",
+    "ABSTRACTRUNTIME_QUEUE_MAINTENANCE": "queue_maintenance",
+    "ABSTRACTRUNTIME_TICK_LEASE_S": "tick_lease_s",
+    "ABSTRACTRUNTIME_EFFECT_LEASE_S": "effect_lease_s",
+    "ABSTRACTRUNTIME_SWEEP_PERIOD_S": "sweep_period_s",
+    "ABSTRACTRUNTIME_SWEEP_BATCH": "sweep_batch",
+    "ABSTRACTRUNTIME_TIMER_HOLD_S": "timer_hold_s",
+    "ABSTRACTRUNTIME_NODES_PER_TICK": "nodes_per_tick",
+    "ABSTRACTRUNTIME_TICK_MAX_ATTEMPTS": "tick_max_attempts",
+    "ABSTRACTRUNTIME_TICK_BACKOFF_S": "tick_backoff_s",
+    "ABSTRACTRUNTIME_PREFETCH": "prefetch",
+    "ABSTRACTRUNTIME_ACK_EMULATION": "ack_emulation",
+    "ABSTRACTRUNTIME_VISIBILITY_TIMEOUT_S": "visibility_timeout_s",
+}
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How workers, beat and producers reach each other and how runs are recovered."""
+
+    #: The Celery broker (``redis://``, ``rediss://``, ``amqp://``...). None: the Redis that keeps
+    #: the runs, as a Redis broker.
+    broker_url: str | None = None
+    #: Where the runs live (URL, key prefix, timeouts; no URL: the embedded redis-server).
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    #: Modules a worker (and a producer) imports; they register workflows, tools and effect
+    #: handlers with :mod:`workers.registry`. Comma-separated in the environment.
+    imports: tuple[str, ...] = ()
+    queue_ticks: str = "ticks"
+    queue_llm: str = "llm"
+    queue_tools: str = "tools"
+    queue_subworkflows: str = "subworkflows"
+    queue_timers: str = "timers"
+    queue_maintenance: str = "maintenance"
+    #: Seconds a tick may take between the commit that asks for it and its own commit before
+    #: the sweep sends it again. Short: a lost tick costs this long. Too short: a slow node is
+    #: run twice (only one of the two commits wins).
+    tick_lease_s: float = 30.0
+    #: The same for an effect task (an LLM call, tool calls): as long as the slowest effect,
+    #: or a slow effect is executed a second time while the first still runs.
+    effect_lease_s: float = 600.0
+    #: Seconds between two recovery sweeps (beat): due timers are woken and expired leases
+    #: re-dispatched. The worst lateness of a wake whose countdown was lost.
+    sweep_period_s: float = 1.0
+    #: Most timers and most leases one sweep handles.
+    sweep_batch: int = 1000
+    #: Seconds a timer claimed by the sweep waits before the sweep sends its wake again.
+    timer_hold_s: float = 10.0
+    #: Consecutive effect-free nodes one tick task runs, each committed on its own (K).
+    nodes_per_tick: int = 1
+    #: Attempts of a node whose handler raises (decision D5), then the run fails.
+    tick_max_attempts: int = 3
+    #: Backoff before the second attempt of a raising node; doubled each attempt.
+    tick_backoff_s: float = 1.0
+    #: Messages a worker process reserves ahead (Celery's ``worker_prefetch_multiplier``).
+    prefetch: int = 4
+    #: Redis broker only: Kombu's ack emulation (unacked messages kept and restored after the
+    #: visibility timeout). Recovery never waits for it: the sweep re-dispatches lost work.
+    ack_emulation: bool = True
+    #: Redis broker only: seconds before an unacknowledged message is delivered again.
+    visibility_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.broker_url is not None and (not isinstance(self.broker_url, str) or "://" not in self.broker_url):
+            raise ValueError(f"WorkerSettings.broker_url must be a URL, got {self.broker_url!r}")
+        if isinstance(self.imports, str):
+            object.__setattr__(self, "imports", _split(self.imports))
+        for kind in QUEUE_KINDS:
+            name = getattr(self, f"queue_{kind}")
+            if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+                raise ValueError(f"WorkerSettings.queue_{kind} must be a non-empty name without spaces, got {name!r}")
+        for name in ("tick_lease_s", "effect_lease_s", "sweep_period_s", "timer_hold_s", "visibility_timeout_s"):
+            _check(name, getattr(self, name), positive=True)
+        _check("tick_backoff_s", self.tick_backoff_s, positive=False)
+        for name in ("sweep_batch", "nodes_per_tick", "tick_max_attempts", "prefetch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"WorkerSettings.{name} must be a whole number of 1 or more, got {value!r}")
+
+    def queue(self, kind: str) -> str:
+        """The queue name of a kind (``ticks``, ``llm``...)."""
+        if kind not in QUEUE_KINDS:
+            raise ValueError(f"unknown queue kind {kind!r}; known: {', '.join(QUEUE_KINDS)}")
+        return str(getattr(self, f"queue_{kind}"))
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return tuple(self.queue(kind) for kind in QUEUE_KINDS)
+
+    def describe_broker(self) -> str:
+        """The broker URL with any password masked (for logs and errors)."""
+        return mask_url(self.broker_url) if self.broker_url else "(the Redis that keeps the runs)"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
+        """Settings from ``ABSTRACTRUNTIME_*`` variables (unset or empty: the default).
+
+        A malformed value raises ValueError naming the variable.
+        """
+        env = os.environ if environ is None else environ
+        types = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {"redis": RedisSettings.from_env(env)}
+        for var, name in ENV_VARS.items():
+            raw = env.get(var, "").strip()
+            if not raw:
+                continue
+            kind = types[name]
+            try:
+                if kind == "bool":
+                    if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                        raise ValueError
+                    values[name] = raw.lower() in ("1", "true", "yes", "on")
+                elif kind == "int":
+                    values[name] = int(raw)
+                elif kind == "float":
+                    values[name] = float(raw)
+                elif name == "imports":
+                    values[name] = _split(raw)
+                else:
+                    values[name] = raw
+            except ValueError:
+                what = {"bool": "true or false", "int": "a whole number", "float": "a number"}.get(str(kind), "valid")
+                raise ValueError(f"{var} must be {what}, got {raw!r}") from None
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            bad = next((v for v, n in ENV_VARS.items() if f"WorkerSettings.{n} " in str(exc)), None)
+            if bad is None:
+                raise
+            raise ValueError(f"{bad}: {exc}") from None
+
+
+def _split(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _check(name: str, value: object, *, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 \
+            or (positive and value == 0):
+        need = "a finite number above 0" if positive else "a finite number, 0 or more"
+        raise ValueError(f"WorkerSettings.{name} must be {need}, got {value!r}")
