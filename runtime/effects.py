@@ -37,14 +37,19 @@ def _wants_next_node(handler: Callable[..., Any]) -> bool:
 
 
 def adapt_handler(handler: Callable[..., EffectOutcome]) -> EffectHandler:
-    """Accept both handler signatures; the arity is read once, here, not on every call."""
-    if _wants_next_node(handler):
+    """Accept both handler signatures; the arity is read once, here, not on every call.
+
+    Adapting an adapted handler gives it back as it is (its ``__wrapped__`` shows the inner
+    two-argument signature, which would otherwise wrap it a second time).
+    """
+    if getattr(handler, "_abstractruntime_adapted", False) or _wants_next_node(handler):
         return handler
 
     def two_args(run: RunState, effect: Effect, default_next_node: str | None) -> EffectOutcome:
         return handler(run, effect)
 
     two_args.__wrapped__ = handler  # type: ignore[attr-defined]
+    two_args._abstractruntime_adapted = True  # type: ignore[attr-defined]
     return two_args
 
 

@@ -256,6 +256,20 @@ def test_both_handler_signatures_are_accepted(make_runtime):
     assert seen == [("two", EffectType.TOOL_CALLS), ("three", "done")]
 
 
+def test_handlers_taken_from_one_runtime_work_in_another(make_runtime):
+    """``effect_handlers`` hands out adapted handlers; giving them to a second runtime must not
+    wrap a two-argument handler twice (the Celery registry does exactly this)."""
+
+    def two(run, effect):
+        return EffectOutcome.completed("t")
+
+    first = make_runtime(effect_handlers={EffectType.TOOL_CALLS: two})
+    second = make_runtime(effect_handlers={EffectType.TOOL_CALLS: first.effect_handlers[EffectType.TOOL_CALLS]})
+    wf = one_effect(Effect(type=EffectType.TOOL_CALLS, payload={}, result_key="r"))
+    state = second.tick(workflow=wf, run_id=second.start(workflow=wf))
+    assert state.status == RunStatus.COMPLETED and state.output["r"] == "t"
+
+
 def test_user_handler_overrides_a_builtin(make_runtime):
     rt = make_runtime(effect_handlers={EffectType.ASK_USER: lambda r, e: EffectOutcome.completed("auto-yes")})
     wf = ask()
