@@ -55,11 +55,7 @@ def fake_llm(run: Any, effect: Effect) -> EffectOutcome:
     if prompt.startswith("slow:"):
         time.sleep(float(prompt.split(":")[1]))
     if prompt.startswith("die-once:"):
-        # SIGKILL this worker process the first time (a marker file remembers it).
-        marker = prompt.split(":", 1)[1]
-        if not os.path.exists(marker):
-            open(marker, "w").close()
-            os.kill(os.getpid(), signal.SIGKILL)
+        die_once(prompt.split(":", 1)[1])
     return EffectOutcome.completed({"content": prompt[::-1], "attempt": attempt})
 
 
@@ -192,3 +188,39 @@ def _sleep_until() -> WorkflowSpec:
 
 
 WORKFLOWS.append(_wf(_sleep_until()))
+
+
+def die_once(marker: str) -> None:
+    """SIGKILL this process unless ``marker`` exists (it is created first, so the retry lives)."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _crashy() -> WorkflowSpec:
+    """Two nodes, an LLM call and completion; ``vars["die_tick"]`` / ``vars["die_effect"]`` name
+    marker files: the worker is killed inside node n1, or inside the LLM call, once."""
+
+    def n0(run: Any, ctx: Any) -> StepPlan:
+        run.vars["visited"] = run.vars.get("visited", 0) + 1
+        return StepPlan(node_id="n0", next_node="n1")
+
+    def n1(run: Any, ctx: Any) -> StepPlan:
+        if run.vars.get("die_tick"):
+            die_once(run.vars["die_tick"])
+        run.vars["visited"] = run.vars.get("visited", 0) + 1
+        return StepPlan(node_id="n1", next_node="n2")
+
+    def n2(run: Any, ctx: Any) -> StepPlan:
+        marker = run.vars.get("die_effect")
+        prompt = f"die-once:{marker}" if marker else "hello"
+        return StepPlan(node_id="n2", effect=Effect(type=EffectType.LLM_CALL, payload={"prompt": prompt},
+                                                    result_key="llm"), next_node="n3")
+
+    def n3(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="n3", complete_output={"visited": run.vars["visited"], "llm": run.vars["llm"]})
+
+    return WorkflowSpec(workflow_id="crashy", entry_node="n0", nodes={"n0": n0, "n1": n1, "n2": n2, "n3": n3})
+
+
+WORKFLOWS.append(_wf(_crashy()))
