@@ -77,7 +77,10 @@ class WorkerGroup:
 
     def start_worker(self, name: str = "w1", *, queues: str = ALL_QUEUES, pool: str = "solo",
                      concurrency: int = 1) -> subprocess.Popen[bytes]:
-        argv = ["worker", "-n", f"{name}.{self.prefix}@%h", "-Q", queues, "-P", pool, "-c", str(concurrency),
+        """A worker consuming the queues of the given kinds (comma-separated; their names are settings)."""
+        settings = self.settings()
+        names = ",".join(settings.queue(kind) for kind in queues.split(","))
+        argv = ["worker", "-n", f"{name}.{self.prefix}@%h", "-Q", names, "-P", pool, "-c", str(concurrency),
                 "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"]
         return self._spawn(name, argv, "ready.")
 
