@@ -147,6 +147,9 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
             },
         },
         worker_hijack_root_logger=False,
+        # The workflow modules are imported when the worker boots (an import error stops it
+        # there, not at its first task), and may define Celery tasks of their own.
+        imports=list(settings.imports),
     )
     holder = _Holder(app, settings, reg)
     app.abstractruntime = holder  # type: ignore[attr-defined]
