@@ -60,6 +60,33 @@ def broker_url_of(settings: WorkerSettings) -> str:
     return url
 
 
+def serve_due_timers_at_once() -> None:
+    """Make the worker's event loop fire every due timer without a one-second pause.
+
+    Kombu's ``Hub.fire_timers`` fires at most ten timer entries per loop turn and then, with
+    more entries due, returns its ``min_delay`` (one second) as the next poll timeout: a
+    burst of due countdowns (wakes of runs that wait until the same moment) is served ten
+    per second. Measured with 50 wakes due together on a solo worker: the last ones woke
+    2 s late. Passing ``min_delay=0`` while entries are queued makes the loop poll without
+    waiting and fire the next ten at once; with no entries queued nothing changes.
+    """
+    from kombu.asynchronous.hub import Hub
+
+    original = Hub.fire_timers
+    if getattr(original, "_abstractruntime_patched", False):
+        return
+
+    def fire_timers(self: Any, min_delay: float = 1, max_delay: float = 10, max_timers: int = 10,
+                    propagate: tuple[type[BaseException], ...] = ()) -> Any:
+        if self.timer and self.timer._queue:
+            min_delay = 0
+        return original(self, min_delay=min_delay, max_delay=max_delay, max_timers=max_timers,
+                        propagate=propagate)
+
+    fire_timers._abstractruntime_patched = True  # type: ignore[attr-defined]
+    Hub.fire_timers = fire_timers  # type: ignore[method-assign]
+
+
 class CeleryDispatcher:
     """Sends the driver's messages to their queues (the :class:`~workers.engine.Dispatcher`)."""
 
@@ -109,11 +136,11 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
     """A Celery app for ``settings`` (default: from the environment) with the driver's tasks."""
     settings = settings if settings is not None else WorkerSettings.from_env()
     reg = reg if reg is not None else registry
+    serve_due_timers_at_once()
     app = Celery(main, broker=broker_url_of(settings), set_as_current=False)
     q = settings.queue
-    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_s}
-    if not settings.ack_emulation:
-        transport["ack_emulation"] = False
+    transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_s,
+                                 "ack_emulation": settings.ack_emulation}
     app.conf.update(
         # Messages are msgpack and nothing else: no pickle, ever.
         task_serializer="msgpack",

@@ -135,6 +135,7 @@ class Client:
         # The id of the newest event first, so that no commit between it and the read is missed.
         newest = self.backend.client.xrevrange(self.backend.keys.events(), count=1)
         last = newest[0][0].decode() if newest else "0"
+        names = {s.value for s in wanted}
         state = self.get_state(run_id)
         while True:
             if state.status in wanted:
@@ -146,9 +147,9 @@ class Client:
                                                 count=1000)
             if events:
                 last = events[-1][0]
-            # The state is read again only when this run committed (or once a second, in case
-            # the capped events stream dropped an entry under load).
-            if not events or any(e.get("run_id") == run_id for _id, e in events):
+            # The state is read again only when this run committed a wanted status (or after a
+            # second without events, in case the capped events stream dropped an entry).
+            if not events or any(e.get("run_id") == run_id and e.get("status") in names for _id, e in events):
                 state = self.get_state(run_id)
 
     # -- changing --------------------------------------------------------------------------------
