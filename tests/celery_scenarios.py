@@ -224,3 +224,20 @@ def _crashy() -> WorkflowSpec:
 
 
 WORKFLOWS.append(_wf(_crashy()))
+
+
+def _bad_vars() -> WorkflowSpec:
+    def bad(run: Any, ctx: Any) -> StepPlan:
+        run.vars["tags"] = {"a", "b"}  # a set: not JSON, the store refuses it
+        return StepPlan(node_id="bad", next_node="never")
+
+    return WorkflowSpec(workflow_id="bad_vars", entry_node="bad", nodes={"bad": bad})
+
+
+@tool
+def huge(n: int) -> str:
+    return "x" * n
+
+
+WORKFLOWS.append(_wf(_bad_vars()))
+WORKFLOWS.append(_wf(_tools([{"name": "huge", "arguments": {"n": 2_000_000}, "call_id": "h"}], "huge_result")))

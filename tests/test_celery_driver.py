@@ -159,6 +159,28 @@ def test_d5_an_effect_completing_in_a_plan_going_nowhere_fails_the_run(client):
     assert [r["status"] for r in client.get_ledger(run_id)] == ["started", "completed", "failed"]
 
 
+def test_vars_the_store_refuses_fail_the_run_naming_the_key(client):
+    run_id = client.start("bad_vars")
+    state = client.wait_for(run_id, timeout=30)
+    assert state.status == RunStatus.FAILED
+    assert state.error.startswith("Node 'bad' raised PayloadNotSerializable:") and "tags" in state.error
+    assert "tags" not in state.vars  # the run as last saved, not what the node left
+    assert [(r["node_id"], r["status"]) for r in client.get_ledger(run_id)] == [("bad", "failed")]
+
+
+def test_an_effect_result_over_the_size_limit_is_a_failed_attempt(group, redis_server, tmp_path):
+    g = WorkerGroup(redis_server.url, tmp_path / "small", redis_max_value_bytes=1_000_000)
+    try:
+        g.start_worker("small")
+        c = g.client()
+        state = c.wait_for(c.start("huge_result"), timeout=30)
+        assert state.status == RunStatus.FAILED
+        assert "Effect result refused by the store" in state.error and "over the limit" in state.error
+        assert [r["status"] for r in c.get_ledger(state.run_id)] == ["started", "failed"] * 3
+    finally:
+        g.close()
+
+
 def test_d6_a_sync_child_parks_the_parent_which_resumes_when_the_child_ends(client):
     """D6: in process the sync child runs inside the parent's effect; on workers it is ticked on
     its own and the parent waits (one `waiting` record) and resumes with the same result."""

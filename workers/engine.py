@@ -31,7 +31,14 @@ from typing import Any, Protocol
 
 from runtime import EffectType, RunState, RunStatus, StepRecord, VersionConflict, WaitReason, WaitState
 from runtime._json import ensure_json, epoch_ms
-from runtime.errors import RunAlreadyExists, RunNotFound, RunNotWaiting, WaitKeyMismatch, WorkflowNotRegistered
+from runtime.errors import (
+    PayloadNotSerializable,
+    RunAlreadyExists,
+    RunNotFound,
+    RunNotWaiting,
+    WaitKeyMismatch,
+    WorkflowNotRegistered,
+)
 from runtime.models import EffectOutcome, validate_run_id
 from runtime.runtime import child_run_id
 from runtime.spec import WorkflowSpec
@@ -49,6 +56,7 @@ from runtime.step import (
     wake_if_due,
 )
 from stores.redis import RedisBackend
+from stores.redis.codec import ValueTooLarge
 
 from .registry import Registry
 from .settings import WorkerSettings
@@ -63,6 +71,9 @@ EFFECT_QUEUES = {
     EffectType.TOOL_CALLS: "tools",
     EffectType.START_SUBWORKFLOW: "subworkflows",
 }
+
+#: What the store refuses to write (a node's vars that are not JSON, a value over the limit).
+_REFUSED = (PayloadNotSerializable, ValueTooLarge)
 
 _TICK: dict[str, Any] = {"k": "tick"}
 _NOTIFY: dict[str, Any] = {"k": "notify"}
@@ -157,10 +168,10 @@ class Engine:
                 tr = step(run, workflow, ctx=self.registry.context, policy=self.registry.effect_policy)
             except Exception as exc:  # D5: the tick policy decides, then the run fails
                 return self._node_failed(rid, v, node, exc, attempt)
-            attempt = 1
             try:
                 if tr.action is Action.NEXT:
                     v = self._commit(run, [], v, dispatch=_TICK, lease_ms=self._tick_lease)
+                    attempt = 1  # the next node's attempts are counted afresh
                     if n + 1 < self.settings.nodes_per_tick:
                         continue
                     self.dispatcher.tick(rid, v)
@@ -172,6 +183,8 @@ class Engine:
             except VersionConflict:
                 logger.info("tick: run %s moved by another writer; this tick's work is dropped", rid)
                 return "stale"
+            except _REFUSED as exc:  # what the node left cannot be stored: a node failure (D5)
+                return self._node_failed(rid, v, node, exc, attempt)
         return "next"  # pragma: no cover - the loop always returns
 
     def _execute(self, run: RunState, v: int, pending: PendingEffect, now_ms: int) -> str:
@@ -284,10 +297,24 @@ class Engine:
             except VersionConflict:
                 return "stale"
         self._local.children = []
+        started = record.to_dict()
         outcome = execute_effect(run, pending, self._handlers())
         tr = apply_outcome(run, pending, outcome, record=record, policy=self.registry.effect_policy)
         try:
-            return self._land(run, v, tr, tr.records, now_ms)
+            try:
+                return self._land(run, v, tr, tr.records, now_ms)
+            except _REFUSED as exc:
+                # The result cannot be stored (too large, say): a failed attempt, on the run as
+                # it was before this attempt.
+                logger.warning("effect: run %s: the result of %s was refused: %s", run_id, key, exc)
+                loaded = self.backend.load_for_driver(run_id)
+                if loaded is None or loaded[1] != v:
+                    return "stale"
+                run = loaded[0]
+                failed = EffectOutcome.failed(f"Effect result refused by the store: {exc}")
+                tr = apply_outcome(run, pending, failed, record=StepRecord.from_dict(started),
+                                   policy=self.registry.effect_policy)
+                return self._land(run, v, tr, tr.records, now_ms)
         except VersionConflict:
             logger.info("effect: run %s moved while effect %s ran; its outcome is dropped", run_id, key)
             return "stale"

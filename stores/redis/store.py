@@ -9,6 +9,7 @@ that they share a backend and commits state and records together.
 
 from __future__ import annotations
 
+import builtins
 import threading
 from importlib import resources
 from typing import Any, NamedTuple
@@ -511,7 +512,7 @@ class RedisLedgerStore:
         return out
 
     def follow(self, run_id: str, *, last_id: str = "0", block_ms: int = 5000, count: int = 100
-               ) -> list[tuple[str, dict[str, Any]]]:
+               ) -> builtins.list[tuple[str, dict[str, Any]]]:
         """Records appended after stream id ``last_id`` ("0": from the start), waiting up to
         ``block_ms`` for one with a blocking ``XREAD`` (not polling); ``(entry id, record)`` pairs."""
         key = self.backend.keys.ledger(validate_run_id(run_id))
