@@ -179,17 +179,19 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
         imports=list(settings.imports),
     )
     holder = _Holder(app, settings, reg)
+    # shared=False: the tasks belong to this app only (Celery would otherwise add them to every
+    # app made later in the process, and a second create_app would register them twice).
     app.abstractruntime = holder  # type: ignore[attr-defined]
 
-    @app.task(name=TASK_NAMES["tick"])
+    @app.task(name=TASK_NAMES["tick"], shared=False)
     def tick(run_id: str, version: int | None = None, attempt: int = 1) -> str:
         return holder.get().tick(run_id, version, attempt)
 
-    @app.task(name=TASK_NAMES["wake"])
+    @app.task(name=TASK_NAMES["wake"], shared=False)
     def wake(run_id: str, version: int | None = None) -> str:
         return holder.get().wake(run_id, version)
 
-    @app.task(name=TASK_NAMES["sweep"])
+    @app.task(name=TASK_NAMES["sweep"], shared=False)
     def sweep() -> dict[str, int]:
         return holder.get().sweep()
 
@@ -197,7 +199,7 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
         return holder.get().effect(run_id, version, key, attempt)
 
     for kind in ("ticks", "llm", "tools", "subworkflows"):
-        app.task(name=TASK_NAMES[kind])(effect)
+        app.task(name=TASK_NAMES[kind], shared=False)(effect)
     return app
 
 

@@ -50,6 +50,7 @@ class Client:
         self.settings = settings if settings is not None else WorkerSettings.from_env()
         self.registry = reg if reg is not None else registry
         self.registry.import_modules(self.settings.imports)
+        self._own_app = app is None
         self.app = app if app is not None else create_app(self.settings, reg=self.registry)
         self.backend = backend if backend is not None else RedisBackend.from_settings(self.settings.redis)
         self.engine = Engine(self.backend, self.registry, self.settings, CeleryDispatcher(self.app, self.settings))
@@ -174,4 +175,7 @@ class Client:
         return self.engine.cancel(run_id, reason=reason)
 
     def close(self) -> None:
+        """Close the Redis connections, and the broker connections of an app this client made."""
         self.backend.client.close()
+        if self._own_app:
+            self.app.close()
