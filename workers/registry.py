@@ -64,14 +64,19 @@ class Registry:
         return workflow
 
     def register_tool(self, name: str, fn: Callable[..., Any]) -> None:
-        """Register ``fn`` as the tool ``name`` (ValueError if the name is taken by another)."""
+        """Register ``fn`` as the tool ``name``; ValueError if another function has the name.
+
+        The same function defined again (its module re-imported: same module and qualified
+        name) replaces the first.
+        """
         if not isinstance(name, str) or not name:
             raise ValueError("a tool needs a non-empty name")
         if not callable(fn):
             raise ValueError(f"tool {name!r} is not callable")
         with self._lock:
-            if self._tools.get(name, fn) is not fn:
-                raise ValueError(f"tool {name!r} is already registered")
+            old = self._tools.get(name, fn)
+            if old is not fn and _origin(old) != _origin(fn):
+                raise ValueError(f"tool {name!r} is already registered (to {_origin(old)})")
             self._tools[name] = fn
 
     @property
@@ -104,6 +109,10 @@ class Registry:
             except ImportError as exc:
                 raise ImportError(f"cannot import {name!r} (listed in ABSTRACTRUNTIME_IMPORTS): {exc}") from exc
             self._imported.add(name)
+
+
+def _origin(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def execute_tool_calls(tools: Mapping[str, Callable[..., Any]], effect: Effect) -> EffectOutcome:
