@@ -219,6 +219,17 @@ def test_d6_a_failing_child_fails_its_waiting_parent(client):
     assert [r["status"] for r in client.get_ledger(run_id)] == ["started", "waiting", "failed"]
 
 
+def test_d6_cancelling_a_waited_for_child_fails_its_parent(client):
+    run_id = client.start("parent_of_asking")
+    client.wait_for(run_id, timeout=30)
+    child_id = client.get_state(run_id).waiting.details["sub_run_id"]
+    client.wait_for(child_id, ["waiting"], timeout=30)
+    assert [s.run_id for s in client.cancel(child_id, reason="not needed")] == [child_id]
+    parent = client.wait_for(run_id, TERMINAL, timeout=30)
+    assert parent.status == RunStatus.FAILED
+    assert parent.error == "Subworkflow 'child_asks' was cancelled: not needed"
+
+
 def test_d6_cancelling_a_parent_cancels_its_children_transitively(client):
     run_id = client.start("grandparent")
     client.wait_for(run_id, timeout=30)

@@ -390,7 +390,8 @@ class Engine:
                     self.dispatcher.tick(parent.run_id, pv)
                 else:
                     record = StepRecord.start(run=parent, node_id=parent.current_node or "", effect=None)
-                    message = f"Subworkflow '{child.workflow_id}' failed: {child.error}"
+                    ended = "was cancelled" if child.status == RunStatus.CANCELLED else "failed"
+                    message = f"Subworkflow '{child.workflow_id}' {ended}: {child.error}"
                     self._fail(parent, [record], message, RuntimeError(message))
                     parent.waiting = None
                     dispatch, lease = self._terminal_dispatch(parent)
