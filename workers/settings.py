@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
-from stores.redis.settings import RedisSettings, mask_url
+from stores.redis.settings import RedisSettings, mask_url, settings_from_env
 
 __all__ = ["WorkerSettings", "QUEUE_KINDS", "ENV_VARS"]
 
@@ -131,36 +130,8 @@ class WorkerSettings:
         A malformed value raises ValueError naming the variable.
         """
         env = os.environ if environ is None else environ
-        types = {f.name: f.type for f in fields(cls)}
-        values: dict[str, Any] = {"redis": RedisSettings.from_env(env)}
-        for var, name in ENV_VARS.items():
-            raw = env.get(var, "").strip()
-            if not raw:
-                continue
-            kind = types[name]
-            try:
-                if kind == "bool":
-                    if raw.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                        raise ValueError
-                    values[name] = raw.lower() in ("1", "true", "yes", "on")
-                elif kind == "int":
-                    values[name] = int(raw)
-                elif kind == "float":
-                    values[name] = float(raw)
-                elif name == "imports":
-                    values[name] = _split(raw)
-                else:
-                    values[name] = raw
-            except ValueError:
-                what = {"bool": "true or false", "int": "a whole number", "float": "a number"}.get(str(kind), "valid")
-                raise ValueError(f"{var} must be {what}, got {raw!r}") from None
-        try:
-            return cls(**values)
-        except ValueError as exc:
-            bad = next((v for v, n in ENV_VARS.items() if f"WorkerSettings.{n} " in str(exc)), None)
-            if bad is None:
-                raise
-            raise ValueError(f"{bad}: {exc}") from None
+        return settings_from_env(cls, ENV_VARS, env, values={"redis": RedisSettings.from_env(env)},
+                                 convert={"imports": _split})
 
 
 def _split(raw: str) -> tuple[str, ...]:
