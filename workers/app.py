@@ -90,24 +90,33 @@ def serve_due_timers_at_once() -> None:
 class CeleryDispatcher:
     """Sends the driver's messages to their queues (the :class:`~workers.engine.Dispatcher`)."""
 
-    def __init__(self, app: Celery, settings: WorkerSettings) -> None:
+    def __init__(self, app: Celery, settings: WorkerSettings, *, tolerant: bool = False) -> None:
         self.app = app
         self.settings = settings
+        #: Log a message that could not be sent instead of raising (producers: the commit is
+        #: in, and the run's lease makes the sweep send the message once the broker is back).
+        self.tolerant = tolerant
         self._q_ticks = settings.queue("ticks")
         self._q_timers = settings.queue("timers")
 
+    def _send(self, name: str, args: list[Any], queue: str, countdown: float) -> None:
+        try:
+            self.app.send_task(name, args=args, queue=queue, countdown=countdown or None)
+        except Exception as exc:
+            if not self.tolerant:
+                raise
+            logger.warning("could not send %s for run %s to the broker (%s: %s); the sweep sends it once the "
+                           "run's lease expires", name, args[0], type(exc).__name__, exc)
+
     def tick(self, run_id: str, version: int | None, *, countdown: float = 0.0, attempt: int = 1) -> None:
-        self.app.send_task(TASK_NAMES["tick"], args=[run_id, version, attempt], queue=self._q_ticks,
-                           countdown=countdown or None)
+        self._send(TASK_NAMES["tick"], [run_id, version, attempt], self._q_ticks, countdown)
 
     def effect(self, kind: str, run_id: str, version: int | None, key: str, attempt: int, *,
                countdown: float = 0.0) -> None:
-        self.app.send_task(TASK_NAMES[kind], args=[run_id, version, key, attempt], queue=self.settings.queue(kind),
-                           countdown=countdown or None)
+        self._send(TASK_NAMES[kind], [run_id, version, key, attempt], self.settings.queue(kind), countdown)
 
     def wake(self, run_id: str, version: int | None, *, countdown: float = 0.0) -> None:
-        self.app.send_task(TASK_NAMES["wake"], args=[run_id, version], queue=self._q_timers,
-                           countdown=countdown or None)
+        self._send(TASK_NAMES["wake"], [run_id, version], self._q_timers, countdown)
 
 
 class _Holder:

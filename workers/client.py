@@ -53,7 +53,8 @@ class Client:
         self._own_app = app is None
         self.app = app if app is not None else create_app(self.settings, reg=self.registry)
         self.backend = backend if backend is not None else RedisBackend.from_settings(self.settings.redis)
-        self.engine = Engine(self.backend, self.registry, self.settings, CeleryDispatcher(self.app, self.settings))
+        self.engine = Engine(self.backend, self.registry, self.settings,
+                             CeleryDispatcher(self.app, self.settings, tolerant=True))
 
     # -- starting --------------------------------------------------------------------------------
 

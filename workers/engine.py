@@ -435,7 +435,8 @@ class Engine:
         """Wake due timers and re-send what expired leases name; safe on many workers at once."""
         k = self.backend.keys
         counts = {"leases": 0, "timers": 0}
-        _now, ids = self.backend.claim_due(k.leases(), limit=self.settings.sweep_batch, hold_ms=self._tick_lease)
+        now, ids = self.backend.claim_due(k.leases(), limit=self.settings.sweep_batch, hold_ms=self._tick_lease)
+        self.backend.client.set(k.sweep_heartbeat(), now)
         for rid in ids:
             try:
                 loaded = self.backend.load_for_driver(rid)

@@ -455,6 +455,20 @@ class EmbeddedRedis:
                     pass
             self._forget()
 
+    def detach(self) -> None:
+        """Leave the server running after this process exits (``abstractruntime demo --keep``).
+
+        This instance stops owning it: the lock is released and no exit hook stops it; the
+        next process that starts the same folder adopts the running server.
+        """
+        with self._mutex:
+            atexit.unregister(self._stop_at_exit)
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            self._socket_dir = None  # the server still listens there: keep the folder
+            self._owner = False
+
     def _stop_at_exit(self) -> None:
         try:
             self.stop()

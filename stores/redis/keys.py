@@ -70,6 +70,10 @@ class Keys:
         (a tick, an effect task); the recovery sweep re-dispatches the expired ones."""
         return f"{self._g}leases"
 
+    def sweep_heartbeat(self) -> str:
+        """STRING, the Redis time (epoch ms) of the last recovery sweep (``doctor``: is beat alive?)."""
+        return f"{self._g}sweep"
+
     def waiting_on(self, wait_key: str) -> str:
         """SET of the run ids waiting on one wait key (event delivery without a scan)."""
         return f"{self._g}wait:{wait_key}"

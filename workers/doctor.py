@@ -1,0 +1,92 @@
+"""``abstractruntime doctor``: is everything a deployment needs up, and what to do if not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .settings import QUEUE_KINDS, WorkerSettings
+
+__all__ = ["run_checks"]
+
+#: Seconds a timer may be past due before doctor calls it overdue.
+OVERDUE_S = 5.0
+
+
+def _check(name: str, status: str, detail: str, advice: str = "") -> dict[str, Any]:
+    return {"check": name, "status": status, "detail": detail, "advice": advice}
+
+
+def run_checks(settings: WorkerSettings, env: dict[str, str]) -> list[dict[str, Any]]:
+    """Each check as ``{"check", "status": ok|warn|fail, "detail", "advice"}``; stops early when
+    Redis is unreachable (nothing else can be checked then)."""
+    from stores.redis import RedisBackend
+    from stores.redis.errors import RedisUnavailable
+
+    checks: list[dict[str, Any]] = []
+    try:
+        backend = RedisBackend.from_settings(settings.redis)
+    except RedisUnavailable as exc:
+        checks.append(_check("redis", "fail", str(exc), "start Redis, or fix ABSTRACTRUNTIME_REDIS_URL"))
+        return checks
+    client = backend.client
+    info = client.info("server")
+    persistence = client.info("persistence")
+    aof = bool(persistence.get("aof_enabled"))
+    checks.append(_check("redis", "ok" if aof else "warn",
+                         f"Redis {info.get('redis_version')} at {settings.redis.url or 'the embedded server'}; "
+                         f"append-only file {'on' if aof else 'off'}",
+                         "" if aof else "turn on appendonly, or a Redis restart loses every run"))
+
+    from .app import create_app
+
+    app = create_app(settings)
+    try:
+        try:
+            with app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=3)
+            checks.append(_check("broker", "ok", f"reachable: {settings.describe_broker()}"))
+        except Exception as exc:
+            checks.append(_check("broker", "fail", f"{settings.describe_broker()}: {type(exc).__name__}: {exc}",
+                                 "start the broker, or fix ABSTRACTRUNTIME_BROKER_URL"))
+            return checks
+        try:
+            active = app.control.inspect(timeout=1.5).active_queues() or {}
+        except Exception as exc:  # a broker without remote control
+            active = {}
+            checks.append(_check("workers", "warn", f"cannot ask the workers: {type(exc).__name__}: {exc}"))
+        consumers: dict[str, list[str]] = {}
+        for worker, queues in active.items():
+            for q in queues or []:
+                consumers.setdefault(q.get("name", ""), []).append(worker)
+        for kind in QUEUE_KINDS:
+            name = settings.queue(kind)
+            names = consumers.get(name, [])
+            essential = kind in ("ticks", "timers", "maintenance")
+            checks.append(_check(
+                f"queue {name}", "ok" if names else ("fail" if essential else "warn"),
+                f"{len(names)} worker(s)" + (f": {', '.join(sorted(names))}" if names else ""),
+                f"start one: abstractruntime worker --queues {kind}"))
+    finally:
+        app.close()
+
+    k = backend.keys
+    now = backend.time_ms()
+    last = client.get(k.sweep_heartbeat())
+    limit_s = max(5 * settings.sweep_period_s, 5.0)
+    if last is None:
+        checks.append(_check("beat", "fail", "no recovery sweep has run yet",
+                             "start exactly one: abstractruntime beat"))
+    else:
+        age = (now - int(last)) / 1000
+        checks.append(_check("beat", "ok" if age <= limit_s else "fail", f"last sweep {age:.1f}s ago",
+                             "start exactly one: abstractruntime beat"))
+    overdue = int(client.zcount(k.timers(), "-inf", now - int(OVERDUE_S * 1000)))
+    checks.append(_check("timers", "ok" if not overdue else "warn",
+                         f"{overdue} timer(s) more than {OVERDUE_S:g}s overdue",
+                         "check that a worker consumes the timers and maintenance queues and that beat runs"))
+    stuck = int(client.zcount(k.leases(), "-inf", now))
+    checks.append(_check("runs", "ok" if not stuck else "warn",
+                         f"{stuck} run(s) whose lease expired (a message lost or a worker gone)",
+                         "the sweep sends their message again; if this stays, check the workers' logs"))
+    client.close()
+    return checks
