@@ -102,6 +102,11 @@ class State:
 pass_state = click.make_pass_decorator(State)
 
 
+def _opt(*decls: str, env: str, **kwargs: Any) -> Any:
+    """An option that is also the environment variable ``env`` (shown in ``--help``)."""
+    return click.option(*decls, envvar=env, show_envvar=True, **kwargs)
+
+
 def _json_arg(text: str, what: str) -> Any:
     """A JSON value from the command line; ``@path`` reads it from a file."""
     source = what
@@ -157,16 +162,16 @@ def _record_line(i: int, rec: dict[str, Any]) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--redis-url", envvar="ABSTRACTRUNTIME_REDIS_URL", metavar="URL",
+@_opt("--redis-url", env="ABSTRACTRUNTIME_REDIS_URL", metavar="URL",
               help="Redis keeping the runs (redis://, rediss://, unix://). Unset: the embedded redis-server.")
-@click.option("--broker-url", envvar="ABSTRACTRUNTIME_BROKER_URL", metavar="URL",
+@_opt("--broker-url", env="ABSTRACTRUNTIME_BROKER_URL", metavar="URL",
               help="Celery broker. Unset: the Redis that keeps the runs.")
-@click.option("--prefix", envvar="ABSTRACTRUNTIME_REDIS_PREFIX", help="Key prefix of the deployment [ar].")
-@click.option("--imports", envvar="ABSTRACTRUNTIME_IMPORTS", metavar="MODULES",
+@_opt("--prefix", env="ABSTRACTRUNTIME_REDIS_PREFIX", help="Key prefix of the deployment [ar].")
+@_opt("--imports", env="ABSTRACTRUNTIME_IMPORTS", metavar="MODULES",
               help="Comma-separated modules that register workflows.")
-@click.option("--data-dir", envvar="ABSTRACTRUNTIME_DATA_DIR", type=click.Path(file_okay=False),
+@_opt("--data-dir", env="ABSTRACTRUNTIME_DATA_DIR", type=click.Path(file_okay=False),
               help="Folder of the embedded Redis [./.abstractruntime].")
-@click.option("--json", "as_json", is_flag=True, envvar="ABSTRACTRUNTIME_JSON", help="Print JSON, for scripts.")
+@_opt("--json", "as_json", is_flag=True, env="ABSTRACTRUNTIME_JSON", help="Print JSON, for scripts.")
 @click.version_option(package_name="abstractruntime-celery", prog_name="abstractruntime")
 @click.pass_context
 def cli(ctx: click.Context, redis_url: str | None, broker_url: str | None, prefix: str | None,
@@ -196,16 +201,15 @@ def _celery(state: State, argv: list[str]) -> None:
 
 
 @cli.command()
-@click.option("--queues", "-Q", envvar="ABSTRACTRUNTIME_WORKER_QUEUES", default=",".join(QUEUE_KINDS),
+@_opt("--queues", "-Q", env="ABSTRACTRUNTIME_WORKER_QUEUES", default=",".join(QUEUE_KINDS),
               show_default=True, help="Queue kinds to consume, comma-separated.")
-@click.option("--concurrency", "-c", envvar="ABSTRACTRUNTIME_WORKER_CONCURRENCY", type=click.IntRange(1),
+@_opt("--concurrency", "-c", env="ABSTRACTRUNTIME_WORKER_CONCURRENCY", type=click.IntRange(1),
               help="Pool size [the number of CPUs].")
-@click.option("--pool", "-P", envvar="ABSTRACTRUNTIME_WORKER_POOL", default="prefork", show_default=True,
+@_opt("--pool", "-P", env="ABSTRACTRUNTIME_WORKER_POOL", default="prefork", show_default=True,
               type=click.Choice(["prefork", "solo", "threads"]), help="Celery pool.")
-@click.option("--events", "-E", is_flag=True, envvar="ABSTRACTRUNTIME_WORKER_EVENTS",
-              help="Send task events (for Flower).")
-@click.option("--name", "-n", envvar="ABSTRACTRUNTIME_WORKER_NAME", help="Worker name [celery@host].")
-@click.option("--loglevel", "-l", envvar="ABSTRACTRUNTIME_LOGLEVEL", default="INFO", show_default=True)
+@_opt("--events", "-E", is_flag=True, env="ABSTRACTRUNTIME_WORKER_EVENTS", help="Send task events (for Flower).")
+@_opt("--name", "-n", env="ABSTRACTRUNTIME_WORKER_NAME", help="Worker name [celery@host].")
+@_opt("--loglevel", "-l", env="ABSTRACTRUNTIME_LOGLEVEL", default="INFO", show_default=True)
 @pass_state
 def worker(state: State, queues: str, concurrency: int | None, pool: str, events: bool, name: str | None,
            loglevel: str) -> None:
@@ -226,7 +230,7 @@ def worker(state: State, queues: str, concurrency: int | None, pool: str, events
 
 
 @cli.command()
-@click.option("--loglevel", "-l", envvar="ABSTRACTRUNTIME_LOGLEVEL", default="INFO", show_default=True)
+@_opt("--loglevel", "-l", env="ABSTRACTRUNTIME_LOGLEVEL", default="INFO", show_default=True)
 @pass_state
 def beat(state: State, loglevel: str) -> None:
     """Run Celery beat: the recovery sweep every sweep period (run exactly one)."""
@@ -508,15 +512,20 @@ def _message(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """The console script: run the CLI and turn errors into one line and an exit code."""
     try:
-        cli.main(args=argv, prog_name="abstractruntime", standalone_mode=False)
-        return 0
+        # Without standalone mode, click returns the code of a click.exceptions.Exit raised inside.
+        code = cli.main(args=argv, prog_name="abstractruntime", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return EXIT_FAILURE
+    except click.UsageError as exc:
+        hint = f" (try '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"error: {_message(click.ClickException(exc.format_message()))}{hint}", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {_message(click.ClickException(exc.format_message()))}", err=True)
         return exc.exit_code
     except CliError as exc:
         click.echo(f"error: {_message(exc)}", err=True)

@@ -529,6 +529,16 @@ class Engine:
             resumed.append(rid)
         return resumed
 
+    def _cancel_one(self, run_id: str, reason: str | None) -> tuple[RunState, bool]:
+        cancelled = False
+
+        def change(run: RunState, v: int) -> tuple[RunState, str] | None:
+            nonlocal cancelled
+            cancelled = apply_cancel(run, reason)
+            return (run, "none") if cancelled else None
+
+        return self._retrying(run_id, change), cancelled
+
     def cancel(self, run_id: str, *, reason: str | None = None) -> list[RunState]:
         """Cancel a run and, transitively, its children (D6); returns the runs now cancelled."""
         out: list[RunState] = []
@@ -539,16 +549,13 @@ class Engine:
                 continue
             seen.add(rid)
 
-            def change(run: RunState, v: int) -> tuple[RunState, str] | None:
-                return (run, "none") if apply_cancel(run, reason) else None
-
             try:
-                state = self._retrying(rid, change)
+                state, now_cancelled = self._cancel_one(rid, reason)
             except RunNotFound:
                 if rid == run_id:
                     raise
                 continue
-            if state.status == RunStatus.CANCELLED:
+            if now_cancelled:  # by this call (not a run that had ended before)
                 out.append(state)
                 if rid == run_id and state.parent_run_id:
                     self._notify_parent(state)  # a parent waiting on it fails (D6)

@@ -1,0 +1,233 @@
+"""The ``abstractruntime`` console script, run as a user runs it, against a real worker and beat.
+
+Each command runs in a subprocess with ``--json``; a bad input must give one line on
+stderr naming the problem, a non-zero exit code, and no change in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from runtime import RunStatus
+
+from celery_workers import WorkerGroup
+from redis_server import free_port
+
+pytestmark = pytest.mark.timeout(180)
+
+CLI = str(Path(sys.executable).with_name("abstractruntime"))
+
+
+@pytest.fixture(scope="module")
+def group(redis_server, tmp_path_factory):
+    g = WorkerGroup(redis_server.url, tmp_path_factory.mktemp("cli"), tick_backoff_s=0.05)
+    g.start_worker("w1")
+    g.start_beat()
+    yield g
+    g.close()
+
+
+@pytest.fixture(scope="module")
+def client(group):
+    return group.client()
+
+
+def run(group, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ABSTRACTRUNTIME_")}
+    full_env.update(group.env if env is None else env)
+    full_env["PYTHONPATH"] = str(Path(__file__).parent)
+    return subprocess.run([CLI, *args], env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def ok(proc: subprocess.CompletedProcess) -> object:
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+def refused(proc: subprocess.CompletedProcess, code: int, *words: str) -> None:
+    assert proc.returncode == code, f"exit {proc.returncode}, wanted {code}: {proc.stdout} {proc.stderr}"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def snapshot(client) -> tuple:
+    """Everything a refused command must leave as it was: run count and each run's version."""
+    k = client.backend.keys
+    ids = sorted(i.decode() for i in client.backend.client.zrange(k.by_updated(), 0, -1))
+    return tuple((rid, client.backend.client.hget(k.run(rid), "v")) for rid in ids)
+
+
+def test_every_command_has_help(group):
+    commands = ["worker", "beat", "start", "status", "ledger", "verify", "resume", "respond", "emit", "cancel",
+                "runs", "runs list", "runs count", "waiting", "doctor", "demo"]
+    top = run(group, "--help")
+    assert top.returncode == 0 and "Usage: abstractruntime" in top.stdout
+    for command in commands:
+        proc = run(group, *command.split(), "--help")
+        assert proc.returncode == 0 and "Usage:" in proc.stdout, (command, proc.stderr)
+    assert "ABSTRACTRUNTIME_REDIS_URL" in top.stdout  # every option names its variable
+
+
+def test_start_status_ledger_verify(group, client):
+    run_id = f"cli-{uuid.uuid4().hex[:8]}"
+    started = ok(run(group, "--json", "start", "chain", "--vars", '{"context": {"who": "cli"}}', "--run-id", run_id))
+    assert started == {"run_id": run_id, "workflow_id": "chain"}
+    client.wait_for(run_id, ["completed"], timeout=30)
+    status = ok(run(group, "--json", "status", run_id))
+    assert status["status"] == "completed" and status["output"] == {"visited": 5}
+    assert status["vars"]["context"] == {"who": "cli"}
+    records = ok(run(group, "--json", "ledger", run_id))
+    assert [(r["node_id"], r["status"]) for r in records] == [("n4", "completed")]
+    assert ok(run(group, "--json", "verify", run_id))["ok"] is True
+    human = run(group, "status", run_id)
+    assert human.returncode == 0 and "completed" in human.stdout and run_id in human.stdout
+
+
+def test_start_with_vars_from_a_file_and_wait(group, tmp_path):
+    path = tmp_path / "vars.json"
+    path.write_text('{"x": 30}')
+    state = ok(run(group, "--json", "start", "branch", "--vars", f"@{path}", "--wait", "30"))
+    assert state["status"] == "completed" and state["output"] == {"path": "big"}
+
+
+def test_bad_input_is_one_line_a_code_and_no_change(group, client):
+    before = snapshot(client)
+    refused(run(group, "--json", "start", "chain", "--vars", "{not json"), 2, "--vars is not valid JSON")
+    refused(run(group, "--json", "start", "chain", "--vars", "[1, 2]"), 2, "--vars must be a JSON object")
+    refused(run(group, "--json", "start", "no_such_workflow"), 2, "no_such_workflow", "not registered")
+    refused(run(group, "--json", "start", "chain", "--run-id", "bad id!"), 2, "bad id!")
+    refused(run(group, "--json", "status", "no-such-run"), 3, "no-such-run")
+    refused(run(group, "--json", "ledger", "no-such-run"), 3, "no-such-run")
+    refused(run(group, "--json", "resume", "no-such-run", "--wait-key", "k"), 3, "no-such-run")
+    refused(run(group, "--json", "start", "chain", "--vars", "@/no/such/file.json"), 2, "/no/such/file.json")
+    assert snapshot(client) == before
+
+
+def test_resume_respond_emit_and_cancel(group, client):
+    asking = client.start("ask")
+    client.wait_for(asking, ["waiting"], timeout=30)
+    before = snapshot(client)
+    refused(run(group, "--json", "resume", asking, "--wait-key", "wrong-key", "--payload", '"y"'), 4, "wrong-key")
+    refused(run(group, "--json", "resume", asking, "--wait-key", "x", "--payload", "{oops"), 2,
+            "--payload is not valid JSON")
+    assert snapshot(client) == before  # nothing changed
+
+    waiting = ok(run(group, "--json", "waiting"))
+    mine = [w for w in waiting if w["run_id"] == asking]
+    assert mine and mine[0]["prompt"] == "Go?" and mine[0]["choices"] == ["y", "n"]
+
+    ok(run(group, "--json", "respond", asking, "y"))
+    state = client.wait_for(asking, ["completed"], timeout=30)
+    assert state.output["answer"] == "y"
+    refused(run(group, "--json", "respond", asking, "again"), 4, "not waiting")
+
+    waiter = client.start("wait_event")
+    client.wait_for(waiter, ["waiting"], timeout=30)
+    emitted = ok(run(group, "--json", "emit", "evt:go", "--payload", '{"v": 3}'))
+    assert emitted == {"wait_key": "evt:go", "resumed": [waiter]}
+    assert client.wait_for(waiter, ["completed"], timeout=30).output["evt"] == {"v": 3}
+
+    second = client.start("ask")
+    client.wait_for(second, ["waiting"], timeout=30)
+    state = client.get_state(second)
+    resumed = ok(run(group, "--json", "resume", second, "--wait-key", state.waiting.wait_key, "--payload", '"n"'))
+    assert resumed["status"] == "running"
+    assert client.wait_for(second, ["completed"], timeout=30).output["answer"] == "n"
+
+    parked = client.start("ask")
+    client.wait_for(parked, ["waiting"], timeout=30)
+    assert ok(run(group, "--json", "cancel", parked, "--reason", "no longer needed")) == {"cancelled": [parked]}
+    state = client.get_state(parked)
+    assert state.status == RunStatus.CANCELLED and state.error == "no longer needed"
+    assert ok(run(group, "--json", "cancel", parked)) == {"cancelled": []}
+
+
+def test_runs_list_and_count(group, client):
+    rid = client.start("chain")
+    client.wait_for(rid, ["completed"], timeout=30)
+    listed = ok(run(group, "--json", "runs", "list", "--status", "completed", "--workflow", "chain", "--limit", "500"))
+    assert rid in [r["run_id"] for r in listed]
+    counted = ok(run(group, "--json", "runs", "count", "--workflow", "chain"))
+    assert counted["count"] == client.count(workflow_id="chain")
+    by_status = ok(run(group, "--json", "runs", "count"))
+    assert set(by_status) == {s.value for s in RunStatus} and by_status["completed"] >= 1
+    refused(run(group, "--json", "runs", "list", "--status", "sleeping"), 2)
+
+
+def test_ledger_follow_prints_records_as_they_are_committed(group, client):
+    from datetime import datetime, timedelta, timezone
+
+    until = (datetime.now(timezone.utc) + timedelta(seconds=2)).isoformat()
+    rid = client.start("sleep_until", vars={"until": until})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ABSTRACTRUNTIME_")}
+    env.update(group.env)
+    env["PYTHONPATH"] = str(Path(__file__).parent)
+    proc = subprocess.Popen([CLI, "--json", "ledger", rid, "--follow"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(proc.stdout.readline())
+        # The first record arrives while the run still sleeps: followed, not read at the end.
+        assert first["node_id"] == "sleep" and first["status"] == "started"
+        assert client.get_state(rid).status == RunStatus.WAITING
+        rest = [json.loads(line) for line in proc.stdout]
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert [(r["node_id"], r["status"]) for r in [first, *rest]] == [
+        ("sleep", "started"), ("sleep", "waiting"), ("up", "completed")]
+
+
+def test_verify_names_the_first_bad_record(group, client):
+    rid = client.start("agent")
+    client.wait_for(rid, ["waiting"], timeout=30)
+    key = client.backend.keys.ledger(rid)
+    entries = client.backend.client.xrange(key)
+    client.backend.client.xdel(key, entries[1][0])  # a record vanishes from the middle
+    proc = run(group, "--json", "verify", rid)
+    assert proc.returncode == 6
+    report = json.loads(proc.stdout)
+    assert report["ok"] is False and report["bad"][0]["run_id"] == rid and report["bad"][0]["first_bad_index"] == 1
+    human = run(group, "verify", rid)
+    assert human.returncode == 6 and f"run {rid}: chain broken at record 1" in human.stdout
+    proc = run(group, "--json", "verify", "--all")
+    assert proc.returncode == 6
+    report = json.loads(proc.stdout)
+    assert report["checked"] >= 2 and [b["run_id"] for b in report["bad"]] == [rid]
+    refused(run(group, "verify"), 2, "RUN_ID or --all")
+    client.cancel(rid)
+
+
+def test_doctor_with_everything_up(group):
+    report = ok(run(group, "--json", "doctor"))
+    by_name = {c["check"]: c for c in report["checks"]}
+    assert report["ok"] is True
+    for name in ("broker", "queue ticks", "queue llm", "queue timers", "queue maintenance", "beat"):
+        assert by_name[name]["status"] == "ok", by_name[name]
+    assert by_name["redis"]["status"] in ("ok", "warn")  # the test server has no append-only file
+
+
+def test_a_redis_that_is_down_is_one_line_and_exit_5(group, tmp_path):
+    port = free_port()
+    env = {**group.env, "ABSTRACTRUNTIME_REDIS_URL": f"redis://:s3cret@127.0.0.1:{port}/0",
+           "ABSTRACTRUNTIME_BROKER_URL": f"redis://127.0.0.1:{port}/1"}
+    t0 = time.monotonic()
+    proc = run(group, "--json", "status", "any-run", env=env)
+    refused(proc, 5, f"127.0.0.1:{port}", "Redis is unavailable")
+    assert "s3cret" not in proc.stderr
+    refused(run(group, "--json", "start", "chain", env=env), 5)
+    doctor = run(group, "--json", "doctor", env=env)
+    assert doctor.returncode == 1 and json.loads(doctor.stdout)["checks"][0]["status"] == "fail"
+    print(f"\nCLI gave up on a Redis that is down in {time.monotonic() - t0:.1f}s for three commands")
