@@ -162,6 +162,9 @@ def test_runs_list_and_count(group, client):
     by_status = ok(run(group, "--json", "runs", "count"))
     assert set(by_status) == {s.value for s in RunStatus} and by_status["completed"] >= 1
     refused(run(group, "--json", "runs", "list", "--status", "sleeping"), 2)
+    # Every option is also a variable: ABSTRACTRUNTIME_<COMMAND>_<OPTION> when it has no name of its own.
+    one = ok(run(group, "--json", "runs", "list", env={**group.env, "ABSTRACTRUNTIME_RUNS_LIST_LIMIT": "1"}))
+    assert len(one) == 1
 
 
 def test_ledger_follow_prints_records_as_they_are_committed(group, client):

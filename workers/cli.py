@@ -161,7 +161,9 @@ def _record_line(i: int, rec: dict[str, Any]) -> str:
 # -- the group -------------------------------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
+                                # Options without a variable of their own are ABSTRACTRUNTIME_<COMMAND>_<OPTION>.
+                                "auto_envvar_prefix": "ABSTRACTRUNTIME"})
 @_opt("--redis-url", env="ABSTRACTRUNTIME_REDIS_URL", metavar="URL",
               help="Redis keeping the runs (redis://, rediss://, unix://). Unset: the embedded redis-server.")
 @_opt("--broker-url", env="ABSTRACTRUNTIME_BROKER_URL", metavar="URL",
