@@ -298,3 +298,30 @@ def test_redis7_aof_is_refused_by_redis62_and_62_data_upgrades_to_7(tmp_path, se
     with pytest.raises(EmbeddedRedisFailed, match="written by Redis 7"):
         back.start()
     assert not back.is_running
+
+
+def test_a_detached_server_outlives_its_starter_and_later_users(tmp_path):
+    """``demo --keep``: the server stays up for the CLI processes that come after, and none of
+    them stops it at exit; ``kill`` of the pid in server.json does."""
+    import json
+    import os
+    import signal
+
+    import redis
+
+    from stores.redis.embedded import EmbeddedRedis
+
+    first = EmbeddedRedis(tmp_path)
+    url = first.start()
+    pid = first.pid
+    redis.Redis.from_url(url).set("kept", "1")
+    first.detach()
+    try:
+        assert json.loads((tmp_path / "redis" / "server.json").read_text())["detached"] is True
+        later = EmbeddedRedis(tmp_path)
+        assert later.start() == url and not later.owned
+        later.stop()
+        first.stop()
+        assert redis.Redis.from_url(url).get("kept") == b"1"  # still up
+    finally:
+        os.kill(pid, signal.SIGTERM)

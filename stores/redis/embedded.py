@@ -297,6 +297,11 @@ class EmbeddedRedis:
             except BaseException:
                 self._forget()
                 raise
+            if self._detached():
+                # Left running on purpose (detach()): use it, and leave it to the next process too.
+                os.close(lock_fd)
+                self._lock_fd = None
+                return url
             self._owner = True
             self._owner_pid = os.getpid()
             atexit.register(self._stop_at_exit)
@@ -330,6 +335,13 @@ class EmbeddedRedis:
                     f"within {self.start_timeout_s:g}s", log_tail=_tail(self._log_path, self._log_offset))
             time.sleep(_POLL_S * 5)
 
+    def _detached(self) -> bool:
+        try:
+            with open(self._state_path, encoding="utf-8") as f:
+                return bool(json.load(f).get("detached"))
+        except (OSError, ValueError, AttributeError):
+            return False
+
     def _adopt(self) -> str | None:
         """Take over a server left running by a process that died; None when there is none."""
         state = self._read_state()
@@ -338,8 +350,12 @@ class EmbeddedRedis:
         pid, url = state
         answer = _probe(url)
         if answer is not None and answer[0] == pid:
-            logger.warning("Adopting the embedded redis-server of %s (pid %d) left running by an earlier "
-                           "process", self.directory, pid)
+            if self._detached():
+                logger.debug("Using the embedded redis-server of %s (pid %d), left running on purpose",
+                             self.directory, pid)
+            else:
+                logger.warning("Adopting the embedded redis-server of %s (pid %d) left running by an earlier "
+                               "process", self.directory, pid)
             self._wait_ready(url, pid, lambda: _alive(pid))
             self._pid, self._url = pid, url
             return url
@@ -458,15 +474,24 @@ class EmbeddedRedis:
     def detach(self) -> None:
         """Leave the server running after this process exits (``abstractruntime demo --keep``).
 
-        This instance stops owning it: the lock is released and no exit hook stops it; the
-        next process that starts the same folder adopts the running server.
+        This instance stops owning it: the lock is released, no exit hook stops it, and
+        ``server.json`` marks it detached, so that later processes of the same folder use it
+        without stopping it at their exit (stop it with ``kill <pid>``, pid in ``server.json``).
         """
         with self._mutex:
+            if self._pid is not None and self._url is not None:
+                atomic_write(Path(self._state_path), json.dumps(
+                    {"pid": self._pid, "url": self._url, "detached": True}).encode(), fsync=False)
             atexit.unregister(self._stop_at_exit)
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
             self._socket_dir = None  # the server still listens there: keep the folder
+            if self._proc is not None:
+                # It outlives us (its own session); keep the handle so that dropping it does not
+                # warn "subprocess still running". is_running follows the pid from now on.
+                _LEFT_RUNNING.append(self._proc)
+            self._proc = None
             self._owner = False
 
     def _stop_at_exit(self) -> None:
@@ -521,6 +546,8 @@ class EmbeddedRedis:
 
 
 _SHARED: dict[str, EmbeddedRedis] = {}
+#: Servers this process started and detached (see EmbeddedRedis.detach).
+_LEFT_RUNNING: list[subprocess.Popen[bytes]] = []
 _SHARED_LOCK = threading.Lock()
 
 
