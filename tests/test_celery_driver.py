@@ -204,6 +204,32 @@ def test_d6_a_sync_child_parks_the_parent_which_resumes_when_the_child_ends(clie
         comparable(rt.get_state(child_id), rt.get_ledger(child_id))
 
 
+def test_a_redelivered_start_finds_its_child_instead_of_making_a_second(client):
+    """The START_SUBWORKFLOW handler run twice for one attempt (a worker died before the parent's
+    commit, and the message came again) makes one child, whose id comes from the attempt."""
+    from runtime import Effect
+    from runtime.runtime import child_run_id
+    from runtime.step import PendingEffect, current_effect_call
+
+    parent_id = client.start("ask")  # any run can be the parent here
+    parent = client.wait_for(parent_id, timeout=30)
+    effect = Effect(type="start_subworkflow", payload={"workflow_id": "child_asks"}, result_key="c")
+    pending = PendingEffect(run_id=parent_id, node_id="act", effect=effect, idempotency_key="k" * 32,
+                            default_next_node="done")
+    token = current_effect_call.set(pending)
+    try:
+        first = client.engine._start_subworkflow(parent, effect, "done")
+        second = client.engine._start_subworkflow(parent, effect, "done")
+    finally:
+        current_effect_call.reset(token)
+    child_id = child_run_id(parent_id, "k" * 32, 1)
+    assert first.wait.details["sub_run_id"] == second.wait.details["sub_run_id"] == child_id
+    kids = client.backend.client.smembers(client.backend.keys.children(parent_id))
+    assert kids == {child_id.encode()}
+    assert client.get_state(child_id).parent_run_id == parent_id
+    client.cancel(parent_id)
+
+
 def test_d6_async_children_are_ticked_by_the_workers(client):
     run_id = client.start("parent_async")
     parent = client.wait_for(run_id, TERMINAL, timeout=30)
