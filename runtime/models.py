@@ -367,6 +367,8 @@ class EffectOutcome:
     result: Any = None
     wait: WaitState | None = None
     error: str | None = None
+    #: False for a failure that another attempt cannot fix (an HTTP 4xx): no retry.
+    retryable: bool = True
 
     @classmethod
     def completed(cls, result: Any = None) -> EffectOutcome:
@@ -377,16 +379,19 @@ class EffectOutcome:
         return cls(status="waiting", wait=wait)
 
     @classmethod
-    def failed(cls, error: str) -> EffectOutcome:
-        return cls(status="failed", error=error)
+    def failed(cls, error: str, *, retryable: bool = True) -> EffectOutcome:
+        return cls(status="failed", error=error, retryable=retryable)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "status": self.status,
             "result": self.result,
             "wait": self.wait.to_dict() if self.wait is not None else None,
             "error": self.error,
         }
+        if not self.retryable:
+            data["retryable"] = False
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EffectOutcome:
@@ -399,6 +404,7 @@ class EffectOutcome:
             result=data.get("result"),
             wait=WaitState.from_dict(wait) if wait else None,
             error=data.get("error"),
+            retryable=data.get("retryable", True) is not False,
         )
 
 

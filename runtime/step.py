@@ -289,7 +289,7 @@ def apply_outcome(
                               else "unknown error")
     if record is not None:
         record.finish_failure(error, ended_at=now)
-    if pending.attempt < pending.max_attempts:
+    if pending.attempt < pending.max_attempts and outcome.retryable:
         return Transition(
             state=run,
             action=Action.RETRY,

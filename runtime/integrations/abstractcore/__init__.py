@@ -1,0 +1,39 @@
+"""LLM calls and tool calls through AbstractCore, in process or through an AbstractCore server.
+
+Importing this package does not import ``abstractcore``: only the local client and the
+AbstractCore tool executor do, on first use (``pip install 'abstractruntime-celery[abstractcore]'``).
+The remote client needs nothing but the standard library.
+"""
+
+from ...limits import RuntimeConfig
+from .effect_handlers import build_effect_handlers, make_llm_call_handler, make_tool_calls_handler
+from .factories import create_hybrid_runtime, create_local_runtime, create_remote_runtime
+from .llm_client import (
+    AbstractCoreMissing,
+    LLMCallError,
+    LLMClient,
+    LocalAbstractCoreLLMClient,
+    RemoteAbstractCoreLLMClient,
+    normalize_result,
+)
+from .tool_executor import AbstractCoreToolExecutor, MappingToolExecutor, PassthroughToolExecutor, ToolExecutor
+
+__all__ = [
+    "AbstractCoreMissing",
+    "AbstractCoreToolExecutor",
+    "LLMCallError",
+    "LLMClient",
+    "LocalAbstractCoreLLMClient",
+    "MappingToolExecutor",
+    "PassthroughToolExecutor",
+    "RemoteAbstractCoreLLMClient",
+    "RuntimeConfig",
+    "ToolExecutor",
+    "build_effect_handlers",
+    "create_hybrid_runtime",
+    "create_local_runtime",
+    "create_remote_runtime",
+    "make_llm_call_handler",
+    "make_tool_calls_handler",
+    "normalize_result",
+]
