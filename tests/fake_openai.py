@@ -51,12 +51,15 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _send(self, code: int, body: bytes, content_type: str = "application/json") -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Trace-Id", f"trace-{len(self.server.requests)}")
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Trace-Id", f"trace-{len(self.server.requests)}")
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a timeout test)
 
     def do_GET(self) -> None:
         if self.path.rstrip("/").endswith("/models"):
@@ -139,10 +142,18 @@ class FakeOpenAI:
     def requests(self) -> list[dict[str, Any]]:
         return self.server.requests
 
-    def calls_with(self, text: str) -> int:
-        """How many chat requests had ``text`` as their last user message."""
-        return sum(1 for r in self.requests if r["path"].endswith("/chat/completions")
-                   and _text(_last(r["body"].get("messages") or [], "user")) == text)
+    def calls_with(self, text: str, *, asking: bool = False) -> int:
+        """How many chat requests had ``text`` as their last user message (with ``asking``: as their
+        very last message, i.e. the first turn, not a follow-up carrying tool results)."""
+        count = 0
+        for r in self.requests:
+            messages = r["body"].get("messages") or []
+            if not r["path"].endswith("/chat/completions") or _text(_last(messages, "user")) != text:
+                continue
+            if asking and (not messages or messages[-1].get("role") != "user"):
+                continue
+            count += 1
+        return count
 
     def start(self) -> FakeOpenAI:
         self._thread.start()

@@ -117,27 +117,12 @@ def _origin(fn: Callable[..., Any]) -> str:
 
 def execute_tool_calls(tools: Mapping[str, Callable[..., Any]], effect: Effect) -> EffectOutcome:
     """Run each call of a TOOL_CALLS effect with the named tool; errors are reported per call."""
+    from runtime.integrations.abstractcore.tool_executor import MappingToolExecutor
+
     calls = effect.payload.get("tool_calls")
     if not isinstance(calls, list):
-        return EffectOutcome.failed("tool_calls requires payload.tool_calls (list)")
-    results = []
-    for call in calls:
-        call = call if isinstance(call, dict) else {}
-        name = str(call.get("name") or "")
-        call_id = str(call.get("call_id") or "")
-        args = call.get("arguments") or {}
-        fn = tools.get(name)
-        if fn is None:
-            results.append({"call_id": call_id, "name": name, "success": False, "output": None,
-                            "error": f"Tool '{name}' not found"})
-            continue
-        try:
-            output = fn(**args) if isinstance(args, dict) else fn(args)
-        except Exception as exc:  # a tool's failure is data for the agent, not a crash
-            results.append({"call_id": call_id, "name": name, "success": False, "output": None, "error": str(exc)})
-            continue
-        results.append({"call_id": call_id, "name": name, "success": True, "output": output, "error": None})
-    return EffectOutcome.completed({"mode": "executed", "results": results})
+        return EffectOutcome.failed("tool_calls requires payload.tool_calls (list)", retryable=False)
+    return EffectOutcome.completed(MappingToolExecutor(tools).execute(calls))
 
 
 #: The process-wide registry that workers and producers use.

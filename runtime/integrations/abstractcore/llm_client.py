@@ -133,10 +133,12 @@ class RemoteAbstractCoreLLMClient:
     """
 
     def __init__(self, *, server_base_url: str, model: str, headers: Mapping[str, str] | None = None,
-                 timeout_s: float = 60.0, api_key: str | None = None) -> None:
+                 timeout_s: float = 60.0, api_key: str | None = None, base_url: str | None = None) -> None:
         if not server_base_url.startswith(("http://", "https://")):
             raise ValueError(f"server_base_url must be an http(s) URL, got {server_base_url!r}")
         self.server_base_url = server_base_url.rstrip("/")
+        #: The upstream the server should call (its per-request ``base_url``), unless params say.
+        self.base_url = base_url
         self.model = model
         self.headers = dict(headers or {})
         if api_key:
@@ -157,8 +159,9 @@ class RemoteAbstractCoreLLMClient:
             params.pop(k, None)
         body: dict[str, Any] = {"model": params.pop("model", self.model),
                                 "messages": _messages(prompt, messages, system_prompt)}
-        if params.get("base_url"):
-            body["base_url"] = params.pop("base_url")
+        upstream = params.pop("base_url", None) or self.base_url
+        if upstream:
+            body["base_url"] = upstream
         for key in GENERATION_KEYS:
             if params.get(key) is not None:
                 body["max_tokens" if key == "max_output_tokens" else key] = params[key]
