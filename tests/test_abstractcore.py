@@ -125,6 +125,26 @@ def test_three_modes_in_process_give_the_same_answer_and_ledger_shape(fake, ac_s
     assert usage > 0  # real usage reaches the limits
 
 
+def test_large_results_are_stored_as_artifacts_and_the_run_keeps_the_reference(fake):
+    from runtime import Effect, InMemoryArtifactStore, InMemoryLedgerStore, InMemoryRunStore, Runtime
+    from runtime.artifacts import get_artifact_id, is_artifact_ref
+    from runtime.integrations.abstractcore import build_effect_handlers
+
+    artifacts = InMemoryArtifactStore()
+    llm = RemoteAbstractCoreLLMClient(server_base_url=fake.base_url, model="gpt-4o-mini")
+    rt = Runtime(run_store=InMemoryRunStore(), ledger_store=InMemoryLedgerStore(),
+                 effect_handlers=build_effect_handlers(llm=llm, tools=TOOLS, artifact_store=artifacts,
+                                                       max_inline_bytes=600))
+    small = one_effect(Effect(EffectType.LLM_CALL, {"prompt": "hi"}, result_key="r"), workflow_id="small")
+    big = one_effect(Effect(EffectType.LLM_CALL, {"prompt": "x" * 1000}, result_key="r"), workflow_id="big")
+    assert not is_artifact_ref(rt.tick(workflow=small, run_id=rt.start(workflow=small)).output["r"])
+    run_id = rt.start(workflow=big)
+    ref = rt.tick(workflow=big, run_id=run_id).output["r"]
+    assert is_artifact_ref(ref)
+    assert artifacts.load_json(get_artifact_id(ref))["content"] == "echo: " + "x" * 1000
+    assert [m.run_id for m in artifacts.list_by_run(run_id)] == [run_id]
+
+
 def test_the_remote_client_sends_trace_headers_and_reads_the_trace_id(fake):
     llm = RemoteAbstractCoreLLMClient(server_base_url=fake.base_url, model="gpt-4o-mini")
     result = llm.generate(prompt="hi", params={"run_id": "r-1", "actor_id": "a-1", "temperature": 0})

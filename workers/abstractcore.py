@@ -57,11 +57,15 @@ def _tools(tools: str | ToolExecutor, reg: Registry) -> ToolExecutor:
     raise ValueError(f"tools must be 'registry', 'abstractcore', 'passthrough' or a ToolExecutor, got {tools!r}")
 
 
-def use_llm(llm: LLMClient, *, tools: str | ToolExecutor = "registry", reg: Registry | None = None) -> None:
-    """Handle LLM_CALL with ``llm`` and TOOL_CALLS with ``tools`` on these workers."""
+def use_llm(llm: LLMClient, *, tools: str | ToolExecutor = "registry", reg: Registry | None = None,
+            artifact_store: Any = None, max_inline_bytes: int | None = None) -> None:
+    """Handle LLM_CALL with ``llm`` and TOOL_CALLS with ``tools`` on these workers; results over
+    ``max_inline_bytes`` go to ``artifact_store`` (e.g. ``stores.redis.RedisArtifactStore``)."""
     reg = reg if reg is not None else registry
-    reg.register_effect_handler(EffectType.LLM_CALL, make_llm_call_handler(llm=llm))
-    reg.register_effect_handler(EffectType.TOOL_CALLS, make_tool_calls_handler(tools=_tools(tools, reg)))
+    reg.register_effect_handler(EffectType.LLM_CALL, make_llm_call_handler(
+        llm=llm, artifact_store=artifact_store, max_inline_bytes=max_inline_bytes))
+    reg.register_effect_handler(EffectType.TOOL_CALLS, make_tool_calls_handler(
+        tools=_tools(tools, reg), artifact_store=artifact_store, max_inline_bytes=max_inline_bytes))
 
 
 def use_local(*, provider: str, model: str, llm_kwargs: Mapping[str, Any] | None = None,

@@ -7,7 +7,7 @@ The remote client needs nothing but the standard library.
 
 from ...limits import RuntimeConfig
 from .effect_handlers import build_effect_handlers, make_llm_call_handler, make_tool_calls_handler
-from .factories import create_hybrid_runtime, create_local_runtime, create_remote_runtime
+from .factory import create_hybrid_runtime, create_local_runtime, create_remote_runtime
 from .llm_client import (
     AbstractCoreMissing,
     LLMCallError,

@@ -14,9 +14,11 @@ unless ``payload.wait_key``), with the mode and the calls in the wait details.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
+from ...artifacts import artifact_ref
 from ...models import Effect, EffectOutcome, EffectType, RunState, WaitReason, WaitState
 from ...step import EffectHandler
 from .llm_client import LLMCallError, LLMClient
@@ -37,7 +39,27 @@ def _add_usage(run: RunState, usage: Any) -> None:
         limits["estimated_tokens_used"] = int(limits.get("estimated_tokens_used") or 0) + total
 
 
-def make_llm_call_handler(*, llm: LLMClient) -> EffectHandler:
+class _Offload:
+    """Results larger than ``max_inline_bytes`` (compact JSON) go to ``store``; the run keeps
+    ``{"$artifact": id}`` (``store.load_json(get_artifact_id(ref))`` reads it back)."""
+
+    def __init__(self, store: Any, max_inline_bytes: int | None) -> None:
+        if store is not None and (max_inline_bytes is None or max_inline_bytes < 0):
+            raise ValueError("an artifact store needs max_inline_bytes, a size of 0 or more")
+        self.store, self.max_inline_bytes = store, max_inline_bytes
+
+    def __call__(self, run: RunState, result: Any, kind: str) -> Any:
+        if self.store is None or self.max_inline_bytes is None:
+            return result
+        size = len(json.dumps(result, separators=(",", ":"), ensure_ascii=False, default=str).encode())
+        if size <= self.max_inline_bytes:
+            return result
+        meta = self.store.store_json(result, run_id=run.run_id, tags={"kind": kind})
+        return artifact_ref(meta.artifact_id)
+
+
+def make_llm_call_handler(*, llm: LLMClient, artifact_store: Any = None,
+                          max_inline_bytes: int | None = None) -> EffectHandler:
     def handle(run: RunState, effect: Effect, default_next_node: str | None) -> EffectOutcome:
         payload = effect.payload
         prompt, messages = payload.get("prompt"), payload.get("messages")
@@ -54,12 +76,14 @@ def make_llm_call_handler(*, llm: LLMClient) -> EffectHandler:
         except LLMCallError as exc:
             return EffectOutcome.failed(f"LLM call failed: {exc}", retryable=exc.retryable)
         _add_usage(run, result.get("usage"))
-        return EffectOutcome.completed(result)
+        return EffectOutcome.completed(offload(run, result, "llm_result"))
 
+    offload = _Offload(artifact_store, max_inline_bytes)
     return handle
 
 
-def make_tool_calls_handler(*, tools: ToolExecutor | None) -> EffectHandler:
+def make_tool_calls_handler(*, tools: ToolExecutor | None, artifact_store: Any = None,
+                            max_inline_bytes: int | None = None) -> EffectHandler:
     def handle(run: RunState, effect: Effect, default_next_node: str | None) -> EffectOutcome:
         payload = effect.payload
         calls = payload.get("tool_calls")
@@ -77,12 +101,22 @@ def make_tool_calls_handler(*, tools: ToolExecutor | None) -> EffectHandler:
                 result_key=effect.result_key,
                 details={"mode": mode, "tool_calls": result.get("tool_calls", calls)},
             ))
-        return EffectOutcome.completed(result)
+        return EffectOutcome.completed(offload(run, result, "tool_results"))
 
+    offload = _Offload(artifact_store, max_inline_bytes)
     return handle
 
 
-def build_effect_handlers(*, llm: LLMClient, tools: ToolExecutor | None = None) -> dict[EffectType, EffectHandler]:
-    """Handlers for LLM_CALL and TOOL_CALLS, to pass as ``Runtime(effect_handlers=...)``."""
-    return {EffectType.LLM_CALL: make_llm_call_handler(llm=llm), EffectType.TOOL_CALLS: make_tool_calls_handler(
-        tools=tools)}
+def build_effect_handlers(*, llm: LLMClient, tools: ToolExecutor | None = None, artifact_store: Any = None,
+                          max_inline_bytes: int | None = None) -> dict[EffectType, EffectHandler]:
+    """Handlers for LLM_CALL and TOOL_CALLS, to pass as ``Runtime(effect_handlers=...)``.
+
+    With ``artifact_store``, results larger than ``max_inline_bytes`` are stored there and the
+    run keeps the reference, so that run state stays small.
+    """
+    return {
+        EffectType.LLM_CALL: make_llm_call_handler(llm=llm, artifact_store=artifact_store,
+                                                   max_inline_bytes=max_inline_bytes),
+        EffectType.TOOL_CALLS: make_tool_calls_handler(tools=tools, artifact_store=artifact_store,
+                                                       max_inline_bytes=max_inline_bytes),
+    }
