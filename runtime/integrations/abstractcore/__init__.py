@@ -15,6 +15,7 @@ from .llm_client import (
     LocalAbstractCoreLLMClient,
     RemoteAbstractCoreLLMClient,
     normalize_result,
+    tool_schema,
 )
 from .tool_executor import AbstractCoreToolExecutor, MappingToolExecutor, PassthroughToolExecutor, ToolExecutor
 
@@ -36,4 +37,5 @@ __all__ = [
     "make_llm_call_handler",
     "make_tool_calls_handler",
     "normalize_result",
+    "tool_schema",
 ]

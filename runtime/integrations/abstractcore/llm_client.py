@@ -30,6 +30,7 @@ __all__ = [
     "LocalAbstractCoreLLMClient",
     "normalize_result",
     "import_abstractcore",
+    "tool_schema",
 ]
 
 #: Keys of ``params`` that describe the run (sent as headers), not the generation.
@@ -99,8 +100,9 @@ def _messages(prompt: str | None, messages: Sequence[Mapping[str, Any]] | None,
     return out
 
 
-def _tool_schema(tool: Any) -> dict[str, Any]:
-    """An OpenAI tool schema from a dict (kept) or a function (its name and parameters)."""
+def tool_schema(tool: Any) -> dict[str, Any]:
+    """An OpenAI tool schema from a dict (kept) or a function (its name, docstring and
+    annotated parameters), JSON-able, so that it can sit in an effect's payload."""
     if isinstance(tool, Mapping):
         return dict(tool) if "type" in tool else {"type": "function", "function": dict(tool)}
     definition = getattr(tool, "_tool_definition", None)
@@ -166,7 +168,7 @@ class RemoteAbstractCoreLLMClient:
             if params.get(key) is not None:
                 body["max_tokens" if key == "max_output_tokens" else key] = params[key]
         if tools:
-            body["tools"] = [_tool_schema(t) for t in tools]
+            body["tools"] = [tool_schema(t) for t in tools]
         headers = {"Content-Type": "application/json", **self.headers}
         if trace:
             headers.setdefault("X-AbstractCore-Trace-Metadata", json.dumps(trace, separators=(",", ":")))
