@@ -147,14 +147,20 @@ def test_large_results_are_stored_as_artifacts_and_the_run_keeps_the_reference(f
 
 def test_the_remote_client_sends_trace_headers_and_reads_the_trace_id(fake):
     llm = RemoteAbstractCoreLLMClient(server_base_url=fake.base_url, model="gpt-4o-mini")
-    result = llm.generate(prompt="hi", params={"run_id": "r-1", "actor_id": "a-1", "temperature": 0})
+    result = llm.generate(prompt="hi", params={"trace_metadata": {"run_id": "r-1", "actor_id": "a-1"},
+                                                "temperature": 0})
     assert set(result) == {"content", "data", "tool_calls", "usage", "model", "finish_reason", "metadata",
                            "trace_id"}
     assert result["content"] == "echo: hi" and result["trace_id"].startswith("trace-")
     headers = {k.lower(): v for k, v in fake.requests[-1]["headers"].items()}
     assert headers["x-abstractcore-run-id"] == "r-1" and headers["x-abstractcore-actor-id"] == "a-1"
     assert json.loads(headers["x-abstractcore-trace-metadata"]) == {"run_id": "r-1", "actor_id": "a-1"}
-    assert fake.requests[-1]["body"]["temperature"] == 0
+    assert fake.requests[-1]["body"]["temperature"] == 0 and fake.requests[-1]["body"]["stream"] is False
+    # A header the caller set is never overridden.
+    mine = RemoteAbstractCoreLLMClient(server_base_url=fake.base_url, model="gpt-4o-mini",
+                                       headers={"X-AbstractCore-Run-Id": "mine"})
+    mine.generate(prompt="hi", params={"trace_metadata": {"run_id": "r-2"}})
+    assert {k.lower(): v for k, v in fake.requests[-1]["headers"].items()}["x-abstractcore-run-id"] == "mine"
 
 
 def test_remote_client_errors_say_whether_to_retry(fake):
@@ -282,6 +288,10 @@ def test_the_agent_on_celery_workers(redis_server, tmp_path, fake, ac_server, mo
         shape = [(r["node_id"], r["status"]) for r in ledger]
         assert shape == ([*SHAPE[:5], ("act", "waiting"), *SHAPE[6:]] if mode == "remote" else SHAPE)
         assert client.verify(state.run_id)["ok"]
+        # The worker still logs after its first LLM call (in local mode AbstractCore was imported there).
+        log = g.log("w")
+        first_llm = log.index("abstractruntime.effect.llm[")
+        assert "abstractruntime.tick[" in log[first_llm:] and "succeeded" in log[first_llm:]
     finally:
         g.close()
 

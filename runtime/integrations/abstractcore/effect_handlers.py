@@ -66,15 +66,18 @@ def make_llm_call_handler(*, llm: LLMClient, artifact_store: Any = None,
         if not prompt and not messages:
             return EffectOutcome.failed("llm_call requires payload.prompt or payload.messages", retryable=False)
         params = dict(payload.get("params") or {})
-        for key, value in (("run_id", run.run_id), ("actor_id", run.actor_id), ("session_id", run.session_id),
+        trace = dict(params.get("trace_metadata") or {})
+        trace["run_id"] = run.run_id
+        for key, value in (("actor_id", run.actor_id), ("session_id", run.session_id),
                            ("parent_run_id", run.parent_run_id)):
             if value is not None:
-                params.setdefault(key, value)
+                trace[key] = value
+        params["trace_metadata"] = trace
         try:
             result = llm.generate(prompt=prompt, messages=messages, system_prompt=payload.get("system_prompt"),
                                   tools=payload.get("tools"), params=params)
         except LLMCallError as exc:
-            return EffectOutcome.failed(f"LLM call failed: {exc}", retryable=exc.retryable)
+            return EffectOutcome.failed(str(exc), retryable=exc.retryable)
         _add_usage(run, result.get("usage"))
         return EffectOutcome.completed(offload(run, result, "llm_result"))
 

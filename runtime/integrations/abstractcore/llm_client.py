@@ -89,6 +89,18 @@ def normalize_result(*, content: Any = None, data: Any = None, tool_calls: Any =
             "model": model, "finish_reason": finish_reason, "metadata": safe(metadata or {}), "trace_id": trace_id}
 
 
+def _trace(params: dict[str, Any]) -> dict[str, Any]:
+    """Take the run's trace context out of ``params``: ``params["trace_metadata"]`` (a dict),
+    and run/actor/session/parent ids given as plain keys."""
+    trace = params.pop("trace_metadata", None)
+    trace = dict(trace) if isinstance(trace, Mapping) else {}
+    for key in TRACE_KEYS:
+        value = params.pop(key, None)
+        if value is not None:
+            trace.setdefault(key, value)
+    return trace
+
+
 def _messages(prompt: str | None, messages: Sequence[Mapping[str, Any]] | None,
               system_prompt: str | None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
@@ -156,11 +168,9 @@ class RemoteAbstractCoreLLMClient:
                  system_prompt: str | None = None, tools: Sequence[Any] | None = None,
                  params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         params = dict(params or {})
-        trace = {k: params.pop(k) for k in TRACE_KEYS if params.get(k) is not None}
-        for k in TRACE_KEYS:
-            params.pop(k, None)
+        trace = _trace(params)
         body: dict[str, Any] = {"model": params.pop("model", self.model),
-                                "messages": _messages(prompt, messages, system_prompt)}
+                                "messages": _messages(prompt, messages, system_prompt), "stream": False}
         upstream = params.pop("base_url", None) or self.base_url
         if upstream:
             body["base_url"] = upstream
@@ -170,10 +180,14 @@ class RemoteAbstractCoreLLMClient:
         if tools:
             body["tools"] = [tool_schema(t) for t in tools]
         headers = {"Content-Type": "application/json", **self.headers}
+        given = {k.lower() for k in headers}
+        extra: dict[str, str] = {}
         if trace:
-            headers.setdefault("X-AbstractCore-Trace-Metadata", json.dumps(trace, separators=(",", ":")))
-            for key, value in trace.items():
-                headers.setdefault("X-AbstractCore-" + "-".join(p.capitalize() for p in key.split("_")), str(value))
+            extra["X-AbstractCore-Trace-Metadata"] = json.dumps(trace, separators=(",", ":"), default=str)
+            for key in TRACE_KEYS:
+                if trace.get(key) is not None:
+                    extra["X-AbstractCore-" + "-".join(p.capitalize() for p in key.split("_"))] = str(trace[key])
+        headers.update({k: v for k, v in extra.items() if k.lower() not in given})  # the caller's win
         request = urllib.request.Request(self.endpoint, data=json.dumps(body).encode(), headers=headers,
                                          method="POST")
         try:
@@ -232,6 +246,16 @@ class LocalAbstractCoreLLMClient:
         self.provider, self.model = provider, model
         self.llm_kwargs = dict(llm_kwargs or {})
 
+    def get_model_capabilities(self) -> dict[str, Any]:
+        """What the model can do (context size...), from AbstractCore; ``{"max_tokens": 32768}`` when
+        it cannot say."""
+        try:
+            caps = getattr(self._llm(self.llm_kwargs.get("base_url")), "get_model_capabilities", None)
+            found = caps() if callable(caps) else None
+        except Exception:  # capabilities are a hint; the call itself reports real errors
+            found = None
+        return dict(found) if isinstance(found, Mapping) and found else {"max_tokens": 32768}
+
     def _llm(self, base_url: str | None) -> Any:
         key = (self.provider, self.model, base_url)
         llm = self._cache.get(key)
@@ -257,7 +281,7 @@ class LocalAbstractCoreLLMClient:
                  system_prompt: str | None = None, tools: Sequence[Any] | None = None,
                  params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         params = dict(params or {})
-        trace = {k: params.pop(k) for k in TRACE_KEYS if params.get(k) is not None}
+        trace = _trace(params)
         base_url = params.pop("base_url", None) or self.llm_kwargs.get("base_url")
         kwargs = {k: params[k] for k in GENERATION_KEYS if params.get(k) is not None and k != "max_tokens"}
         try:
