@@ -192,24 +192,77 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
     # app made later in the process, and a second create_app would register them twice).
     app.abstractruntime = holder  # type: ignore[attr-defined]
 
+    # The tasks take *args and check them: a malformed message (wrong count, wrong types, a run
+    # id no store can hold) or a run whose stored state no longer decodes goes to the
+    # dead-letter list with its reason, instead of failing in Celery's argument binding or
+    # being sent again by the sweep forever.
     @app.task(name=TASK_NAMES["tick"], shared=False)
-    def tick(run_id: str, version: int | None = None, attempt: int = 1) -> str:
-        return holder.get().tick(run_id, version, attempt)
+    def tick(*args: Any) -> Any:
+        return _guarded(holder.get(), "tick", args, (1, 3), lambda e: e.tick(*_padded(args, (None, 1))))
 
     @app.task(name=TASK_NAMES["wake"], shared=False)
-    def wake(run_id: str, version: int | None = None) -> str:
-        return holder.get().wake(run_id, version)
+    def wake(*args: Any) -> Any:
+        return _guarded(holder.get(), "wake", args, (1, 2), lambda e: e.wake(*_padded(args, (None,))))
 
     @app.task(name=TASK_NAMES["sweep"], shared=False)
-    def sweep() -> dict[str, int]:
-        return holder.get().sweep()
+    def sweep(*args: Any) -> Any:
+        return _guarded(holder.get(), "sweep", args, (0, 0), lambda e: e.sweep())
 
-    def effect(run_id: str, version: int | None, key: str, attempt: int) -> str:
-        return holder.get().effect(run_id, version, key, attempt)
+    def effect(*args: Any) -> Any:
+        return _guarded(holder.get(), "effect", args, (4, 4), lambda e: e.effect(*args))
 
     for kind in ("ticks", "llm", "tools", "subworkflows"):
         app.task(name=TASK_NAMES[kind], shared=False)(effect)
     return app
+
+
+def _padded(args: tuple[Any, ...], defaults: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (*args, *defaults[len(args) - 1:]) if len(args) - 1 < len(defaults) else args
+
+
+def _check_args(task: str, args: tuple[Any, ...], arity: tuple[int, int]) -> str | None:
+    """Why a message's arguments are malformed, or None."""
+    from runtime.models import validate_run_id
+
+    low, high = arity
+    if not low <= len(args) <= high:
+        return f"{len(args)} arguments, expected {low}" + (f" to {high}" if high != low else "")
+    if not args:
+        return None
+    if not isinstance(args[0], str):
+        return f"run id of type {type(args[0]).__name__}"
+    try:
+        validate_run_id(args[0])
+    except ValueError as exc:
+        return str(exc)
+    if len(args) > 1 and args[1] is not None and (type(args[1]) is not int or args[1] < 0):
+        return f"version {args[1]!r} is not a whole number"
+    if task == "tick" and len(args) > 2 and (type(args[2]) is not int or not 1 <= args[2] <= 1000):
+        return f"attempt {args[2]!r} is not a whole number from 1 to 1000"
+    if task == "effect":
+        if not isinstance(args[2], str) or not 0 < len(args[2]) <= 200:
+            return f"idempotency key {args[2]!r:.60} is not a text of 1 to 200 characters"
+        if type(args[3]) is not int or not 1 <= args[3] <= 1000:
+            return f"attempt {args[3]!r} is not a whole number from 1 to 1000"
+    return None
+
+
+def _guarded(engine: Engine, task: str, args: tuple[Any, ...], arity: tuple[int, int],
+             call: Any) -> Any:
+    from runtime.errors import CorruptRecordError, InvalidRunId
+
+    problem = _check_args(task, args, arity)
+    if problem is not None:
+        engine.dead_letter(task, args, problem)
+        return "rejected"
+    try:
+        return call(engine)
+    except (CorruptRecordError, InvalidRunId) as exc:
+        engine.dead_letter(task, args, f"{type(exc).__name__}: {exc}")
+        run_id = getattr(exc, "run_id", None)
+        if run_id:
+            engine.backend.clear_dispatch(run_id)  # stop the sweep re-sending a run that cannot load
+        return "rejected"
 
 
 _default_app: Celery | None = None

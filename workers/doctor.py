@@ -88,5 +88,9 @@ def run_checks(settings: WorkerSettings, env: dict[str, str]) -> list[dict[str, 
     checks.append(_check("runs", "ok" if not stuck else "warn",
                          f"{stuck} run(s) whose lease expired (a message lost or a worker gone)",
                          "the sweep sends their message again; if this stays, check the workers' logs"))
+    dead = int(client.llen(k.dead_letters()))
+    checks.append(_check("dead letters", "ok" if not dead else "warn",
+                         f"{dead} refused message(s) in {k.dead_letters()}",
+                         f"read them: redis-cli LRANGE {k.dead_letters()} 0 20 (each names its task and reason)"))
     client.close()
     return checks

@@ -22,6 +22,7 @@ a lost message, a dead worker or a crash between commit and dispatch costs one l
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -79,6 +80,8 @@ _TICK: dict[str, Any] = {"k": "tick"}
 _NOTIFY: dict[str, Any] = {"k": "notify"}
 #: Commits retried when a producer operation (resume, cancel) races another writer.
 _CONFLICT_RETRIES = 20
+#: Refused messages kept in the dead-letter list.
+DEAD_LETTERS_MAX = 10_000
 
 
 class Dispatcher(Protocol):
@@ -428,6 +431,22 @@ class Engine:
         except VersionConflict:
             return "stale"
         return self._advance(run, v, now_ms)
+
+    # -- refused messages ------------------------------------------------------------------------
+
+    def dead_letter(self, task: str, args: Any, reason: str) -> None:
+        """Keep a refused message and why (newest first, at most ``DEAD_LETTERS_MAX``)."""
+        entry = json.dumps({"task": task, "args": repr(args)[:500], "reason": " ".join(reason.split())[:500],
+                            "at": _iso(self.backend.time_ms())}, ensure_ascii=False)
+        key = self.backend.keys.dead_letters()
+        pipe = self.backend.client.pipeline(transaction=False)
+        pipe.lpush(key, entry)
+        pipe.ltrim(key, 0, DEAD_LETTERS_MAX - 1)
+        pipe.execute()
+        logger.warning("refused %s%s: %s", task, repr(args)[:200], reason)
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in self.backend.client.lrange(self.backend.keys.dead_letters(), 0, limit - 1)]
 
     # -- recovery --------------------------------------------------------------------------------
 

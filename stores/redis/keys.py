@@ -70,6 +70,10 @@ class Keys:
         (a tick, an effect task); the recovery sweep re-dispatches the expired ones."""
         return f"{self._g}leases"
 
+    def dead_letters(self) -> str:
+        """LIST of refused messages, newest first (JSON: task, args, reason, at), capped."""
+        return f"{self._g}deadletter"
+
     def sweep_heartbeat(self) -> str:
         """STRING, the Redis time (epoch ms) of the last recovery sweep (``doctor``: is beat alive?)."""
         return f"{self._g}sweep"
