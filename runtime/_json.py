@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -190,3 +191,32 @@ def dumps_checked(value: Any, where: str) -> str:
     except (TypeError, ValueError, RecursionError):
         ensure_json(value, where)
         raise
+
+
+#: Keys whose values are credentials: kept out of ledger records (the run keeps them).
+SECRET_KEY_PATTERN = re.compile(r"(api[_-]?key|apikey|password|passwd|secret|token|authorization|credential)",
+                                re.IGNORECASE)
+REDACTED = "***"
+
+
+def redact_secrets(value: Any) -> Any:
+    """``value`` with the value of every dict key that names a credential replaced by ``***``.
+
+    Returns ``value`` itself when there is nothing to hide (no copy on the common path).
+    """
+    if isinstance(value, dict):
+        out = None
+        for k, v in value.items():
+            if isinstance(k, str) and SECRET_KEY_PATTERN.search(k) and v is not None:
+                new: Any = REDACTED
+            else:
+                new = redact_secrets(v)
+            if new is not v:
+                if out is None:
+                    out = dict(value)
+                out[k] = new
+        return value if out is None else out
+    if isinstance(value, list):
+        items = [redact_secrets(v) for v in value]
+        return value if all(a is b for a, b in zip(items, value)) else items
+    return value

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ._json import new_id, utc_now_iso
+from ._json import new_id, redact_secrets, utc_now_iso
 from .errors import CorruptRecordError, InvalidRunId
 
 __all__ = [
@@ -288,7 +288,8 @@ class StepRecord:
             step_id=new_id(),
             node_id=node_id,
             status=StepStatus.STARTED,
-            effect=effect.to_dict() if effect is not None else None,
+            # Credentials in an effect's payload (an API key in LLM params) stay out of the ledger.
+            effect=redact_secrets(effect.to_dict()) if effect is not None else None,
             actor_id=run.actor_id,
             session_id=run.session_id,
             attempt=attempt,

@@ -147,6 +147,9 @@ WORKFLOWS = [
                 {"name": "explode", "arguments": {}, "call_id": "b"},
                 {"name": "missing", "arguments": {}, "call_id": "c"}], "tools")),
     _wf(_llm("hello", "llm")),
+    _wf(one_effect(Effect(type=EffectType.LLM_CALL, payload={
+        "prompt": "hello", "params": {"api_key": "sk-test-SECRET-4242", "temperature": 0}}, result_key="llm"),
+        workflow_id="llm_with_key")),
     _wf(_llm("flaky hello", "llm_flaky")),
     _wf(_llm("broken", "llm_broken")),
     _wf(_llm("slow:1.5", "llm_slow")),

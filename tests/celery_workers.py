@@ -8,7 +8,6 @@ settings in ``ABSTRACTRUNTIME_*`` variables and ``tests/celery_scenarios.py`` im
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import subprocess
@@ -25,17 +24,27 @@ TESTS_DIR = Path(__file__).resolve().parent
 READY_TIMEOUT_S = 30.0
 ALL_QUEUES = ",".join(QUEUE_KINDS)
 
-_db_numbers = itertools.count(1)
+#: Broker databases in use, per Redis server (base URL): a group takes one and gives it back,
+#: emptied, when it closes (the test's own server only; 0 keeps the runs).
+_dbs_in_use: dict[str, set[int]] = {}
+
+
+def _take_db(base: str) -> int:
+    used = _dbs_in_use.setdefault(base, set())
+    free = [n for n in range(1, 16) if n not in used]
+    if not free:
+        raise RuntimeError("more open worker groups than Redis databases on one server")
+    used.add(free[0])
+    return free[0]
 
 
 class WorkerGroup:
     """Workers and beat of one deployment; ``client()`` is a producer of the same deployment."""
 
     def __init__(self, redis_url: str, folder: Path, **settings: Any) -> None:
-        db = next(_db_numbers)
-        if db > 15:
-            raise RuntimeError("more worker groups than Redis databases in one test session")
         base = redis_url.rsplit("/", 1)[0]
+        db = self._db = _take_db(base)
+        self._base = base
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.prefix = f"w{uuid.uuid4().hex[:10]}"
@@ -132,3 +141,15 @@ class WorkerGroup:
             self.stop(name)
         for client in self._clients:
             client.close()
+        if self._db is not None:
+            import redis
+
+            own = redis.Redis.from_url(f"{self._base}/{self._db}")
+            try:
+                own.flushdb()  # this group's broker database, on the test's own server
+            except redis.RedisError:
+                pass  # the server is gone, or the test gave the broker another server
+            finally:
+                own.close()
+            _dbs_in_use[self._base].discard(self._db)
+            self._db = None

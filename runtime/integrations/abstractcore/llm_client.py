@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -160,6 +161,11 @@ class RemoteAbstractCoreLLMClient:
         self.timeout_s = timeout_s
 
     @property
+    def _shown(self) -> str:
+        """The endpoint for messages: a password in the URL is masked."""
+        return re.sub(r"://([^/@:]*):[^/@]*@", r"://\1:***@", self.endpoint)
+
+    @property
     def endpoint(self) -> str:
         base = self.server_base_url
         return f"{base}/chat/completions" if base.endswith("/v1") else f"{base}/v1/chat/completions"
@@ -196,17 +202,17 @@ class RemoteAbstractCoreLLMClient:
                 reply_headers = {k.lower(): v for k, v in response.headers.items()}
         except urllib.error.HTTPError as exc:
             detail = exc.read(500).decode("utf-8", "replace")
-            raise LLMCallError(f"HTTP {exc.code} from {self.endpoint}: {' '.join(detail.split())[:300]}",
+            raise LLMCallError(f"HTTP {exc.code} from {self._shown}: {' '.join(detail.split())[:300]}",
                                retryable=exc.code >= 500 or exc.code == 429, status=exc.code) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise LLMCallError(f"cannot reach {self.endpoint}: {reason}", retryable=True) from None
+            raise LLMCallError(f"cannot reach {self._shown}: {reason}", retryable=True) from None
         try:
             reply = json.loads(raw)
             choice = reply["choices"][0]
             message = choice.get("message") or {}
         except (ValueError, KeyError, IndexError, TypeError):
-            raise LLMCallError(f"reply from {self.endpoint} is not an OpenAI chat completion: "
+            raise LLMCallError(f"reply from {self._shown} is not an OpenAI chat completion: "
                                f"{raw[:120].decode('utf-8', 'replace')!r}", retryable=False) from None
         calls = []
         for c in message.get("tool_calls") or []:
