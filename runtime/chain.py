@@ -38,8 +38,11 @@ class HashChainedLedgerStore:
     kernel's model; the Redis store checks the head inside its atomic commit instead.
     """
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, *, signer: Any = None) -> None:
         self._inner = inner
+        #: Optional: ``signer.sign(actor_id, record_hash) -> str | None`` fills ``signature``
+        #: (``stores.signing.LedgerSigner``, Ed25519; the kernel itself signs nothing).
+        self._signer = signer
         self._heads: dict[str, str | None] = {}
         self._lock = threading.Lock()
         self._last_fn = getattr(inner, "last_record", None)
@@ -65,6 +68,8 @@ class HashChainedLedgerStore:
             prev = self._head(record.run_id)
             record.prev_hash = prev
             record.record_hash = compute_record_hash(record=record, prev_hash=prev)
+            if self._signer is not None:
+                record.signature = self._signer.sign(record.actor_id, record.record_hash)
             self._inner.append(record)
             self._heads[record.run_id] = record.record_hash
 

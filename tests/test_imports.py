@@ -51,7 +51,7 @@ def test_the_abstractcore_integration_imports_it_only_when_used():
 
 
 def test_stores_import_only_runtime_and_the_stdlib():
-    allowed = set(sys.stdlib_module_names) | {"runtime", "stores", "redis", "msgpack"}
+    allowed = set(sys.stdlib_module_names) | {"runtime", "stores", "redis", "msgpack", "cryptography"}
     assert {(f, m) for f, m in imported_modules("stores") if m not in allowed} == set()
 
 

@@ -133,7 +133,9 @@ class _Holder:
             with self._lock:
                 if self._engine is None:
                     self.registry.import_modules(self.settings.imports)
-                    backend = RedisBackend.from_settings(self.settings.redis)
+                    from stores.signing import signer_from_env
+
+                    backend = RedisBackend.from_settings(self.settings.redis, signer=signer_from_env())
                     self._engine = Engine(backend, self.registry, self.settings,
                                           CeleryDispatcher(self.app, self.settings))
                 engine = self._engine

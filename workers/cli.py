@@ -305,17 +305,26 @@ def verify(state: State, run_id: str | None, all_runs: bool) -> None:
         ids = [run_id]
     else:
         ids = [i.decode() for i in client.backend.client.zrange(client.backend.keys.by_updated(), 0, -1)]
+    from stores.signing import SigningError, verifier_from_env
+
+    try:
+        verifier = verifier_from_env(state.env)
+    except SigningError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     bad: list[dict[str, Any]] = []
     checked = 0
     with _progress(state, ids, "verifying") as items:
         for rid in items:
             report = client.verify(rid)
+            errors = list(report["errors"])
+            if verifier is not None:  # signatures too, when public keys are configured
+                errors += verifier.verify(client.get_ledger(rid))["errors"]
+                errors.sort(key=lambda e: e.get("index", 0))
             checked += 1
-            if not report["ok"]:
-                first = report["errors"][0] if report["errors"] else {}
-                bad.append({"run_id": rid, "first_bad_index": report["first_bad_index"], "errors": report["errors"],
-                            "count": report["count"], "first_error": first})
-    result = {"ok": not bad, "checked": checked, "bad": bad}
+            if errors:
+                bad.append({"run_id": rid, "first_bad_index": errors[0].get("index"), "errors": errors,
+                            "count": report["count"], "first_error": errors[0]})
+    result = {"ok": not bad, "checked": checked, "bad": bad, "signatures": verifier is not None}
 
     def human() -> None:
         for b in bad:

@@ -52,7 +52,11 @@ class Client:
         self.registry.import_modules(self.settings.imports)
         self._own_app = app is None
         self.app = app if app is not None else create_app(self.settings, reg=self.registry)
-        self.backend = backend if backend is not None else RedisBackend.from_settings(self.settings.redis)
+        if backend is None:
+            from stores.signing import signer_from_env
+
+            backend = RedisBackend.from_settings(self.settings.redis, signer=signer_from_env())
+        self.backend = backend
         self.engine = Engine(self.backend, self.registry, self.settings,
                              CeleryDispatcher(self.app, self.settings, tolerant=True))
 

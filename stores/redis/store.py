@@ -114,6 +114,7 @@ class RedisBackend:
         events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
         cache_size: int = DEFAULT_CACHE_SIZE,
         cluster: bool = False,
+        signer: Any = None,
     ) -> None:
         # redis-py's return types are unions of bytes and str; the client is built with
         # decode_responses=False, so values here are always bytes.
@@ -122,6 +123,8 @@ class RedisBackend:
         self.cluster = cluster
         self.keys = Keys(prefix, cluster=cluster)
         self.max_value_bytes = max_value_bytes
+        #: Signs each record's hash (``stores.signing.LedgerSigner``), or None for unsigned ledgers.
+        self.signer = signer
         self.events_maxlen = events_maxlen
         self._cache_size = cache_size
         # What this thread last read or wrote of each run. Per thread, so that two threads
@@ -138,12 +141,12 @@ class RedisBackend:
         self.ledger = RedisLedgerStore(self)
 
     @classmethod
-    def from_settings(cls, settings: Any = None) -> RedisBackend:
+    def from_settings(cls, settings: Any = None, *, signer: Any = None) -> RedisBackend:
         """A backend on the Redis that ``settings`` names (``RedisSettings.from_env()`` when
         None; with no URL, the embedded server), with its prefix and value limit."""
         settings = settings if settings is not None else RedisSettings.from_env()
         return cls(connect(settings), prefix=settings.prefix, max_value_bytes=settings.max_value_bytes,
-                   cluster=settings.cluster)
+                   cluster=settings.cluster, signer=signer)
 
     # -- cache -----------------------------------------------------------------------------------
 
@@ -254,6 +257,8 @@ class RedisBackend:
             record.prev_hash = prev
             data = record.to_dict()
             record.record_hash = data["record_hash"] = compute_record_hash(record=data, prev_hash=prev)
+            if self.signer is not None:  # the signature is not part of the hash
+                record.signature = data["signature"] = self.signer.sign(data["actor_id"], record.record_hash)
             prev = record.record_hash
             encoded.append(encode(_pack_record(data), what="ledger record", limit=limit))
             if data["status"] == "completed" and data["idempotency_key"] and data["result"] is not None:
