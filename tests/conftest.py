@@ -23,6 +23,12 @@ import pytest
 from runtime import HashChainedLedgerStore, InMemoryLedgerStore, InMemoryRunStore, Runtime
 from stores import JsonFileRunStore, JsonlLedgerStore
 
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", default=False,
+                     help="chaos and soak runs at full size (minutes), not the bounded CI size")
+
+
 BACKENDS = ["memory", "memory+chain", "jsonfile", "jsonfile+chain", "redis", "fakeredis", "redis-cluster"]
 
 
