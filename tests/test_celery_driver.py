@@ -376,3 +376,30 @@ def test_k_nodes_per_tick_commit_each_node_and_give_the_same_result(redis_server
         assert "abstractruntime.tick" in g.log("k")
     finally:
         g.close()
+
+
+def test_a_worker_clock_ahead_never_wakes_a_run_early(client, monkeypatch):
+    """Wait and wake times are judged by the Redis clock: this process's clock, put 30 s ahead,
+    takes a time 5 s away for a past one, but the run still waits, and an early wake waits too."""
+    import datetime as dt
+
+    import runtime.effects as effects
+
+    real = dt.datetime
+
+    class Ahead(real):
+        @classmethod
+        def now(cls, tz=None):
+            return real.now(tz) + dt.timedelta(seconds=30)
+
+    until = (real.now(dt.timezone.utc) + dt.timedelta(seconds=5)).isoformat()
+    monkeypatch.setattr(effects, "datetime", Ahead)
+    engine = client.engine
+    # Created without its first message: only this process (with the clock ahead) ticks it.
+    run_id = engine.create(registry.workflows.get_or_raise("sleep_until"), vars={"until": until}, dispatch=False)
+    assert engine.tick(run_id) == "park"
+    state = client.get_state(run_id)
+    assert state.status == RunStatus.WAITING and state.waiting.until == until
+    assert engine.wake(run_id) in ("early", "stale")
+    assert client.get_state(run_id).status == RunStatus.WAITING
+    assert client.wait_for(run_id, TERMINAL, timeout=30).status == RunStatus.COMPLETED

@@ -99,6 +99,27 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
 
 
+def _wait_until_by(now_ms: int) -> Any:
+    """WAIT_UNTIL judged by the Redis clock (``now_ms``, read with the run), not this worker's:
+    a worker whose clock runs ahead must not take a future time for a past one."""
+    from runtime.effects import handle_wait_until
+    from runtime.errors import InvalidTimeError
+
+    def handle(run: RunState, effect: Any, default_next_node: str | None) -> EffectOutcome:
+        until = effect.payload.get("until")
+        try:
+            if until and epoch_ms(until) > now_ms:
+                return EffectOutcome.waiting(WaitState(
+                    reason=WaitReason.UNTIL, until=str(until),
+                    resume_to_node=effect.payload.get("resume_to_node") or default_next_node,
+                    result_key=effect.result_key))
+        except InvalidTimeError:
+            pass  # the built-in handler names the problem
+        return handle_wait_until(run, effect, default_next_node)
+
+    return handle
+
+
 def _copy(record: StepRecord) -> StepRecord:
     return StepRecord.from_dict(record.to_dict())
 
@@ -126,10 +147,12 @@ class Engine:
             raise WorkflowNotRegistered(workflow_id)
         return spec
 
-    def _handlers(self) -> dict[Any, Any]:
+    def _handlers(self, now_ms: int | None = None) -> dict[Any, Any]:
         from runtime.effects import builtin_wait_handlers
 
         handlers: dict[Any, Any] = dict(builtin_wait_handlers())
+        if now_ms is not None:
+            handlers[EffectType.WAIT_UNTIL] = _wait_until_by(now_ms)
         handlers[EffectType.START_SUBWORKFLOW] = self._start_subworkflow
         handlers.update(self.registry.effect_handlers)
         return handlers
@@ -196,7 +219,7 @@ class Engine:
         kind = EFFECT_QUEUES.get(EffectType(pending.effect.type))
         if kind is None:
             started = _copy(record)
-            outcome = execute_effect(run, pending, self._handlers())
+            outcome = execute_effect(run, pending, self._handlers(now_ms))
             tr = apply_outcome(run, pending, outcome, record=record, policy=self.registry.effect_policy)
             return self._land(run, v, tr, [started, *tr.records], now_ms)
         dispatch = {"k": "effect", "p": pending.to_dict(), "r": record.to_dict(), "q": kind}
