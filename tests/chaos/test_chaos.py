@@ -11,7 +11,7 @@ fault thread injects, at random moments:
   so messages in flight are lost or redelivered with it);
 * a worker stopped (SIGSTOP) past the lease, so its work is sent again to the other, then
   resumed (SIGCONT): its late commit must be refused;
-* duplicate delivery of every task kind (tick, effect, wake), sent on purpose.
+* duplicate delivery of every task kind (tick, effect, wake, sweep), sent on purpose.
 
 At the end, for every run: it ended as it should, no version was committed twice (from
 the events stream, one event per commit), no idempotency key has two completed records,
@@ -106,6 +106,9 @@ class Faults:
             dispatcher.tick(rid, v)
             dispatcher.wake(rid, None)
             self.count["duplicate tick + wake messages"] += 1
+        # An extra sweep too (as a second beat would send): claims make it harmless.
+        self.client.app.send_task("abstractruntime.sweep", queue=self.client.settings.queue("maintenance"))
+        self.count["extra sweep messages"] += 1
 
 
 def _start_one(client, kind: str, rng: random.Random) -> str:
