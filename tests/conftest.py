@@ -138,3 +138,21 @@ def no_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     slept: list[float] = []
     monkeypatch.setattr("time.sleep", lambda s: slept.append(s))
     return slept
+
+
+@pytest.fixture(scope="module")
+def group(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A worker and beat for one test module, on the session's redis-server (real processes)."""
+    from celery_workers import WorkerGroup
+
+    g = WorkerGroup(redis_server.url, tmp_path_factory.mktemp("workers"), tick_backoff_s=0.05)
+    g.start_worker("w1")
+    g.start_beat()
+    yield g
+    g.close()
+
+
+@pytest.fixture(scope="module")
+def client(group: Any) -> Any:
+    """A producer of that module's deployment."""
+    return group.client()

@@ -29,19 +29,6 @@ VOLATILE_RECORD = {"step_id", "started_at", "ended_at", "prev_hash", "record_has
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-@pytest.fixture(scope="module")
-def group(redis_server, tmp_path_factory):
-    g = WorkerGroup(redis_server.url, tmp_path_factory.mktemp("celery"), tick_backoff_s=0.05)
-    g.start_worker("w1")
-    g.start_beat()
-    yield g
-    g.close()
-
-
-@pytest.fixture(scope="module")
-def client(group):
-    return group.client()
-
 
 def in_process() -> Runtime:
     return Runtime(run_store=InMemoryRunStore(), ledger_store=HashChainedLedgerStore(InMemoryLedgerStore()),

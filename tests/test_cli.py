@@ -18,26 +18,12 @@ import pytest
 
 from runtime import RunStatus
 
-from celery_workers import WorkerGroup
 from redis_server import free_port
 
 pytestmark = pytest.mark.timeout(180)
 
 CLI = str(Path(sys.executable).with_name("abstractruntime"))
 
-
-@pytest.fixture(scope="module")
-def group(redis_server, tmp_path_factory):
-    g = WorkerGroup(redis_server.url, tmp_path_factory.mktemp("cli"), tick_backoff_s=0.05)
-    g.start_worker("w1")
-    g.start_beat()
-    yield g
-    g.close()
-
-
-@pytest.fixture(scope="module")
-def client(group):
-    return group.client()
 
 
 def run(group, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
