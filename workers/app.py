@@ -153,7 +153,7 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
     transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_s,
                                  "ack_emulation": settings.ack_emulation}
     app.conf.update(
-        # Messages are msgpack and nothing else: no pickle, ever.
+        # Messages are msgpack and nothing else: accept_content lists no other type.
         task_serializer="msgpack",
         accept_content=["msgpack"],
         result_serializer="msgpack",
