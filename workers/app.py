@@ -175,7 +175,7 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
         },
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
-        # Beat keeps its schedule in memory (the default keeps it in a pickled shelve file).
+        # Beat keeps its schedule in memory (the default writes a shelve file, which is not msgpack).
         beat_scheduler="celery.beat:Scheduler",
         beat_schedule={
             "abstractruntime-sweep": {
