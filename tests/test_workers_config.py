@@ -7,7 +7,7 @@ import time
 import pytest
 
 from runtime import Effect, EffectType, StepPlan, WorkflowSpec
-from workers.registry import Registry, execute_tool_calls
+from workers.registry import Registry
 from workers.settings import WorkerSettings
 
 
@@ -66,7 +66,17 @@ def test_registry_refuses_bad_registrations():
 
 
 def test_tool_calls_report_errors_per_call():
-    tools = {"add": lambda a, b: a + b, "boom": lambda: 1 / 0}
+    from runtime import RunState
+
+    reg = Registry()
+    reg.register_tool("add", lambda a, b: a + b)
+    reg.register_tool("boom", lambda: 1 / 0)
+    run = RunState.new(workflow_id="w", entry_node="a")
+
+    def execute_tool_calls(tools, effect):
+        return reg.effect_handlers[EffectType.TOOL_CALLS](run, effect, None)
+
+    tools = reg.tools
     effect = Effect(type=EffectType.TOOL_CALLS, payload={"tool_calls": [
         {"name": "add", "arguments": {"a": 1, "b": 2}, "call_id": 7},
         {"name": "boom", "arguments": {}},

@@ -22,7 +22,6 @@ from runtime.integrations.abstractcore import (
     AbstractCoreToolExecutor,
     LLMClient,
     LocalAbstractCoreLLMClient,
-    MappingToolExecutor,
     PassthroughToolExecutor,
     RemoteAbstractCoreLLMClient,
     ToolExecutor,
@@ -35,21 +34,11 @@ from .registry import Registry, registry
 __all__ = ["use_local", "use_remote", "use_hybrid", "use_llm"]
 
 
-class _RegistryTools:
-    """The tools registered with the worker registry, looked up at call time."""
-
-    def __init__(self, reg: Registry) -> None:
-        self.reg = reg
-
-    def execute(self, tool_calls: Any) -> dict[str, Any]:
-        return MappingToolExecutor(self.reg.tools).execute(tool_calls)
-
-
 def _tools(tools: str | ToolExecutor, reg: Registry) -> ToolExecutor:
     if not isinstance(tools, str):
         return tools
     if tools == "registry":
-        return _RegistryTools(reg)
+        return reg.live_tools()
     if tools == "abstractcore":
         return AbstractCoreToolExecutor()
     if tools == "passthrough":

@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 
 from runtime import EffectType, WorkflowRegistry, WorkflowSpec
 from runtime.effects import adapt_handler
-from runtime.models import Effect, EffectOutcome, RunState
+from runtime.integrations.abstractcore.tool_executor import MappingToolExecutor, ToolExecutor
+from runtime.models import EffectOutcome
 from runtime.policies import DefaultEffectPolicy, EffectPolicy
 from runtime.step import EffectHandler
 
@@ -35,7 +36,6 @@ __all__ = [
     "register_effect_handler",
     "set_effect_policy",
     "import_modules",
-    "execute_tool_calls",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -93,11 +93,14 @@ class Registry:
         """The registered handlers; TOOL_CALLS falls back to the registered tools."""
         handlers = dict(self._handlers)
         if EffectType.TOOL_CALLS not in handlers and self._tools:
-            handlers[EffectType.TOOL_CALLS] = self._tool_calls
+            from runtime.integrations.abstractcore import make_tool_calls_handler
+
+            handlers[EffectType.TOOL_CALLS] = make_tool_calls_handler(tools=self.live_tools())
         return handlers
 
-    def _tool_calls(self, run: RunState, effect: Effect, default_next_node: str | None) -> EffectOutcome:
-        return execute_tool_calls(self._tools, effect)
+    def live_tools(self) -> ToolExecutor:
+        """A tool executor over the tools registered here, looked up at each call."""
+        return _LiveTools(self)
 
     def import_modules(self, names: Iterable[str]) -> None:
         """Import each module once (it registers its workflows); ImportError names the module."""
@@ -115,14 +118,12 @@ def _origin(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def execute_tool_calls(tools: Mapping[str, Callable[..., Any]], effect: Effect) -> EffectOutcome:
-    """Run each call of a TOOL_CALLS effect with the named tool; errors are reported per call."""
-    from runtime.integrations.abstractcore.tool_executor import MappingToolExecutor
+class _LiveTools:
+    def __init__(self, reg: Registry) -> None:
+        self.reg = reg
 
-    calls = effect.payload.get("tool_calls")
-    if not isinstance(calls, list):
-        return EffectOutcome.failed("tool_calls requires payload.tool_calls (list)", retryable=False)
-    return EffectOutcome.completed(MappingToolExecutor(tools).execute(calls))
+    def execute(self, tool_calls: Any) -> dict[str, Any]:
+        return MappingToolExecutor(self.reg.tools).execute(tool_calls)
 
 
 #: The process-wide registry that workers and producers use.
