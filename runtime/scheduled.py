@@ -33,6 +33,7 @@ class ScheduledRuntime:
     def run(
         self,
         workflow: WorkflowSpec,
+        *,
         vars: dict[str, Any] | None = None,
         actor_id: str | None = None,
         max_steps: int = 100,
@@ -75,7 +76,9 @@ class ScheduledRuntime:
                           limit: int = 100) -> list[RunState]:
         return self.scheduler.find_waiting_runs(wait_reason=wait_reason, workflow_id=workflow_id, limit=limit)
 
+    @property
     def stats(self) -> SchedulerStats:
+        """The scheduler's counters (a property, as in 0.2.0: ``srt.stats.runs_resumed``)."""
         return self.scheduler.stats
 
     def resume_subworkflow_parent(self, *, child_run_id: str, child_output: Any) -> RunState | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,15 +22,19 @@ import agent_scenarios
 import pytest
 from fake_openai import FakeOpenAI
 
-from runtime import EffectType, RetryPolicy, RunStatus
+from runtime import Effect, EffectType, RetryPolicy, RunStatus
 from runtime.integrations.abstractcore import (
+    HttpStatusError,
     LLMCallError,
+    LocalAbstractCoreLLMClient,
     MappingToolExecutor,
     RemoteAbstractCoreLLMClient,
+    UrllibRequestSender,
     create_hybrid_runtime,
     create_local_runtime,
     create_remote_runtime,
 )
+from runtime.integrations.abstractcore.llm_client import HttpResponse
 
 from celery_scenarios import add
 from celery_workers import WorkerGroup
@@ -177,6 +182,154 @@ def test_remote_client_errors_say_whether_to_retry(fake):
     assert info.value.retryable
 
 
+class RecordingSender:
+    """A request sender as a host would write one: it records each request and answers itself."""
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.requests: list[dict] = []
+
+    def post(self, url, *, headers, json, timeout):
+        self.requests.append({"url": url, "headers": dict(headers), "json": json, "timeout": timeout})
+        if isinstance(self.reply, Exception):
+            raise self.reply
+        return self.reply
+
+
+CHAT_REPLY = {"model": "m", "choices": [{"message": {"content": "ok", "tool_calls": [
+    {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}]},
+    "finish_reason": "tool_calls"}]}
+
+
+def test_an_injected_request_sender_carries_the_request():
+    sender = RecordingSender(HttpResponse(body=CHAT_REPLY, headers={"X-AbstractCore-Trace-Id": "tr_remote"}))
+    llm = RemoteAbstractCoreLLMClient(server_base_url="http://llm.invalid", model="m", timeout_s=7,
+                                      headers={"User-Agent": "test"}, request_sender=sender)
+    result = llm.generate(prompt="hi", params={"trace_metadata": {"run_id": "r1", "actor_id": "a1"},
+                                               "base_url": "http://upstream.invalid/v1", "seed": 3})
+    assert result["trace_id"] == "tr_remote" and result["content"] == "ok"
+    assert result["tool_calls"] == [{"name": "add", "arguments": {"a": 1, "b": 2}, "call_id": "c1"}]
+    (request,) = sender.requests
+    assert request["url"] == "http://llm.invalid/v1/chat/completions" and request["timeout"] == 7
+    assert request["json"] == {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": False,
+                               "base_url": "http://upstream.invalid/v1", "seed": 3}
+    assert request["headers"]["X-AbstractCore-Run-Id"] == "r1" and request["headers"]["User-Agent"] == "test"
+    assert json.loads(request["headers"]["X-AbstractCore-Trace-Metadata"]) == {"run_id": "r1", "actor_id": "a1"}
+    # A sender may return the body alone; there is then no trace id to read.
+    plain = RemoteAbstractCoreLLMClient(server_base_url="http://llm.invalid", model="m",
+                                        request_sender=RecordingSender(CHAT_REPLY))
+    assert plain.generate(prompt="hi")["content"] == "ok" and plain.generate(prompt="hi")["trace_id"] is None
+
+
+class StatusError(Exception):
+    """What a sender built on another HTTP library raises: an error carrying the status."""
+
+    def __init__(self, status_code):
+        super().__init__(f"server said {status_code}")
+        self.status_code = status_code
+
+
+@pytest.mark.parametrize(("raised", "retryable", "words"), [
+    (StatusError(503), True, "HTTP 503"), (StatusError(429), True, "HTTP 429"), (StatusError(404), False, "HTTP 404"),
+    (ConnectionRefusedError("refused"), True, "cannot reach"), (RuntimeError("boom"), True, "RuntimeError"),
+])
+def test_a_senders_errors_say_whether_to_retry(raised, retryable, words):
+    llm = RemoteAbstractCoreLLMClient(server_base_url="http://u:secret@llm.invalid", model="m",
+                                      request_sender=RecordingSender(raised))
+    with pytest.raises(LLMCallError, match=words) as info:
+        llm.generate(prompt="hi")
+    assert info.value.retryable is retryable
+    assert "secret" not in str(info.value)  # the URL's password is masked
+
+
+def test_the_default_sender_is_the_standard_librarys(fake):
+    llm = RemoteAbstractCoreLLMClient(server_base_url=fake.base_url, model="gpt-4o-mini")
+    assert isinstance(llm.request_sender, UrllibRequestSender)
+    sent = UrllibRequestSender().post(f"{fake.base_url}/chat/completions", headers={"X-Test": "1"},
+                                      json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "yo"}]},
+                                      timeout=5)
+    assert isinstance(sent, HttpResponse) and sent.body["choices"][0]["message"]["content"] == "echo: yo"
+    assert sent.headers["X-Trace-Id"].startswith("trace-")
+    assert fake.requests[-1]["headers"]["X-Test"] == "1"
+    assert fake.requests[-1]["headers"]["Content-Type"] == "application/json"
+    # A reply that is not JSON comes back as text; an error status raises with the status.
+    text = UrllibRequestSender().post(f"{fake.base_url}/chat/completions", headers={}, timeout=5,
+                                      json={"messages": [{"role": "user", "content": "notjson"}]})
+    assert text.body == "<html>surprise</html>"
+    with pytest.raises(HttpStatusError) as info:
+        UrllibRequestSender().post(f"{fake.base_url}/chat/completions", headers={}, timeout=5,
+                                   json={"messages": [{"role": "user", "content": "fail400"}]})
+    assert info.value.status_code == 400 and "model does not exist" in info.value.detail
+
+
+class KeywordOnlyExecutor:
+    """An executor written for 0.2.0, which calls ``execute(tool_calls=...)``."""
+
+    def __init__(self):
+        self.seen: list = []
+
+    def execute(self, *, tool_calls):
+        self.seen.append(tool_calls)
+        return {"mode": "executed", "results": [{"call_id": c.get("call_id"), "name": c["name"], "success": True,
+                                                 "output": "done", "error": None} for c in tool_calls]}
+
+
+def test_tool_calls_reach_a_keyword_only_executor():
+    from runtime import Effect, InMemoryLedgerStore, InMemoryRunStore, Runtime
+    from runtime.integrations.abstractcore import build_effect_handlers
+
+    executor = KeywordOnlyExecutor()
+    llm = RemoteAbstractCoreLLMClient(server_base_url="http://llm.invalid", model="m",
+                                      request_sender=RecordingSender(CHAT_REPLY))
+    rt = Runtime(run_store=InMemoryRunStore(), ledger_store=InMemoryLedgerStore(),
+                 effect_handlers=build_effect_handlers(llm=llm, tools=executor))
+    calls = [{"name": "add", "arguments": {"a": 1}, "call_id": "c1"}]
+    wf = one_effect(Effect(EffectType.TOOL_CALLS, {"tool_calls": calls}, result_key="r"), workflow_id="kw-tools")
+    state = rt.tick(workflow=wf, run_id=rt.start(workflow=wf))
+    assert state.status == RunStatus.COMPLETED, state.error
+    assert executor.seen == [calls] and state.output["r"]["results"][0]["output"] == "done"
+
+
+def test_normalize_local_response_reads_abstractcores_response():
+    from abstractcore.core.types import GenerateResponse
+
+    from runtime.integrations.abstractcore.llm_client import _normalize_local_response
+
+    out = _normalize_local_response(GenerateResponse(
+        content="hi", model="m", finish_reason="stop", usage={"total_tokens": 3},
+        metadata={"trace_id": "tr_123", "_provider_request": {"payload": "the whole prompt"}},
+        tool_calls=[{"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}]))
+    assert set(out) == {"content", "data", "tool_calls", "usage", "model", "finish_reason", "metadata", "trace_id"}
+    assert out["trace_id"] == "tr_123" and out["metadata"] == {"trace_id": "tr_123"}
+    assert out["tool_calls"] == [{"name": "add", "arguments": {"a": 1}, "call_id": "c1"}]
+    assert (out["content"], out["model"], out["usage"]) == ("hi", "m", {"total_tokens": 3})
+
+
+def test_the_local_client_traces_each_call_with_the_runs_ids(fake):
+    llm = LocalAbstractCoreLLMClient(provider="openai-compatible", model="gpt-4o-mini",
+                                     llm_kwargs={"base_url": fake.base_url, "api_key": "", "timeout": 30})
+    result = llm.generate(prompt="hi", params={"trace_metadata": {"run_id": "r-9", "session_id": "s-1"}})
+    assert result["content"] == "echo: hi" and result["trace_id"]
+    trace = llm._llm(fake.base_url).get_traces(result["trace_id"])
+    assert trace["metadata"] == {"run_id": "r-9", "session_id": "s-1"}
+    assert "trace_metadata" not in fake.requests[-1]["body"]  # kept by AbstractCore, not sent upstream
+
+
+def test_the_local_runtime_takes_the_models_capabilities_into_its_limits(fake):
+    from runtime import RuntimeConfig
+
+    rt = create_local_runtime(provider="openai-compatible", model="gpt-4o-mini", tool_executor=TOOLS,
+                              llm_kwargs={"base_url": fake.base_url, "api_key": "", "timeout": 30})
+    assert rt.config.model_capabilities["max_tokens"] == 128000  # AbstractCore's table for gpt-4o-mini
+    wf = one_effect(Effect(EffectType.LLM_CALL, {"prompt": "hi"}, result_key="r"), workflow_id="caps")
+    assert rt.get_state(rt.start(workflow=wf)).vars["_limits"]["max_tokens"] == 128000
+    # Capabilities given in the config win over the table.
+    mine = create_local_runtime(provider="openai-compatible", model="gpt-4o-mini", tool_executor=TOOLS,
+                                config=RuntimeConfig(model_capabilities={"max_tokens": 1000}))
+    assert mine.config.model_capabilities["max_tokens"] == 1000
+    assert mine.config.model_capabilities["tool_support"] == "native"
+
+
 def test_bad_input_is_a_named_failure_in_the_ledger(fake, no_sleep):
     from runtime import Effect, InMemoryLedgerStore, InMemoryRunStore, Runtime
     from runtime.integrations.abstractcore import build_effect_handlers
@@ -290,8 +443,11 @@ def test_the_agent_on_celery_workers(redis_server, tmp_path, fake, ac_server, mo
         assert client.verify(state.run_id)["ok"]
         # The worker still logs after its first LLM call (in local mode AbstractCore was imported there).
         log = g.log("w")
-        first_llm = log.index("abstractruntime.effect.llm[")
-        assert "abstractruntime.tick[" in log[first_llm:] and "succeeded" in log[first_llm:]
+        # One INFO line per transition ("effect.llm run=... -> next"); Celery's own task lines
+        # ("Task abstractruntime.effect.llm[...] succeeded") count too.
+        first_llm = re.search(r"effect\.llm[\[ ]", log)
+        assert first_llm, log[-2000:]
+        assert re.search(r"INFO.*\btick[\[ ]", log[first_llm.end():]), log[-2000:]
     finally:
         g.close()
 

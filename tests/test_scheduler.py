@@ -176,7 +176,7 @@ def test_scheduled_runtime_zero_config_run_and_respond():
         run_id, state = sr.run(timer)
         assert state.status == RunStatus.WAITING
         wait_for(lambda: sr.get_state(run_id).status == RunStatus.COMPLETED)
-        assert sr.stats().runs_resumed == 1
+        assert sr.stats.runs_resumed == 1
     finally:
         sr.stop()
     assert not sr.is_running

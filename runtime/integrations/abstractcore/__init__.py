@@ -15,27 +15,37 @@ from .llm_client import (
     LocalAbstractCoreLLMClient,
     RemoteAbstractCoreLLMClient,
     normalize_result,
-    tool_schema,
 )
+from .request_sender import HttpResponse, HttpStatusError, RequestSender, UrllibRequestSender
 from .tool_executor import AbstractCoreToolExecutor, MappingToolExecutor, PassthroughToolExecutor, ToolExecutor
+from .tool_schema import tool_schema
 
 __all__ = [
-    "AbstractCoreMissing",
-    "AbstractCoreToolExecutor",
-    "LLMCallError",
+    # LLM clients
     "LLMClient",
     "LocalAbstractCoreLLMClient",
-    "MappingToolExecutor",
-    "PassthroughToolExecutor",
     "RemoteAbstractCoreLLMClient",
-    "RuntimeConfig",
-    "ToolExecutor",
-    "build_effect_handlers",
-    "create_hybrid_runtime",
-    "create_local_runtime",
-    "create_remote_runtime",
-    "make_llm_call_handler",
-    "make_tool_calls_handler",
     "normalize_result",
     "tool_schema",
+    # The remote client's transport
+    "HttpResponse",
+    "RequestSender",
+    "UrllibRequestSender",
+    # Tool executors
+    "ToolExecutor",
+    "MappingToolExecutor",
+    "AbstractCoreToolExecutor",
+    "PassthroughToolExecutor",
+    # Handlers and runtimes
+    "build_effect_handlers",
+    "make_llm_call_handler",
+    "make_tool_calls_handler",
+    "create_local_runtime",
+    "create_remote_runtime",
+    "create_hybrid_runtime",
+    "RuntimeConfig",
+    # Errors
+    "AbstractCoreMissing",
+    "HttpStatusError",
+    "LLMCallError",
 ]

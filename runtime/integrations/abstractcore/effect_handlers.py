@@ -94,7 +94,8 @@ def make_tool_calls_handler(*, tools: ToolExecutor | None, artifact_store: Any =
             return EffectOutcome.failed("tool_calls requires payload.tool_calls (list)", retryable=False)
         if tools is None:
             return EffectOutcome.failed("TOOL_CALLS requires a ToolExecutor; none is configured", retryable=False)
-        result = tools.execute(calls)
+        # By keyword, as 0.2.0 calls it: an executor may declare ``execute(self, *, tool_calls)``.
+        result = tools.execute(tool_calls=calls)
         mode = result.get("mode")
         if mode is not None and mode != "executed":
             return EffectOutcome.waiting(WaitState(

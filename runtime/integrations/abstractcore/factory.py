@@ -30,10 +30,16 @@ def create_local_runtime(*, provider: str, model: str, llm_kwargs: Mapping[str, 
                          run_store: Any = None, ledger_store: Any = None, tool_executor: ToolExecutor | None = None,
                          context: Any = None, effect_policy: EffectPolicy | None = None,
                          config: RuntimeConfig | None = None) -> Runtime:
-    """AbstractCore in this process; tools from AbstractCore's global registry unless given."""
+    """AbstractCore in this process; tools from AbstractCore's global registry unless given.
+
+    The model's capabilities (from AbstractCore's tables, so its context size sets the default
+    token limit) go into ``config``; capabilities given in ``config`` win.
+    """
     llm = LocalAbstractCoreLLMClient(provider=provider, model=model, llm_kwargs=llm_kwargs)
     runs, ledger = _stores(run_store, ledger_store)
     tools = tool_executor if tool_executor is not None else AbstractCoreToolExecutor()
+    base = config if config is not None else RuntimeConfig()
+    config = base.with_capabilities({**llm.get_model_capabilities(), **base.model_capabilities})
     return Runtime(run_store=runs, ledger_store=ledger, effect_handlers=build_effect_handlers(llm=llm, tools=tools),
                    context=context, effect_policy=effect_policy, config=config)
 

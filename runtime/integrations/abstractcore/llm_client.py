@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ...errors import AbstractRuntimeError
+from .request_sender import HttpResponse, HttpStatusError, RequestSender, UrllibRequestSender, mask_url
+from .tool_schema import tool_schema
 
 __all__ = [
     "LLMClient",
+    "AbstractCoreLLMClient",
     "LLMCallError",
     "AbstractCoreMissing",
     "RemoteAbstractCoreLLMClient",
@@ -32,6 +32,11 @@ __all__ = [
     "normalize_result",
     "import_abstractcore",
     "tool_schema",
+    # The remote client's transport (defined in .request_sender; 0.2.0 code imports them from here)
+    "HttpResponse",
+    "HttpStatusError",
+    "RequestSender",
+    "UrllibRequestSender",
 ]
 
 #: Keys of ``params`` that describe the run (sent as headers), not the generation.
@@ -62,7 +67,12 @@ class AbstractCoreMissing(AbstractRuntimeError, ImportError):
 class LLMClient(Protocol):
     def generate(self, *, prompt: str | None = None, messages: Sequence[Mapping[str, Any]] | None = None,
                  system_prompt: str | None = None, tools: Sequence[Any] | None = None,
-                 params: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
+                 params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """One completion as the eight-key JSON dict; :class:`LLMCallError` on failure."""
+
+
+#: The name AbstractRuntime 0.2.0 gives the client protocol.
+AbstractCoreLLMClient = LLMClient
 
 
 def normalize_result(*, content: Any = None, data: Any = None, tool_calls: Any = None, usage: Any = None,
@@ -77,17 +87,49 @@ def normalize_result(*, content: Any = None, data: Any = None, tool_calls: Any =
 
     calls = []
     for call in tool_calls or []:
-        if isinstance(call, Mapping):
-            args = call.get("arguments")
-            if isinstance(args, str):
-                try:
-                    args = json.loads(args)
-                except ValueError:
-                    pass
-            calls.append({"name": call.get("name"), "arguments": safe(args if args is not None else {}),
-                          "call_id": None if call.get("call_id") is None else str(call.get("call_id"))})
+        # Our shape, an OpenAI one ({"id", "function": {"name", "arguments"}}: AbstractCore passes those
+        # through when the model calls a tool it was not offered), or AbstractCore's ToolCall object.
+        if not isinstance(call, Mapping):
+            call = {k: getattr(call, k, None) for k in ("name", "arguments", "call_id")}
+        function = call.get("function") if isinstance(call.get("function"), Mapping) else {}
+        args = call.get("arguments", function.get("arguments"))
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except ValueError:
+                pass
+        call_id = call.get("call_id", call.get("id"))
+        calls.append({"name": call.get("name") or function.get("name"),
+                      "arguments": safe(args if args is not None else {}),
+                      "call_id": None if call_id is None else str(call_id)})
     return {"content": content, "data": safe(data), "tool_calls": calls or None, "usage": safe(usage),
             "model": model, "finish_reason": finish_reason, "metadata": safe(metadata or {}), "trace_id": trace_id}
+
+
+def _normalize_local_response(resp: Any) -> dict[str, Any]:
+    """The eight-key result from what AbstractCore's ``generate`` returned (a ``GenerateResponse``,
+    a dict, or a pydantic model for structured output, which becomes ``data``).
+
+    ``trace_id`` comes from the response's ``metadata`` (AbstractCore puts it there when tracing
+    is on). Metadata keys starting with ``_`` are AbstractCore's own diagnostics (the whole
+    provider request among them) and are left out, so the ledger does not hold every prompt twice.
+    """
+    if isinstance(resp, Mapping):
+        fields = dict(resp)
+    elif callable(getattr(resp, "model_dump", None)) and not hasattr(resp, "content"):
+        return normalize_result(data=resp.model_dump())
+    else:
+        fields = {k: getattr(resp, k, None) for k in ("content", "data", "tool_calls", "usage", "model",
+                                                      "finish_reason", "metadata", "trace_id")}
+    raw_meta = fields.get("metadata")
+    metadata = {}
+    if isinstance(raw_meta, Mapping):
+        metadata = {k: v for k, v in raw_meta.items() if not str(k).startswith("_")}
+    trace_id = fields.get("trace_id") or metadata.get("trace_id")
+    return normalize_result(content=fields.get("content"), data=fields.get("data"), tool_calls=fields.get("tool_calls"),
+                            usage=fields.get("usage"), model=fields.get("model"),
+                            finish_reason=fields.get("finish_reason"), metadata=metadata,
+                            trace_id=None if trace_id is None else str(trace_id))
 
 
 def _trace(params: dict[str, Any]) -> dict[str, Any]:
@@ -113,42 +155,20 @@ def _messages(prompt: str | None, messages: Sequence[Mapping[str, Any]] | None,
     return out
 
 
-def tool_schema(tool: Any) -> dict[str, Any]:
-    """An OpenAI tool schema from a dict (kept) or a function (its name, docstring and
-    annotated parameters), JSON-able, so that it can sit in an effect's payload."""
-    if isinstance(tool, Mapping):
-        return dict(tool) if "type" in tool else {"type": "function", "function": dict(tool)}
-    definition = getattr(tool, "_tool_definition", None)
-    name = getattr(definition, "name", None) or getattr(tool, "__name__", "tool")
-    description = getattr(definition, "description", None) or (getattr(tool, "__doc__", None) or "").strip()
-    import inspect
-
-    props: dict[str, Any] = {}
-    required = []
-    try:
-        for p in inspect.signature(tool).parameters.values():
-            kind = {int: "integer", float: "number", bool: "boolean", str: "string"}.get(p.annotation, "string")
-            props[p.name] = {"type": kind}
-            if p.default is inspect.Parameter.empty:
-                required.append(p.name)
-    except (TypeError, ValueError):
-        pass
-    return {"type": "function", "function": {"name": name, "description": description,
-                                             "parameters": {"type": "object", "properties": props,
-                                                            "required": required}}}
-
-
 class RemoteAbstractCoreLLMClient:
     """POSTs OpenAI-shaped chat requests to an AbstractCore server (``/v1/chat/completions``).
 
     ``model`` is ``provider/model`` as the server expects (``openai-compatible/gpt-4o-mini``);
     ``params["base_url"]`` routes one request to another upstream. The run's trace context
-    (run, actor, session, parent run) goes in headers. Timeouts, refused connections and 5xx
-    replies are retryable :class:`LLMCallError`; a 4xx or a reply that is not JSON is not.
+    (run, actor, session, parent run) goes in headers. ``request_sender`` sends the request
+    (see :mod:`.request_sender`; the standard library's by default). Timeouts, refused
+    connections, 429 and 5xx replies are retryable :class:`LLMCallError`; another 4xx or a
+    reply that is not a chat completion is not.
     """
 
-    def __init__(self, *, server_base_url: str, model: str, headers: Mapping[str, str] | None = None,
-                 timeout_s: float = 60.0, api_key: str | None = None, base_url: str | None = None) -> None:
+    def __init__(self, *, server_base_url: str, model: str, timeout_s: float = 60.0,
+                 headers: Mapping[str, str] | None = None, request_sender: RequestSender | None = None,
+                 api_key: str | None = None, base_url: str | None = None) -> None:
         if not server_base_url.startswith(("http://", "https://")):
             raise ValueError(f"server_base_url must be an http(s) URL, got {server_base_url!r}")
         self.server_base_url = server_base_url.rstrip("/")
@@ -159,11 +179,7 @@ class RemoteAbstractCoreLLMClient:
         if api_key:
             self.headers.setdefault("Authorization", f"Bearer {api_key}")
         self.timeout_s = timeout_s
-
-    @property
-    def _shown(self) -> str:
-        """The endpoint for messages: a password in the URL is masked."""
-        return re.sub(r"://([^/@:]*):[^/@]*@", r"://\1:***@", self.endpoint)
+        self.request_sender: RequestSender = request_sender if request_sender is not None else UrllibRequestSender()
 
     @property
     def endpoint(self) -> str:
@@ -194,35 +210,56 @@ class RemoteAbstractCoreLLMClient:
                 if trace.get(key) is not None:
                     extra["X-AbstractCore-" + "-".join(p.capitalize() for p in key.split("_"))] = str(trace[key])
         headers.update({k: v for k, v in extra.items() if k.lower() not in given})  # the caller's win
-        request = urllib.request.Request(self.endpoint, data=json.dumps(body).encode(), headers=headers,
-                                         method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                raw = response.read()
-                reply_headers = {k.lower(): v for k, v in response.headers.items()}
-        except urllib.error.HTTPError as exc:
-            detail = exc.read(500).decode("utf-8", "replace")
-            raise LLMCallError(f"HTTP {exc.code} from {self._shown}: {' '.join(detail.split())[:300]}",
-                               retryable=exc.code >= 500 or exc.code == 429, status=exc.code) from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise LLMCallError(f"cannot reach {self._shown}: {reason}", retryable=True) from None
+            sent = self.request_sender.post(self.endpoint, headers=headers, json=body, timeout=self.timeout_s)
+        except LLMCallError:
+            raise
+        except Exception as exc:  # the sender's errors, whatever transport it uses
+            raise _send_failure(exc, mask_url(self.endpoint)) from None
+        reply, reply_headers = _unwrap(sent)
         try:
-            reply = json.loads(raw)
             choice = reply["choices"][0]
-            message = choice.get("message") or {}
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise LLMCallError(f"reply from {self._shown} is not an OpenAI chat completion: "
-                               f"{raw[:120].decode('utf-8', 'replace')!r}", retryable=False) from None
-        calls = []
-        for c in message.get("tool_calls") or []:
-            function = c.get("function") or {}
-            calls.append({"name": function.get("name"), "arguments": function.get("arguments"), "call_id": c.get("id")})
+            message = dict(choice.get("message") or {})
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+            raise LLMCallError(f"reply from {mask_url(self.endpoint)} is not an OpenAI chat completion: "
+                               f"{str(reply)[:120]!r}", retryable=False) from None
         trace_id = reply_headers.get("x-abstractcore-trace-id") or reply_headers.get("x-trace-id")
-        return normalize_result(content=message.get("content"), tool_calls=calls, usage=reply.get("usage"),
-                                model=reply.get("model"), finish_reason=choice.get("finish_reason"),
-                                metadata={"id": reply.get("id")}, trace_id=trace_id)
+        return normalize_result(content=message.get("content"), tool_calls=message.get("tool_calls"),
+                                usage=reply.get("usage"), model=reply.get("model"),
+                                finish_reason=choice.get("finish_reason"), metadata={"id": reply.get("id")},
+                                trace_id=trace_id)
 
+
+def _unwrap(sent: Any) -> tuple[Any, dict[str, str]]:
+    """(body, lower-cased headers) from what a sender returned: an HttpResponse, a plain dict
+    (the body), or a response object with ``json()`` and ``headers`` (httpx, requests)."""
+    if isinstance(sent, Mapping):
+        return sent, {}
+    headers = getattr(sent, "headers", None)
+    lowered = {str(k).lower(): str(v) for k, v in headers.items()} if isinstance(headers, Mapping) else {}
+    if hasattr(sent, "body"):
+        return sent.body, lowered
+    read = getattr(sent, "json", None)
+    if callable(read):
+        try:
+            return read(), lowered
+        except ValueError:
+            return getattr(sent, "text", None), lowered
+    return sent, lowered
+
+
+def _send_failure(exc: Exception, shown: str) -> LLMCallError:
+    """The LLMCallError for a sender's exception: an HTTP status decides whether to retry."""
+    status = getattr(exc, "status_code", None)
+    if not isinstance(status, int):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(status, int):
+        detail = getattr(exc, "detail", None) or " ".join(str(exc).split())[:300]
+        return LLMCallError(f"HTTP {status} from {shown}: {detail}", retryable=status >= 500 or status == 429,
+                            status=status)
+    if isinstance(exc, OSError):  # refused, unreachable, timed out (URLError and TimeoutError are OSErrors)
+        return LLMCallError(f"cannot reach {shown}: {getattr(exc, 'reason', None) or exc}", retryable=True)
+    return LLMCallError(f"{type(exc).__name__} from {shown}: {' '.join(str(exc).split())[:300]}", retryable=True)
 
 _IMPORT_LOCK = threading.Lock()
 
@@ -243,27 +280,31 @@ def import_abstractcore() -> Any:
 
 
 class LocalAbstractCoreLLMClient:
-    """AbstractCore's ``create_llm(provider, model)`` in this process, made once per
-    (provider, model, base_url) and without the provider's own retries."""
+    """AbstractCore's ``create_llm(provider, model)`` in this process, made once per provider,
+    model, base URL and ``llm_kwargs``, without the provider's own retries and with AbstractCore's
+    tracing on (``enable_tracing=False`` in ``llm_kwargs`` turns it off), so each result has a
+    ``trace_id`` and AbstractCore's trace of the call carries the run's ids."""
 
-    _cache: dict[tuple[str, str, str | None], Any] = {}
+    _cache: dict[tuple[str, str, str | None, str], Any] = {}
 
     def __init__(self, *, provider: str, model: str, llm_kwargs: Mapping[str, Any] | None = None) -> None:
         self.provider, self.model = provider, model
         self.llm_kwargs = dict(llm_kwargs or {})
 
     def get_model_capabilities(self) -> dict[str, Any]:
-        """What the model can do (context size...), from AbstractCore; ``{"max_tokens": 32768}`` when
-        it cannot say."""
+        """What the model can do (``max_tokens``, tool support...) from AbstractCore's model tables,
+        without a request; ``{"max_tokens": 32768}`` when it cannot say."""
         try:
-            caps = getattr(self._llm(self.llm_kwargs.get("base_url")), "get_model_capabilities", None)
-            found = caps() if callable(caps) else None
+            import_abstractcore()
+            from abstractcore.architectures.detection import get_model_capabilities
+
+            found = get_model_capabilities(self.model)
         except Exception:  # capabilities are a hint; the call itself reports real errors
             found = None
         return dict(found) if isinstance(found, Mapping) and found else {"max_tokens": 32768}
 
     def _llm(self, base_url: str | None) -> Any:
-        key = (self.provider, self.model, base_url)
+        key = (self.provider, self.model, base_url, json.dumps(self.llm_kwargs, sort_keys=True, default=repr))
         llm = self._cache.get(key)
         if llm is None:
             import_abstractcore()
@@ -273,7 +314,7 @@ class LocalAbstractCoreLLMClient:
                 from abstractcore import create_llm
                 from abstractcore.core.retry import RetryConfig
 
-                kwargs = {"retry_config": RetryConfig(max_attempts=1), **self.llm_kwargs}
+                kwargs = {"retry_config": RetryConfig(max_attempts=1), "enable_tracing": True, **self.llm_kwargs}
                 if base_url:
                     kwargs["base_url"] = base_url
                 llm = create_llm(self.provider, model=self.model, **kwargs)
@@ -290,6 +331,8 @@ class LocalAbstractCoreLLMClient:
         trace = _trace(params)
         base_url = params.pop("base_url", None) or self.llm_kwargs.get("base_url")
         kwargs = {k: params[k] for k in GENERATION_KEYS if params.get(k) is not None and k != "max_tokens"}
+        if trace:
+            kwargs["trace_metadata"] = trace  # kept in AbstractCore's trace of this call, not sent upstream
         try:
             llm = self._llm(base_url)
             response = llm.generate(prompt or "", messages=[dict(m) for m in messages or []] or None,
@@ -301,7 +344,7 @@ class LocalAbstractCoreLLMClient:
             status = getattr(exc, "status_code", None)
             retryable = not (isinstance(status, int) and 400 <= status < 500 and status != 429)
             raise LLMCallError(f"{type(exc).__name__}: {text}", retryable=retryable, status=status) from None
-        return normalize_result(content=getattr(response, "content", None), tool_calls=getattr(response, "tool_calls",
-                                None), usage=getattr(response, "usage", None), model=getattr(response, "model", None),
-                                finish_reason=getattr(response, "finish_reason", None),
-                                metadata={"trace": trace} if trace else {}, trace_id=None)
+        result = _normalize_local_response(response)
+        if trace:
+            result["metadata"].setdefault("trace", trace)
+        return result

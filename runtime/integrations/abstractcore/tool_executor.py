@@ -1,6 +1,7 @@
 """Tool executors for TOOL_CALLS: a mapping of callables, AbstractCore's registry, or passthrough.
 
-An executor's ``execute(tool_calls)`` takes ``[{"name", "arguments", "call_id"}]`` and returns
+An executor's ``execute(tool_calls=...)`` (called by keyword) takes
+``[{"name", "arguments", "call_id"}]`` and returns
 ``{"mode": "executed", "results": [{call_id, name, success, output, error}]}`` (errors are
 per call: one failing or unknown tool does not fail the others), or, for passthrough,
 ``{"mode": "passthrough", "tool_calls": [...]}``: the run then waits for the host to run
@@ -17,7 +18,8 @@ __all__ = ["ToolExecutor", "MappingToolExecutor", "AbstractCoreToolExecutor", "P
 
 @runtime_checkable
 class ToolExecutor(Protocol):
-    def execute(self, tool_calls: Sequence[Mapping[str, Any]]) -> dict[str, Any]: ...
+    def execute(self, *, tool_calls: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Run (or pass through) the calls; the handler always passes ``tool_calls`` by keyword."""
 
 
 def _tool_name(tool: Any) -> str | None:
