@@ -32,6 +32,7 @@ from .errors import (
     UnknownNodeError,
     VersionConflict,
     WaitKeyMismatch,
+    WaitNotEnded,
     WorkflowAlreadyRegistered,
     WorkflowNotRegistered,
 )
@@ -135,6 +136,7 @@ __all__ = [
     "UnknownNodeError",
     "VersionConflict",
     "WaitKeyMismatch",
+    "WaitNotEnded",
     "WorkflowAlreadyRegistered",
     "WorkflowNotRegistered",
 ]

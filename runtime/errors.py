@@ -14,7 +14,8 @@ so that ``except KeyError`` / ``except ValueError`` written for the reference st
     │   ├── RunAlreadyExists            (ValueError) explicit run id taken (D7)
     │   ├── RunNotWaiting               (ValueError)
     │   ├── InvalidRunId                (ValueError) a run id a store cannot hold
-    │   └── WaitKeyMismatch             (ValueError)
+    │   ├── WaitKeyMismatch             (ValueError)
+    │   └── WaitNotEnded                (ValueError) an action that cannot end this wait (workers)
     ├── PayloadNotSerializable          (TypeError)  names the key JSON cannot hold
     ├── InvalidTimeError                (ValueError) an ``until`` that is not ISO-8601
     ├── SchedulerError
@@ -127,11 +128,30 @@ class RunNotWaiting(RunError, ValueError):
 class WaitKeyMismatch(RunError, ValueError):
     """Raised when a resume names another wait key than the one the run waits on."""
 
-    def __init__(self, *, run_id: str, expected: str | None, got: str | None) -> None:
+    def __init__(self, *, run_id: str, expected: str | None, got: str | None, context: str | None = None) -> None:
         self.run_id = run_id
         self.expected = expected
         self.got = got
-        super().__init__(f"wait_key mismatch: expected '{expected}', got '{got}'")
+        super().__init__(f"wait_key mismatch: expected '{expected}', got '{got}'"
+                         + (f" ({context})" if context else ""))
+
+
+class WaitNotEnded(RunError, ValueError):
+    """Raised when an answer, a resume, an event or a wake is sent to a run whose wait it cannot end.
+
+    ``action`` is what was tried (``respond``, ``resume``, ``emit``, ``wake``); ``reason``,
+    ``wait_key``, ``until`` and ``since`` describe the wait. Nothing was changed.
+    """
+
+    def __init__(self, *, run_id: str, action: str, reason: str, wait_key: str | None, until: str | None,
+                 since: str | None, waits_for: str, hint: str) -> None:
+        self.run_id = run_id
+        self.action = action
+        self.reason = reason
+        self.wait_key = wait_key
+        self.until = until
+        self.since = since
+        super().__init__(f"{action} refused: run '{run_id}' waits {waits_for} since {since}; {hint}")
 
 
 # -- Values ------------------------------------------------------------------------------------

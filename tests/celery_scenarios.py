@@ -44,7 +44,7 @@ def explode(**kwargs: Any) -> Any:
 
 def fake_llm(run: Any, effect: Effect) -> EffectOutcome:
     """An LLM that answers with its prompt reversed; a prompt starting with "flaky" fails its
-    first attempt, "broken" fails every attempt, and "slow:N" takes N seconds."""
+    first attempt, "broken" fails every attempt, "raise" raises, and "slow:N" takes N seconds."""
     prompt = str(effect.payload.get("prompt", ""))
     call = current_effect_call.get()
     attempt = call.attempt if call is not None else 1
@@ -52,6 +52,8 @@ def fake_llm(run: Any, effect: Effect) -> EffectOutcome:
         return EffectOutcome.failed("503 from the provider")
     if prompt.startswith("broken"):
         return EffectOutcome.failed(f"provider down (attempt {attempt})")
+    if prompt.startswith("raise"):
+        raise RuntimeError("the LLM client raised")
     if prompt.startswith("slow:"):
         time.sleep(float(prompt.split(":")[1]))
     if prompt.startswith("die-once:"):
@@ -153,6 +155,8 @@ WORKFLOWS = [
     _wf(_llm("flaky hello", "llm_flaky")),
     _wf(_llm("broken", "llm_broken")),
     _wf(_llm("slow:1.5", "llm_slow")),
+    _wf(_llm("slow:5", "llm_slow5")),
+    _wf(_llm("raise", "llm_raises")),
     _wf(one_effect(Effect(type=EffectType.ASK_USER, payload={"prompt": "Go?", "choices": ["y", "n"]},
                           result_key="answer"), workflow_id="ask")),
     _wf(one_effect(Effect(type=EffectType.ASK_USER, payload={}), workflow_id="ask_no_prompt")),

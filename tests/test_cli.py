@@ -220,3 +220,134 @@ def test_a_redis_that_is_down_is_one_line_and_exit_5(group, tmp_path):
     doctor = run(group, "--json", "doctor", env=env)
     assert doctor.returncode == 1 and json.loads(doctor.stdout)["checks"][0]["status"] == "fail"
     print(f"\nCLI gave up on a Redis that is down in {time.monotonic() - t0:.1f}s for three commands")
+
+
+# -- the worker command ----------------------------------------------------------------------------
+
+
+def test_a_worker_whose_import_fails_names_the_setting_before_celery_starts(group, tmp_path):
+    # Given a module that is not installed
+    env = {**group.env, "ABSTRACTRUNTIME_IMPORTS": "celery_scenarios,myapp.flows"}
+    for command in ("worker", "beat"):
+        proc = run(group, command, env=env)
+        # I expect one line naming the module and the setting, exit 2, and no Celery banner
+        refused(proc, 2, "cannot import 'myapp.flows' named by ABSTRACTRUNTIME_IMPORTS=celery_scenarios,myapp.flows",
+                "No module named 'myapp'")
+        assert proc.stdout == "", proc.stdout
+    # Given a module in the current folder that fails on an import of its own
+    (tmp_path / "cwdflows.py").write_text("import not_installed_anywhere_xyz\n")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ABSTRACTRUNTIME_")}
+    full_env.update({**group.env, "ABSTRACTRUNTIME_IMPORTS": "cwdflows"})
+    proc = subprocess.run([CLI, "worker"], env=full_env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    # I expect it found there (as `celery -A` would), and the failure inside it named
+    refused(proc, 2, "cannot import 'cwdflows'", "No module named 'not_installed_anywhere_xyz'")
+
+
+def _start_worker(group, log_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ABSTRACTRUNTIME_")}
+    full_env.update(group.env if env is None else env)
+    full_env["PYTHONPATH"] = str(Path(__file__).parent)
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([CLI, "worker", "-P", "solo", *args], env=full_env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_ready(proc: subprocess.Popen, log_path: Path, timeout: float = 30.0) -> str:
+    """The worker's name, from its "NAME ready." line."""
+    import re
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        found = re.search(r"\] (\S+) ready\.", text)
+        if found:
+            return found.group(1)
+        assert proc.poll() is None, f"worker exited with {proc.returncode}:\n{text[-3000:]}"
+        time.sleep(0.05)
+    raise AssertionError(f"worker not ready in {timeout}s:\n{text[-3000:]}")
+
+
+def _stop_workers(*procs: subprocess.Popen) -> None:
+    import signal
+
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def test_worker_names_are_unique_per_process_and_celery_options_pass_after_dashes(group, client, tmp_path):
+    import socket
+
+    host = socket.gethostname()
+    quiet = ("--without-gossip", "--without-mingle", "--without-heartbeat")
+    # Given a worker with the default name whose log file is a Celery option given after `--`,
+    # and one named with -n
+    logfile = tmp_path / "celery-own.log"
+    first = _start_worker(group, tmp_path / "first.out", "-Q", "ticks,timers", "--", *quiet,
+                          "--logfile", str(logfile))
+    second = _start_worker(group, tmp_path / "second.out", "-Q", "ticks", "-n", f"mine.{group.prefix}@%h",
+                           "--", *quiet)
+    try:
+        # I expect the first named after its queue kinds and its process id, its log in that file
+        assert _wait_ready(first, logfile) == f"ticks-timers.{first.pid}@{host}"
+        assert "ready." not in (tmp_path / "first.out").read_text()
+        # and -n to win
+        assert _wait_ready(second, tmp_path / "second.out") == f"mine.{group.prefix}@{host}"
+        replies = {name for reply in client.app.control.ping(timeout=2.0) for name in reply}
+        assert {f"ticks-timers.{first.pid}@{host}", f"mine.{group.prefix}@{host}"} <= replies, replies
+    finally:
+        _stop_workers(first, second)
+    # An option the command does not know, without `--`, is refused by name
+    proc = run(group, "worker", "--max-tasks-per-child", "100")
+    refused(proc, 2, "--max-tasks-per-child")
+
+
+@pytest.mark.timeout(120)
+def test_two_workers_on_one_host_both_run_on_rabbitmq(group, tmp_path):
+    import socket
+    from urllib.parse import urlparse
+
+    amqp = os.environ.get("ABSTRACTRUNTIME_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    parsed = urlparse(amqp)
+    try:
+        socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 5672), timeout=1.0).close()
+    except OSError:
+        pytest.skip(f"RabbitMQ is not reachable at {parsed.hostname}:{parsed.port or 5672}; "
+                    "set ABSTRACTRUNTIME_TEST_AMQP_URL to run this test")
+    # Given two workers started alike on one host, RabbitMQ as the broker (celery@HOST for both
+    # would lock the second out of its control queue: 405 RESOURCE_LOCKED, and it stops)
+    tag = uuid.uuid4().hex[:8]
+    queues = {f"ABSTRACTRUNTIME_QUEUE_{k.upper()}": f"t{tag}-{k}"
+              for k in ("ticks", "llm", "tools", "subworkflows", "timers", "maintenance")}
+    env = {**group.env, **queues, "ABSTRACTRUNTIME_BROKER_URL": amqp}
+    procs = [_start_worker(group, tmp_path / f"w{i}.out", "-Q", "ticks", "--", "--without-gossip",
+                           "--without-mingle", env=env) for i in (1, 2)]
+    try:
+        names = [_wait_ready(p, tmp_path / f"w{i}.out") for i, p in enumerate(procs, 1)]
+        # I expect both to be up a while later, under two names, and both to answer a ping
+        time.sleep(2.0)
+        assert all(p.poll() is None for p in procs), [(tmp_path / f"w{i}.out").read_text()[-2000:] for i in (1, 2)]
+        assert len(set(names)) == 2, names
+        from workers.app import create_app
+        from workers.settings import WorkerSettings
+
+        app = create_app(WorkerSettings.from_env(env), main=f"ping-{tag}")
+        replies = {name for reply in app.control.ping(destination=names, timeout=3.0) for name in reply}
+        assert replies == set(names), replies
+    finally:
+        _stop_workers(*procs)
+        from kombu import Connection
+
+        with Connection(amqp) as conn:
+            channel = conn.channel()
+            for name in queues.values():
+                try:
+                    channel.queue_delete(name)
+                except Exception:  # a queue nobody declared
+                    channel = conn.channel()

@@ -129,9 +129,9 @@ def test_deep_and_huge_payloads_are_refused_before_anything_is_written(deploymen
     for _ in range(2000):
         deep = [deep]
     with pytest.raises(AbstractRuntimeError, match="nesting deeper"):
-        client.resume(asking, wait_key=None, payload=deep)
+        client.respond(asking, deep)
     with pytest.raises(AbstractRuntimeError, match="over the limit"):
-        client.resume(asking, wait_key=None, payload="x" * (17 * 1024 * 1024))
+        client.respond(asking, "x" * (17 * 1024 * 1024))
     assert snapshot(client, runs) == before
 
 

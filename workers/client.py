@@ -1,8 +1,9 @@
 """The producer side: start runs by workflow id, watch them, answer them, cancel them.
 
-A producer needs the same settings as the workers (``ABSTRACTRUNTIME_*``) and imports the
-same workflow modules (it checks a workflow id and finds its entry node there); it never
-runs a node. Every change it makes is one version-checked commit, then a message::
+A producer needs the same settings as the workers (``ABSTRACTRUNTIME_*``). It imports the
+workflow modules only to start a run (it checks the workflow id and finds its entry node
+there); reading, answering and cancelling runs need no workflow code. It never runs a node.
+Every change it makes is one version-checked commit, then a message::
 
     client = Client()
     run_id = client.start("greet", vars={"name": "Ada"})
@@ -11,6 +12,9 @@ runs a node. Every change it makes is one version-checked commit, then a message
 
 from __future__ import annotations
 
+import getpass
+import os
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -18,7 +22,7 @@ from typing import Any
 from celery import Celery
 
 from runtime import RunState, RunStatus, WaitReason
-from runtime.errors import RunNotFound, RunNotWaiting, WorkflowNotRegistered
+from runtime.errors import RunNotFound, WorkflowNotRegistered
 from stores.redis import RedisBackend
 
 from .app import CeleryDispatcher, create_app
@@ -42,6 +46,18 @@ class WaitTimeout(TimeoutError):
                          f"{RunStatus(state.status).value} at node {state.current_node!r}")
 
 
+def operator_actor() -> str:
+    """Who an operator's change is recorded as: ``ABSTRACTRUNTIME_ACTOR``, else ``user@host``."""
+    named = os.environ.get("ABSTRACTRUNTIME_ACTOR", "").strip()
+    if named:
+        return named
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in this environment (a container without /etc/passwd entry)
+        user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
 class Client:
     """Start, inspect, resume and cancel runs that Celery workers execute."""
 
@@ -49,16 +65,36 @@ class Client:
                  backend: RedisBackend | None = None, reg: Registry | None = None) -> None:
         self.settings = settings if settings is not None else WorkerSettings.from_env()
         self.registry = reg if reg is not None else registry
-        self.registry.import_modules(self.settings.imports)
         self._own_app = app is None
-        self.app = app if app is not None else create_app(self.settings, reg=self.registry)
+        self._app = app
+        self._engine: Engine | None = None
         if backend is None:
             from stores.signing import signer_from_env
 
             backend = RedisBackend.from_settings(self.settings.redis, signer=signer_from_env())
         self.backend = backend
-        self.engine = Engine(self.backend, self.registry, self.settings,
-                             CeleryDispatcher(self.app, self.settings, tolerant=True))
+
+    # The workflow modules, the Celery app and the engine are made on first use: reading a run
+    # (status, ledger, lists) needs none of them, so it works where the workflow code is absent.
+
+    @property
+    def app(self) -> Celery:
+        """The Celery app that carries this client's messages (made on first use)."""
+        if self._app is None:
+            self._app = create_app(self.settings, reg=self.registry)
+        return self._app
+
+    @property
+    def engine(self) -> Engine:
+        """The driver's producer operations, sending through :attr:`app` (made on first use)."""
+        if self._engine is None:
+            self._engine = Engine(self.backend, self.registry, self.settings,
+                                  CeleryDispatcher(self.app, self.settings, tolerant=True))
+        return self._engine
+
+    def import_workflows(self) -> None:
+        """Import the modules named by ``ABSTRACTRUNTIME_IMPORTS`` (once); ImportError names them."""
+        self.registry.import_modules(self.settings.imports)
 
     # -- starting --------------------------------------------------------------------------------
 
@@ -69,6 +105,7 @@ class Client:
         ``run_id`` picks the id, which must be free (:class:`RunAlreadyExists` otherwise).
         :class:`WorkflowNotRegistered` when no imported module registered the workflow.
         """
+        self.import_workflows()
         workflow = self.registry.workflows.get(workflow_id)
         if workflow is None:
             known = ", ".join(sorted(self.registry.workflows.list_ids())) or "none"
@@ -83,6 +120,14 @@ class Client:
         if run is None:
             raise RunNotFound(run_id)
         return run
+
+    def last_failure(self, run_id: str) -> dict[str, Any] | None:
+        """The run's newest node or effect-handler failure, with its traceback (None if none).
+
+        ``{where, node, attempt, type, message, at, traceback}``; kept outside the ledger and
+        replaced by the next failure.
+        """
+        return self.backend.last_failure(run_id)
 
     def get_ledger(self, run_id: str) -> list[dict[str, Any]]:
         return self.backend.ledger.list(run_id)
@@ -160,20 +205,34 @@ class Client:
 
     # -- changing --------------------------------------------------------------------------------
 
-    def resume(self, run_id: str, *, wait_key: str | None, payload: Any) -> RunState:
-        """Deliver ``payload`` to a run waiting on ``wait_key`` and send its tick."""
-        return self.engine.resume(run_id, wait_key=wait_key, payload=payload)
+    def resume(self, run_id: str, *, wait_key: str, payload: Any) -> RunState:
+        """Deliver ``payload`` to a run waiting on ``wait_key`` and send its tick.
+
+        The key must be the run's own: :class:`WaitKeyMismatch` otherwise. A run sleeping
+        until a time or waiting for a child run is not resumed this way (:class:`WaitNotEnded`;
+        see :meth:`wake`). Nothing is changed when the resume is refused.
+        """
+        return self.engine.resume(run_id, wait_key=wait_key, payload=payload, action="resume")
 
     def respond(self, run_id: str, answer: Any) -> RunState:
-        """Answer a run's question (ask_user): its wait key is looked up, not needed."""
-        state = self.get_state(run_id)
-        if state.status != RunStatus.WAITING or state.waiting is None:
-            raise RunNotWaiting(run_id=run_id, status=state.status)
-        return self.resume(run_id, wait_key=state.waiting.wait_key, payload=answer)
+        """Answer a run's question (ask_user); its wait key is looked up, not needed.
+
+        Only a person's question is answered: a run waiting for an event, a timer or a child
+        run raises :class:`WaitNotEnded` naming what it waits for, and is left as it was.
+        """
+        return self.engine.resume(run_id, wait_key=None, payload=answer, action="respond")
 
     def emit(self, wait_key: str, payload: Any) -> list[str]:
         """Resume every run waiting on ``wait_key``; returns their ids."""
         return self.engine.emit(wait_key, payload)
+
+    def wake(self, run_id: str, *, reason: str, actor: str | None = None) -> RunState:
+        """Wake a run sleeping until a time now, before that time: an operator's decision.
+
+        The ledger records who (``actor``, default: ``ABSTRACTRUNTIME_ACTOR`` or user@host),
+        why and when. :class:`WaitNotEnded` when the run does not sleep on a timer.
+        """
+        return self.engine.force_wake(run_id, reason=reason, actor=actor or operator_actor())
 
     def cancel(self, run_id: str, *, reason: str | None = None) -> list[RunState]:
         """Cancel a run and its children, transitively; returns the runs now cancelled."""
@@ -182,5 +241,5 @@ class Client:
     def close(self) -> None:
         """Close the Redis connections, and the broker connections of an app this client made."""
         self.backend.client.close()
-        if self._own_app:
-            self.app.close()
+        if self._own_app and self._app is not None:
+            self._app.close()

@@ -4,8 +4,9 @@ Nothing needs configuring: with no ``ABSTRACTRUNTIME_REDIS_URL`` an embedded red
 keeps the runs and carries the Celery messages. The demo starts one worker process per
 queue and beat, runs the workflows of :mod:`workers.demo_workflows` (answering the
 question itself), prints each run as it moves, verifies every hash chain, prints a
-summary and stops what it started. ``--keep`` leaves it all running and says how to
-reach it.
+summary and stops what it started. ``--keep`` leaves it all running, records it in
+``{data_dir}/stack.json`` (see :mod:`workers.dev`) and says how to reach it; ``abstractruntime
+stop`` stops it.
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ class _Demo:
     def start_services(self) -> None:
         from .client import Client
 
+        if not self.settings.redis.url:
+            from stores.redis.embedded import shared_embedded
+
+            # The redis-server ABSTRACTRUNTIME_REDIS_SERVER names, whichever part of the client starts it.
+            shared_embedded(self.settings.redis.data_dir, binary=self.settings.redis.server_binary)
         self.client = Client(self.settings)
         where = self.settings.redis.url or f"an embedded redis-server in {self.data_dir / 'redis'}"
         self.say(f"Redis: {where}")
@@ -208,28 +214,45 @@ class _Demo:
             click.echo(f"{r['run']:<17} {r['workflow_id']:<18} {r['status']:<10} {r['records']:>7}  "
                        f"{'ok' if r['chain_ok'] else 'BAD':<5}  {out[:60]}")
 
+    def record(self) -> None:
+        """Write down what stays running, for ``abstractruntime stop``."""
+        from stores.redis.embedded import shared_embedded
+
+        from .dev import write_stack
+
+        server = None if self.settings.redis.url else shared_embedded(self.settings.redis.data_dir)
+        write_stack(self.data_dir, by="demo --keep", supervisor=None,
+                    processes={name: proc.pid for name, proc in self.procs.items()},
+                    redis={"pid": server.pid, "url": server.url} if server is not None else None)
+
     def keep_message(self) -> None:
         exports = [f"export ABSTRACTRUNTIME_IMPORTS={self.env['ABSTRACTRUNTIME_IMPORTS']}"]
         if self.settings.redis.url:
-            exports.append(f"export ABSTRACTRUNTIME_REDIS_URL={self.settings.redis.url}")
-        else:
+            exports.append("export ABSTRACTRUNTIME_REDIS_URL=<the same URL>")
+        if self.data_dir != Path(".abstractruntime").resolve():
             exports.append(f"export ABSTRACTRUNTIME_DATA_DIR={self.data_dir}")
         click.echo("")
         click.echo("Everything is still running. In a shell, point the CLI and Flower at it:")
         for line in exports:
             click.echo(f"  {line}")
         click.echo("  abstractruntime runs list; abstractruntime doctor")
-        click.echo("  celery -A workers.app flower   # pip install '.[flower]'")
-        pids = " ".join(str(p.pid) for p in self.procs.values())
-        click.echo(f"Stop the workers and beat with: kill {pids}")
-        if not self.settings.redis.url:
-            click.echo(f"and the embedded Redis with: kill $(python -c \"import json;print(json.load(open("
-                       f"'{self.data_dir / 'redis' / 'server.json'}'))['pid'])\")")
+        click.echo("  celery -A workers.app flower --address=127.0.0.1 --basic-auth=admin:CHANGE-ME"
+                   "   # pip install '.[flower]'")
+        click.echo("Stop the workers, beat and the embedded Redis with:")
+        click.echo("  abstractruntime stop")
 
 
 def run_demo(env: dict[str, str], *, keep: bool, wait_s: float, as_json: bool) -> int:
     """Run the demo; its exit code (0: every run completed and every chain verified)."""
     demo = _Demo(env, keep=keep, wait_s=wait_s, as_json=as_json)
+    if keep:
+        from .dev import live_stack
+
+        running = live_stack(demo.data_dir)
+        if running is not None:
+            raise click.ClickException(
+                f"a stack already runs for {demo.data_dir} (abstractruntime {running.get('by', 'dev')}); stop it "
+                f"with `abstractruntime stop` first, or keep the demo in another folder (ABSTRACTRUNTIME_DATA_DIR)")
     ok = False
     try:
         demo.start_services()
@@ -243,6 +266,7 @@ def run_demo(env: dict[str, str], *, keep: bool, wait_s: float, as_json: bool) -
 
             if not demo.settings.redis.url:
                 shared_embedded(demo.settings.redis.data_dir).detach()
+            demo.record()
             demo.keep_message()
             if demo.client is not None:
                 demo.client.close()

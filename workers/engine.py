@@ -26,6 +26,7 @@ import json
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -38,6 +39,7 @@ from runtime.errors import (
     RunNotFound,
     RunNotWaiting,
     WaitKeyMismatch,
+    WaitNotEnded,
     WorkflowNotRegistered,
 )
 from runtime.models import EffectOutcome, validate_run_id
@@ -56,15 +58,17 @@ from runtime.step import (
     step,
     wake_if_due,
 )
+from runtime.waits import WaitAction, check_wait_ends
 from stores.redis import RedisBackend
 from stores.redis.codec import ValueTooLarge
 
+from . import logs
 from .registry import Registry
 from .settings import WorkerSettings
 
 __all__ = ["Dispatcher", "Engine", "EFFECT_QUEUES"]
 
-logger = logging.getLogger("workers.engine")
+logger = logging.getLogger(__name__)
 
 #: The queue kind each effect type runs on; other effects (the waits) run inside the tick.
 EFFECT_QUEUES = {
@@ -80,6 +84,9 @@ _TICK: dict[str, Any] = {"k": "tick"}
 _NOTIFY: dict[str, Any] = {"k": "notify"}
 #: Commits retried when a producer operation (resume, cancel) races another writer.
 _CONFLICT_RETRIES = 20
+#: What a producer operation's change gives ``_retrying``: the run, what to send ("tick" or
+#: "none"), and optionally the records to append in the same commit.
+_Change = tuple[RunState, str] | tuple[RunState, str, list[StepRecord]]
 #: Refused messages kept in the dead-letter list.
 DEAD_LETTERS_MAX = 10_000
 
@@ -87,12 +94,15 @@ DEAD_LETTERS_MAX = 10_000
 class Dispatcher(Protocol):
     """Sends the follow-up messages (the Celery one lives in ``workers.app``)."""
 
-    def tick(self, run_id: str, version: int | None, *, countdown: float = 0.0, attempt: int = 1) -> None: ...
+    # ``workflow`` and ``node`` label the message (Flower shows them); the task never reads them.
+    def tick(self, run_id: str, version: int | None, *, countdown: float = 0.0, attempt: int = 1,
+             workflow: str | None = None, node: str | None = None) -> None: ...
 
     def effect(self, kind: str, run_id: str, version: int | None, key: str, attempt: int, *,
-               countdown: float = 0.0) -> None: ...
+               countdown: float = 0.0, workflow: str | None = None, node: str | None = None) -> None: ...
 
-    def wake(self, run_id: str, version: int | None, *, countdown: float = 0.0) -> None: ...
+    def wake(self, run_id: str, version: int | None, *, countdown: float = 0.0, workflow: str | None = None,
+             node: str | None = None) -> None: ...
 
 
 def _iso(ms: int) -> str:
@@ -157,9 +167,44 @@ class Engine:
         handlers.update(self.registry.effect_handlers)
         return handlers
 
+    def _run_effect(self, run: RunState, pending: PendingEffect, handlers: dict[Any, Any]) -> EffectOutcome:
+        """Execute an effect attempt; a handler that raises is logged with its traceback (once per
+        attempt, with the run id) and kept as the run's last failure, then becomes a failed
+        attempt as the kernel makes it."""
+        etype = pending.effect.type
+        handler = handlers.get(etype)
+        if handler is not None:
+            def traced(r: RunState, effect: Any, default_next_node: str | None) -> EffectOutcome:
+                try:
+                    return handler(r, effect, default_next_node)  # type: ignore[no-any-return]
+                except Exception as exc:
+                    name = etype.value if isinstance(etype, EffectType) else str(etype)
+                    logger.warning("run %s: %s effect of node %s raised %s (attempt %d)", r.run_id, name,
+                                   pending.node_id, type(exc).__name__, pending.attempt, exc_info=exc)
+                    self._keep_failure(r.run_id, exc, where=f"effect {name}", node=pending.node_id,
+                                       attempt=pending.attempt)
+                    raise
+
+            handlers = {**handlers, etype: traced}
+        return execute_effect(run, pending, handlers)
+
+    def _keep_failure(self, run_id: str, exc: BaseException, *, where: str, node: str | None,
+                      attempt: int) -> None:
+        """Keep the traceback with the run (outside the ledger) for ``status`` and any UI."""
+        try:
+            self.backend.set_last_failure(run_id, {
+                "where": where, "node": node, "attempt": attempt, "type": type(exc).__name__,
+                "message": str(exc)[:2000], "at": _iso(self.backend.time_ms()),
+                "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            })
+        except Exception as keep_exc:  # keeping it is a courtesy: never let it change the outcome
+            logger.warning("run %s: could not keep the failure's traceback: %s", run_id, keep_exc)
+
     def _commit(self, run: RunState, records: list[StepRecord], version: int, *,
                 dispatch: dict[str, Any] | None = None, lease_ms: int | None = None) -> int:
-        return self.backend.commit(run, records, expected_version=version, dispatch=dispatch, lease_ms=lease_ms)
+        v = self.backend.commit(run, records, expected_version=version, dispatch=dispatch, lease_ms=lease_ms)
+        logs.note(run.run_id, version=v)  # the version the task's outcome line shows
+        return v
 
     def _terminal_dispatch(self, run: RunState) -> tuple[dict[str, Any] | None, int | None]:
         """A run that ended tells its parent; until it has, the lease keeps it in the sweep."""
@@ -177,6 +222,7 @@ class Engine:
             logger.warning("tick: run %s does not exist", run_id)
             return "missing"
         run, v, d, now_ms = loaded
+        logs.note(run_id, workflow=run.workflow_id, node=run.current_node, version=v)
         kind = d.get("k") if d else None
         if kind == "notify":
             self._notify_parent(run)
@@ -189,6 +235,7 @@ class Engine:
         rid = run.run_id
         for n in range(self.settings.nodes_per_tick):
             node = run.current_node
+            logs.note(rid, node=node)
             try:
                 workflow = self._workflow(run.workflow_id)
                 tr = step(run, workflow, ctx=self.registry.context, policy=self.registry.effect_policy)
@@ -200,14 +247,14 @@ class Engine:
                     attempt = 1  # the next node's attempts are counted afresh
                     if n + 1 < self.settings.nodes_per_tick:
                         continue
-                    self.dispatcher.tick(rid, v)
+                    self.dispatcher.tick(rid, v, workflow=run.workflow_id, node=run.current_node)
                     return "next"
                 if tr.action is Action.EXECUTE:
                     assert tr.pending is not None
                     return self._execute(run, v, tr.pending, now_ms)
                 return self._land(run, v, tr, tr.records, now_ms)
             except VersionConflict:
-                logger.info("tick: run %s moved by another writer; this tick's work is dropped", rid)
+                logger.debug("tick: run %s moved by another writer; this tick's work is dropped", rid)
                 return "stale"
             except _REFUSED as exc:  # what the node left cannot be stored: a node failure (D5)
                 return self._node_failed(rid, v, node, exc, attempt)
@@ -219,12 +266,13 @@ class Engine:
         kind = EFFECT_QUEUES.get(EffectType(pending.effect.type))
         if kind is None:
             started = _copy(record)
-            outcome = execute_effect(run, pending, self._handlers(now_ms))
+            outcome = self._run_effect(run, pending, self._handlers(now_ms))
             tr = apply_outcome(run, pending, outcome, record=record, policy=self.registry.effect_policy)
             return self._land(run, v, tr, [started, *tr.records], now_ms)
         dispatch = {"k": "effect", "p": pending.to_dict(), "r": record.to_dict(), "q": kind}
         v = self._commit(run, [record], v, dispatch=dispatch, lease_ms=self._effect_lease)
-        self.dispatcher.effect(kind, run.run_id, v, pending.idempotency_key, pending.attempt)
+        self.dispatcher.effect(kind, run.run_id, v, pending.idempotency_key, pending.attempt,
+                             workflow=run.workflow_id, node=run.current_node)
         return "execute"
 
     def _land(self, run: RunState, v: int, tr: Transition, records: list[StepRecord], now_ms: int) -> str:
@@ -239,14 +287,15 @@ class Engine:
         if tr.action is Action.NEXT:
             v = self._commit(run, records, v, dispatch=_TICK, lease_ms=self._tick_lease)
             self._tick_children()
-            self.dispatcher.tick(rid, v)
+            self.dispatcher.tick(rid, v, workflow=run.workflow_id, node=run.current_node)
             return "next"
         if tr.action is Action.PARK:
             v = self._commit(run, records, v)
             self._tick_children()
             w = run.waiting
             if w is not None and w.reason == WaitReason.UNTIL and w.until:
-                self.dispatcher.wake(rid, v, countdown=max(0.0, (epoch_ms(w.until) - now_ms) / 1000))
+                self.dispatcher.wake(rid, v, countdown=max(0.0, (epoch_ms(w.until) - now_ms) / 1000),
+                                     workflow=run.workflow_id, node=run.current_node)
             return "park"
         if tr.action is Action.RETRY:
             assert tr.pending is not None
@@ -255,7 +304,7 @@ class Engine:
             v = self._commit(run, records, v, dispatch=dispatch,
                              lease_ms=int(tr.retry_in_s * 1000) + self._effect_lease)
             self.dispatcher.effect(kind, rid, v, tr.pending.idempotency_key, tr.pending.attempt,
-                                   countdown=tr.retry_in_s)
+                                   countdown=tr.retry_in_s, workflow=run.workflow_id, node=run.current_node)
             return "retry"
         dispatch, lease = self._terminal_dispatch(run)
         self._commit(run, records, v, dispatch=dispatch, lease_ms=lease)
@@ -264,12 +313,13 @@ class Engine:
 
     def _node_failed(self, rid: str, v: int, node: str | None, exc: Exception, attempt: int) -> str:
         """A node handler raised: retry the tick with backoff, then fail the run with a record (D5)."""
+        self._keep_failure(rid, exc, where="node", node=node, attempt=attempt)
         if attempt < self.settings.tick_max_attempts:
             delay = self.settings.tick_backoff_s * (2 ** (attempt - 1))
             logger.warning("run %s: node %s raised %s (attempt %d of %d); retrying in %.1fs", rid, node,
-                           type(exc).__name__, attempt, self.settings.tick_max_attempts, delay)
+                           type(exc).__name__, attempt, self.settings.tick_max_attempts, delay, exc_info=exc)
             self.backend.renew_lease(rid, int(delay * 1000) + self._tick_lease)
-            self.dispatcher.tick(rid, v, countdown=delay, attempt=attempt + 1)
+            self.dispatcher.tick(rid, v, countdown=delay, attempt=attempt + 1, node=node)
             return "retry"
         loaded = self.backend.load_for_driver(rid)
         if loaded is None or loaded[1] != v:
@@ -278,7 +328,8 @@ class Engine:
         record = StepRecord.start(run=run, node_id=node or "", effect=None)
         message = f"Node '{node}' raised {type(exc).__name__}: {exc}"
         self._fail(run, [record], message, exc)
-        logger.error("run %s failed: %s", rid, message)
+        logger.error("run %s failed: %s (attempt %d of %d)", rid, message, attempt, self.settings.tick_max_attempts,
+                     exc_info=exc)
         dispatch, lease = self._terminal_dispatch(run)
         try:
             self._commit(run, [record], v, dispatch=dispatch, lease_ms=lease)
@@ -307,6 +358,7 @@ class Engine:
         if loaded is None:
             return "missing"
         run, v, d, now_ms = loaded
+        logs.note(run_id, workflow=run.workflow_id, node=run.current_node, version=v)
         p = d.get("p") if d and d.get("k") == "effect" else None
         if (run.status != RunStatus.RUNNING or not isinstance(p, dict) or p.get("idempotency_key") != key
                 or p.get("attempt") != attempt or (version is not None and version != v)):
@@ -324,7 +376,7 @@ class Engine:
                 return "stale"
         self._local.children = []
         started = record.to_dict()
-        outcome = execute_effect(run, pending, self._handlers())
+        outcome = self._run_effect(run, pending, self._handlers())
         tr = apply_outcome(run, pending, outcome, record=record, policy=self.registry.effect_policy)
         try:
             try:
@@ -413,7 +465,8 @@ class Engine:
                     apply_resume(parent, wait_key=wait_key, payload={"sub_run_id": child.run_id,
                                                                      "output": child.output})
                     pv = self._commit(parent, [], pv, dispatch=_TICK, lease_ms=self._tick_lease)
-                    self.dispatcher.tick(parent.run_id, pv)
+                    self.dispatcher.tick(parent.run_id, pv, workflow=parent.workflow_id,
+                                         node=parent.current_node)
                 else:
                     record = StepRecord.start(run=parent, node_id=parent.current_node or "", effect=None)
                     ended = "was cancelled" if child.status == RunStatus.CANCELLED else "failed"
@@ -439,6 +492,7 @@ class Engine:
         if loaded is None:
             return "missing"
         run, v, _d, now_ms = loaded
+        logs.note(run_id, workflow=run.workflow_id, node=run.current_node, version=v)
         w = run.waiting
         # No version check: whether the run waits and is due is the whole question, and two
         # wakes of one run (countdown and sweep) race to one commit.
@@ -446,7 +500,8 @@ class Engine:
             return "stale"
         due_ms = epoch_ms(w.until)
         if due_ms > now_ms:  # early (a clock ahead of Redis's): never wake early, come back on time
-            self.dispatcher.wake(run_id, v, countdown=(due_ms - now_ms) / 1000)
+            self.dispatcher.wake(run_id, v, countdown=(due_ms - now_ms) / 1000, workflow=run.workflow_id,
+                                 node=run.current_node)
             return "early"
         wake_if_due(run, _iso(now_ms))
         try:
@@ -495,9 +550,10 @@ class Engine:
             if kind == "effect" and d is not None:
                 p = d["p"]
                 self.backend.renew_lease(rid, self._effect_lease)
-                self.dispatcher.effect(d.get("q") or "ticks", rid, v, p["idempotency_key"], p["attempt"])
+                self.dispatcher.effect(d.get("q") or "ticks", rid, v, p["idempotency_key"], p["attempt"],
+                                         workflow=loaded[0].workflow_id, node=loaded[0].current_node)
             else:
-                self.dispatcher.tick(rid, v)
+                self.dispatcher.tick(rid, v, workflow=loaded[0].workflow_id, node=loaded[0].current_node)
             logger.info("sweep: lease of run %s expired; %s sent again", rid, kind)
         _now, ids = self.backend.claim_due(k.timers(), limit=self.settings.sweep_batch,
                                            hold_ms=int(self.settings.timer_hold_s * 1000))
@@ -525,11 +581,13 @@ class Engine:
                            session_id=session_id, vars=run_vars, parent_run_id=parent_run_id, run_id=run_id)
         v = self.backend.commit(run, [], create=True, dispatch=_TICK, lease_ms=self._tick_lease)
         if dispatch:
-            self.dispatcher.tick(run.run_id, v)
+            self.dispatcher.tick(run.run_id, v, workflow=workflow.workflow_id, node=workflow.entry_node)
         return run.run_id
 
-    def _retrying(self, run_id: str, change: Callable[[RunState, int], tuple[RunState, str] | None]) -> RunState:
-        """Load, change, commit; again on a version conflict. ``change`` returns None for no commit."""
+    def _retrying(self, run_id: str, change: Callable[[RunState, int], _Change | None]) -> RunState:
+        """Load, change, commit; again on a version conflict. ``change`` returns None for no
+        commit, else the changed run, ``"tick"`` or ``"none"`` (what to send), and optionally
+        the ledger records the commit appends."""
         for _ in range(_CONFLICT_RETRIES):
             loaded = self.backend.load_for_driver(run_id)
             if loaded is None:
@@ -539,22 +597,30 @@ class Engine:
             if result is None:
                 return run
             try:
-                change_run, what = result
+                change_run, what = result[0], result[1]
+                records = list(result[2]) if len(result) > 2 else []  # type: ignore[misc]
                 if what == "tick":
-                    v = self._commit(change_run, [], v, dispatch=_TICK, lease_ms=self._tick_lease)
-                    self.dispatcher.tick(run_id, v)
+                    v = self._commit(change_run, records, v, dispatch=_TICK, lease_ms=self._tick_lease)
+                    self.dispatcher.tick(run_id, v, workflow=change_run.workflow_id, node=change_run.current_node)
                 else:
-                    self._commit(change_run, [], v)
+                    self._commit(change_run, records, v)
                 return change_run
             except VersionConflict:
                 time.sleep(0.001)
         raise VersionConflict(run_id=run_id, expected_version=-1, actual_version=None)
 
-    def resume(self, run_id: str, *, wait_key: str | None, payload: Any) -> RunState:
-        """Deliver ``payload`` to a waiting run and send its tick (RunNotWaiting, WaitKeyMismatch)."""
+    def resume(self, run_id: str, *, wait_key: str | None, payload: Any, action: WaitAction = "resume") -> RunState:
+        """Deliver ``payload`` to a run whose wait ``action`` may end, and send its tick.
+
+        The wait decides (:func:`runtime.waits.check_wait_ends`): ``resume`` and ``emit`` need
+        the run's own wait key, ``respond`` answers only a person's question, and a timer or a
+        child run's wait is never ended this way (:class:`WaitNotEnded`, nothing written).
+        """
+        ensure_json(payload, "payload")
 
         def change(run: RunState, v: int) -> tuple[RunState, str]:
-            apply_resume(run, wait_key=wait_key, payload=payload)
+            w = check_wait_ends(run, action, wait_key)
+            apply_resume(run, wait_key=w.wait_key, payload=payload)
             return run, "tick"
 
         return self._retrying(run_id, change)
@@ -565,11 +631,36 @@ class Engine:
         resumed = []
         for rid in self.backend.runs.runs_waiting_on(wait_key):
             try:
-                self.resume(rid, wait_key=wait_key, payload=payload)
-            except (RunNotWaiting, WaitKeyMismatch, RunNotFound):
-                continue  # it moved on between the index read and the resume
+                self.resume(rid, wait_key=wait_key, payload=payload, action="emit")
+            except (RunNotWaiting, WaitKeyMismatch, WaitNotEnded, RunNotFound):
+                continue  # it moved on between the index read and the resume, or waits on a child
             resumed.append(rid)
         return resumed
+
+    def force_wake(self, run_id: str, *, reason: str, actor: str) -> RunState:
+        """Wake a run sleeping until a time now, before its time: an operator's recorded decision.
+
+        Writes one ``operator_wake`` record (who, why, the time it was due) in the hash chain
+        and sends the tick. :class:`WaitNotEnded` when the run does not sleep on a timer.
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("a forced wake needs a reason (what is it for?)")
+
+        def change(run: RunState, v: int) -> _Change:
+            w = check_wait_ends(run, "wake")
+            record = StepRecord.start(run=run, node_id=run.current_node or "", effect=None)
+            record.effect = {"type": "operator_wake", "payload": {"reason": reason.strip()}, "result_key": None}
+            record.actor_id = actor
+            record.finish_success({"woken": True, "until": w.until, "by": actor, "reason": reason.strip(),
+                                   "at": _iso(self.backend.time_ms())})
+            run.status = RunStatus.RUNNING
+            run.waiting = None
+            if w.resume_to_node:
+                run.current_node = w.resume_to_node
+            run.updated_at = record.ended_at or run.updated_at
+            return run, "tick", [record]
+
+        return self._retrying(run_id, change)
 
     def _cancel_one(self, run_id: str, reason: str | None) -> tuple[RunState, bool]:
         cancelled = False

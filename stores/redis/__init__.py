@@ -6,8 +6,14 @@ its data under ``ABSTRACTRUNTIME_DATA_DIR`` (default ``./.abstractruntime``).
 """
 
 from .artifacts import RedisArtifactStore
-from .embedded import EmbeddedRedis, find_redis_server, shared_embedded
-from .errors import EmbeddedRedisFailed, RedisServerNotFound, RedisUnavailable
+from .embedded import EmbeddedRedis, find_redis_server, shared_embedded, stop_running
+from .errors import (
+    ChosenRedisServerNotFound,
+    EmbeddedRedisFailed,
+    RedisServerMismatch,
+    RedisServerNotFound,
+    RedisUnavailable,
+)
 from .settings import RedisSettings, connect, mask_url
 from .snapshots import RedisSnapshotStore
 from .store import RedisBackend, RedisLedgerStore, RedisRunStore
@@ -27,8 +33,11 @@ __all__ = [
     "EmbeddedRedis",
     "shared_embedded",
     "find_redis_server",
+    "stop_running",
     # Errors
     "RedisUnavailable",
     "EmbeddedRedisFailed",
     "RedisServerNotFound",
+    "ChosenRedisServerNotFound",
+    "RedisServerMismatch",
 ]

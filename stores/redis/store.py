@@ -10,6 +10,7 @@ that they share a backend and commits state and records together.
 from __future__ import annotations
 
 import builtins
+import json
 import threading
 from importlib import resources
 from typing import Any, NamedTuple
@@ -33,6 +34,8 @@ __all__ = ["RedisBackend", "RedisRunStore", "RedisLedgerStore"]
 DEFAULT_MAX_VALUE_BYTES = 16 * 1024 * 1024
 #: Approximate length the global events stream is capped at (XADD MAXLEN ~).
 DEFAULT_EVENTS_MAXLEN = 100_000
+#: Characters of traceback kept with a run's last failure (the end is kept).
+LAST_FAILURE_MAX_CHARS = 8000
 #: Runs whose version and head this process remembers; beyond it, a save reads them first.
 DEFAULT_CACHE_SIZE = 50_000
 #: Index entries fetched per round trip when a filtered listing pages through an index.
@@ -43,6 +46,7 @@ _COMMIT_LUA = _LUA.joinpath("commit.lua").read_text(encoding="utf-8")
 _APPEND_LUA = _LUA.joinpath("append.lua").read_text(encoding="utf-8")
 _INDEX_LUA = _LUA.joinpath("index.lua").read_text(encoding="utf-8")
 _CLAIM_LUA = _LUA.joinpath("claim.lua").read_text(encoding="utf-8")
+_FAILURE_LUA = _LUA.joinpath("failure.lua").read_text(encoding="utf-8")
 _STATUSES = ("running", "waiting", "completed", "failed", "cancelled")
 _REASONS = ("event", "until", "user", "job", "subworkflow")
 
@@ -137,6 +141,7 @@ class RedisBackend:
         self._append_script = client.register_script(_APPEND_LUA)
         self._index_script = client.register_script(_INDEX_LUA)
         self._claim_script = client.register_script(_CLAIM_LUA)
+        self._set_failure_script = client.register_script(_FAILURE_LUA)
         self.runs = RedisRunStore(self)
         self.ledger = RedisLedgerStore(self)
 
@@ -231,6 +236,30 @@ class RedisBackend:
         pipe.hdel(self.keys.run(rid), "d")
         pipe.zrem(self.keys.leases(), rid)
         pipe.execute()
+
+    def set_last_failure(self, run_id: str, failure: dict[str, Any]) -> None:
+        """Keep the newest failure of a run (a raising node or effect handler, with its
+        traceback) in field ``f`` of its run hash: outside the hash-chained ledger, replaced by
+        the next failure, capped at ``LAST_FAILURE_MAX_CHARS`` of traceback."""
+        tb = failure.get("traceback")
+        if isinstance(tb, str) and len(tb) > LAST_FAILURE_MAX_CHARS:
+            # The end of a traceback (the raising frame and the message) is what says most.
+            failure = {**failure, "traceback": "...(cut)...\n" + tb[-LAST_FAILURE_MAX_CHARS:]}
+        rid = validate_run_id(run_id)
+        raw = json.dumps(failure, ensure_ascii=False, default=str)
+        # Only a run that exists gets the field (HSET alone would create a hash with no state).
+        self._set_failure_script(keys=[self.keys.run(rid)], args=[raw])
+
+    def last_failure(self, run_id: str) -> dict[str, Any] | None:
+        """The newest failure kept by :meth:`set_last_failure`, or None."""
+        raw = self.client.hget(self.keys.run(validate_run_id(run_id)), "f")
+        if not raw:
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
 
     def _load_many(self, run_ids: list[str]) -> list[RunState]:
         if not run_ids:

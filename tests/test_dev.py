@@ -1,0 +1,258 @@
+"""``abstractruntime dev`` and ``stop``, and "nothing starts by surprise": real processes, real Redis.
+
+Each test runs the installed CLI in a folder of its own with no ``ABSTRACTRUNTIME_*``
+variable set, as a newcomer would, and checks by pid and process group that nothing of the
+stack is left running at its end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stores.redis.embedded import _alive
+
+CLI = str(Path(sys.executable).with_name("abstractruntime"))
+NO_DEPLOYMENT = "error: no deployment here: set ABSTRACTRUNTIME_REDIS_URL or run `abstractruntime dev`"
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(),
+                                reason="needs /proc to look for leftover processes")
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ABSTRACTRUNTIME_")}
+    env.update(HOME=str(home), PYTHONPATH="", **extra)
+    return env
+
+
+def cli(folder: Path, *args: str, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], cwd=folder, env=clean_env(folder, **extra), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def process_group(pgid: int) -> list[int]:
+    """Live (not zombie) processes whose process group is ``pgid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_bytes().rpartition(b")")[2].split()
+        except OSError:
+            continue
+        if fields[0] != b"Z" and int(fields[2]) == pgid:
+            found.append(int(entry))
+    return found
+
+
+def mentioning(text: str) -> list[str]:
+    """Processes whose command line or environment mention ``text`` (this test's folder)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        for part in ("cmdline", "environ"):
+            try:
+                data = Path(f"/proc/{pid}/{part}").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in data and _alive(int(pid)):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:200]
+                found.append(f"{pid}: {cmdline!r}")
+                break
+    return found
+
+
+def leftovers(stack: dict[str, Any], redis_pid: int | None) -> list[str]:
+    """What of a recorded stack still runs: its processes, their process groups, its Redis."""
+    left = []
+    for p in stack["processes"]:
+        left += [f"{p['name']} group: {pid}" for pid in process_group(p["pid"])]
+    if redis_pid is not None and _alive(redis_pid):
+        left.append(f"redis-server {redis_pid}")
+    return left
+
+
+class Dev:
+    """``abstractruntime dev`` in the background; its output collected line by line."""
+
+    def __init__(self, folder: Path, *args: str, **extra: str) -> None:
+        self.folder = folder
+        self.proc = subprocess.Popen([CLI, "dev", "--concurrency", "1", *args], cwd=folder,
+                                     env=clean_env(folder, **extra), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with self._changed:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._changed.notify_all()
+        self.proc.stdout.close()
+        with self._changed:
+            self.lines.append("<EOF>")
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        with self._changed:
+            found = self._changed.wait_for(lambda: any(text in line for line in self.lines)
+                                           or "<EOF>" in self.lines, timeout)
+        assert found and text in self.output, f"{text!r} not seen:\n{self.output}"
+
+    def stack(self) -> dict[str, Any]:
+        stack = json.loads((self.folder / ".abstractruntime" / "stack.json").read_text())
+        assert isinstance(stack, dict)
+        return stack
+
+    def exit_code(self, timeout: float = 60) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(10)
+        return code
+
+    def kill_all(self) -> None:
+        """After a failed test: nothing of this stack may outlive it."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        cli(self.folder, "stop")
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    project.mkdir()
+    return project
+
+
+@pytest.mark.timeout(120)
+def test_commands_about_runs_refuse_where_nothing_runs(folder):
+    for args in (["status", "r1"], ["ledger", "r1"], ["runs", "list"], ["runs", "count"], ["verify", "--all"],
+                 ["waiting"], ["--json", "runs", "list"],
+                 # and those that change runs: a run made on a server started for one command is stranded
+                 ["start", "demo.chain"], ["respond", "r1", "yes"], ["resume", "r1", "--wait-key", "k"],
+                 ["emit", "k"], ["wake", "r1", "--now", "--reason", "x"], ["cancel", "r1"]):
+        out = cli(folder, *args)
+        assert out.returncode == 5, (args, out.stdout, out.stderr)
+        assert out.stderr.startswith(NO_DEPLOYMENT) and len(out.stderr.splitlines()) == 1, (args, out.stderr)
+        assert out.stdout == ""
+    stopped = cli(folder, "stop")
+    assert stopped.returncode == 0 and stopped.stdout.startswith("nothing runs for"), stopped
+    # Nothing was created: no data folder, no server.
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.timeout(180)
+def test_dev_runs_the_stack_and_stop_from_another_shell_ends_all_of_it(folder):
+    dev = Dev(folder, ABSTRACTRUNTIME_IMPORTS="workers.demo_workflows")
+    try:
+        dev.wait_for("dev    | ready: ")
+        stack = dev.stack()
+        assert stack["by"] == "dev" and stack["pid"] == dev.proc.pid
+        assert [p["name"] for p in stack["processes"]] == ["worker", "beat"]
+        redis_pid = stack["redis"]["pid"]
+        assert _alive(redis_pid) and all(_alive(p["pid"]) for p in stack["processes"])
+        for prefix in ("redis  | ", "worker | ", "beat   | "):
+            assert any(line.startswith(prefix) for line in dev.lines), (prefix, dev.output)
+        assert "export ABSTRACTRUNTIME_IMPORTS=workers.demo_workflows" in dev.output
+
+        # From another shell in the same folder, with nothing else set, runs go through the stack.
+        started = cli(folder, "--json", "start", "demo.chain", "--wait", "30",
+                      ABSTRACTRUNTIME_IMPORTS="workers.demo_workflows")
+        assert started.returncode == 0, started.stderr
+        assert json.loads(started.stdout)["status"] == "completed"
+        counted = cli(folder, "--json", "runs", "count", "--status", "completed")
+        assert counted.returncode == 0 and json.loads(counted.stdout)["count"] == 1, counted
+        # A second stack on the same folder is refused.
+        second = cli(folder, "dev", timeout=60)
+        assert second.returncode == 4 and "a stack already runs for" in second.stderr, second
+
+        stopped = cli(folder, "stop", timeout=90)
+        assert stopped.returncode == 0, stopped.stderr
+        assert f"stopped abstractruntime dev (pid {dev.proc.pid})" in stopped.stdout
+        for name in ("worker", "beat", "redis-server"):
+            assert f"stopped {name} (pid " in stopped.stdout, stopped.stdout
+        assert dev.exit_code() == 0, dev.output
+        assert "dev    | stopped worker, beat, redis-server" in dev.output
+        assert leftovers(stack, redis_pid) == [] and mentioning(str(folder)) == []
+        assert not (folder / ".abstractruntime" / "stack.json").exists()
+    finally:
+        dev.kill_all()
+
+
+@pytest.mark.timeout(120)
+def test_a_process_that_dies_stops_the_stack_and_is_named(folder):
+    dev = Dev(folder)
+    try:
+        dev.wait_for("dev    | ready: ")
+        stack = dev.stack()
+        beat = next(p["pid"] for p in stack["processes"] if p["name"] == "beat")
+        os.kill(beat, signal.SIGKILL)
+        assert dev.exit_code() == 1
+        assert "error: beat exited with code -9; the stack is stopped" in dev.output
+        assert leftovers(stack, stack["redis"]["pid"]) == [] and mentioning(str(folder)) == []
+    finally:
+        dev.kill_all()
+
+
+@pytest.mark.timeout(120)
+def test_stop_ends_what_a_killed_dev_left_behind(folder):
+    dev = Dev(folder)
+    try:
+        dev.wait_for("dev    | ready: ")
+        stack = dev.stack()
+        redis_pid = stack["redis"]["pid"]
+        os.kill(dev.proc.pid, signal.SIGKILL)  # no chance to stop anything
+        dev.exit_code()
+        assert _alive(redis_pid)  # orphaned: its own session, not killed with dev
+        stopped = cli(folder, "--json", "stop", timeout=90)
+        assert stopped.returncode == 0, stopped.stderr
+        names = {s["name"] for s in json.loads(stopped.stdout)["stopped"]}
+        assert "redis-server" in names and names <= {"worker", "beat", "redis-server"}
+        assert leftovers(stack, redis_pid) == [] and mentioning(str(folder)) == []
+        again = cli(folder, "stop")
+        assert again.returncode == 0 and again.stdout.startswith("nothing runs for")
+    finally:
+        dev.kill_all()
+
+
+@pytest.mark.timeout(300)
+def test_demo_keep_records_its_processes_and_stop_ends_them(folder):
+    kept = cli(folder, "demo", "--keep", "--wait-s", "1", timeout=240)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    assert "abstractruntime stop" in kept.stdout and "kill " not in kept.stdout
+    assert "--address=127.0.0.1 --basic-auth=" in kept.stdout
+    stack = json.loads((folder / ".abstractruntime" / "stack.json").read_text())
+    redis_pid = stack["redis"]["pid"]
+    try:
+        assert stack["by"] == "demo --keep" and stack["pid"] is None and len(stack["processes"]) == 7
+        assert all(_alive(p["pid"]) for p in stack["processes"]) and _alive(redis_pid)
+        # The read-only commands use the server that was left running, and leave it running.
+        counted = cli(folder, "--json", "runs", "count", "--status", "completed")
+        assert counted.returncode == 0 and json.loads(counted.stdout)["count"] == 10, counted
+        assert _alive(redis_pid)
+        # A dev on the same folder is refused while it runs.
+        refused = cli(folder, "dev")
+        assert refused.returncode == 4 and "a stack already runs" in refused.stderr, refused
+        stopped = cli(folder, "stop", timeout=90)
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout.count("stopped ") == 8 and f"stopped redis-server (pid {redis_pid})" in stopped.stdout
+        assert leftovers(stack, redis_pid) == [] and mentioning(str(folder)) == []
+    finally:
+        cli(folder, "stop", timeout=90)
