@@ -10,26 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import mentioning
 
 CLI = str(Path(sys.executable).with_name("abstractruntime"))
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    """Processes whose command line or environment mention ``text`` (this test's folders)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        for part in ("cmdline", "environ"):
-            try:
-                data = Path(f"/proc/{pid}/{part}").read_bytes()
-            except OSError:
-                continue
-            if text.encode() in data:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:200]
-                found.append(f"{pid}: {cmdline!r}")
-                break
-    return found
 
 
 @pytest.mark.timeout(240)
@@ -53,7 +36,7 @@ def test_demo_runs_in_a_clean_environment_and_leaves_no_process(tmp_path):
         assert any(line.startswith(label) and " completed " in line and " ok " in line for line in out.splitlines()), \
             (label, out)
     time.sleep(0.5)
-    assert _processes_mentioning(str(tmp_path)) == []
+    assert mentioning(str(tmp_path)) == []
     # Nothing was written outside the temp folders it was given.
     assert list(home.iterdir()) == []
     print(f"\ndemo took {took:.1f}s")

@@ -12,19 +12,17 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from stores.redis.embedded import _alive
+from processes import HAS_PROC, NEEDS_PROC, Background, mentioning, process_group
+from processes import alive as _alive
 
 CLI = str(Path(sys.executable).with_name("abstractruntime"))
 NO_DEPLOYMENT = "error: no deployment here: set ABSTRACTRUNTIME_REDIS_URL or run `abstractruntime dev`"
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(),
-                                reason="needs /proc to look for leftover processes")
+pytestmark = pytest.mark.skipif(not HAS_PROC, reason=NEEDS_PROC)
 
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:
@@ -38,39 +36,6 @@ def cli(folder: Path, *args: str, timeout: float = 60, **extra: str) -> subproce
                           text=True, timeout=timeout)
 
 
-def process_group(pgid: int) -> list[int]:
-    """Live (not zombie) processes whose process group is ``pgid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_bytes().rpartition(b")")[2].split()
-        except OSError:
-            continue
-        if fields[0] != b"Z" and int(fields[2]) == pgid:
-            found.append(int(entry))
-    return found
-
-
-def mentioning(text: str) -> list[str]:
-    """Processes whose command line or environment mention ``text`` (this test's folder)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        for part in ("cmdline", "environ"):
-            try:
-                data = Path(f"/proc/{pid}/{part}").read_bytes()
-            except OSError:
-                continue
-            if text.encode() in data and _alive(int(pid)):
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:200]
-                found.append(f"{pid}: {cmdline!r}")
-                break
-    return found
-
-
 def leftovers(stack: dict[str, Any], redis_pid: int | None) -> list[str]:
     """What of a recorded stack still runs: its processes, their process groups, its Redis."""
     left = []
@@ -81,56 +46,21 @@ def leftovers(stack: dict[str, Any], redis_pid: int | None) -> list[str]:
     return left
 
 
-class Dev:
+class Dev(Background):
     """``abstractruntime dev`` in the background; its output collected line by line."""
 
     def __init__(self, folder: Path, *args: str, **extra: str) -> None:
         self.folder = folder
-        self.proc = subprocess.Popen([CLI, "dev", "--concurrency", "1", *args], cwd=folder,
-                                     env=clean_env(folder, **extra), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            with self._changed:
-                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
-                self._changed.notify_all()
-        self.proc.stdout.close()
-        with self._changed:
-            self.lines.append("<EOF>")
-            self._changed.notify_all()
-
-    @property
-    def output(self) -> str:
-        with self._changed:
-            return "\n".join(self.lines)
-
-    def wait_for(self, text: str, timeout: float = 60) -> None:
-        with self._changed:
-            found = self._changed.wait_for(lambda: any(text in line for line in self.lines)
-                                           or "<EOF>" in self.lines, timeout)
-        assert found and text in self.output, f"{text!r} not seen:\n{self.output}"
+        super().__init__([CLI, "dev", "--concurrency", "1", *args], cwd=folder, env=clean_env(folder, **extra))
 
     def stack(self) -> dict[str, Any]:
         stack = json.loads((self.folder / ".abstractruntime" / "stack.json").read_text())
         assert isinstance(stack, dict)
         return stack
 
-    def exit_code(self, timeout: float = 60) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(10)
-        return code
-
     def kill_all(self) -> None:
         """After a failed test: nothing of this stack may outlive it."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        self.kill()
         cli(self.folder, "stop")
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from processes import HAS_PROC, NEEDS_PROC, Background, alive, mentioning, process_group
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "quickstart.md"
@@ -28,7 +27,7 @@ PAGE = REPO / "docs" / "quickstart.md"
 pytestmark = [
     pytest.mark.slow,  # a virtualenv and a pip install: a minute or more; still in the default run
     pytest.mark.timeout(900),
-    pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to look for leftover processes"),
+    pytest.mark.skipif(not HAS_PROC, reason=NEEDS_PROC),
 ]
 
 
@@ -46,40 +45,6 @@ def page_file() -> tuple[str, str]:
     return m.group(1), f"# {m.group(1)}\n{m.group(2)}"
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0]
-    except OSError:
-        return False
-    return state != b"Z"
-
-
-def in_group(pgid: int) -> list[int]:
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_bytes().rpartition(b")")[2].split()
-        except OSError:
-            continue
-        if fields[0] != b"Z" and int(fields[2]) == pgid:
-            found.append(int(entry))
-    return found
-
-
-def mentioning(text: str) -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        for part in ("cmdline", "environ"):
-            try:
-                data = Path(f"/proc/{pid}/{part}").read_bytes()
-            except OSError:
-                continue
-            if text.encode() in data and int(pid) != os.getpid() and alive(int(pid)):
-                found.append(f"{pid}: {data[:200]!r}")
-                break
-    return found
-
-
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv with the checkout installed as the quickstart says."""
@@ -92,45 +57,9 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return where
 
 
-class Terminal:
-    """A background shell running a block of the page; its output collected line by line."""
-
-    def __init__(self, script: str, cwd: Path, env: dict[str, str]) -> None:
-        # A session of its own, like a terminal: Ctrl-C is SIGINT to its foreground process group.
-        self.proc = subprocess.Popen(["bash", "-c", script], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            with self._changed:
-                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
-                self._changed.notify_all()
-        self.proc.stdout.close()
-        with self._changed:
-            self.lines.append("<EOF>")
-            self._changed.notify_all()
-
-    @property
-    def output(self) -> str:
-        with self._changed:
-            return "\n".join(self.lines)
-
-    def wait_for(self, text: str, timeout: float) -> None:
-        with self._changed:
-            self._changed.wait_for(lambda: any(text in line for line in self.lines) or "<EOF>" in self.lines,
-                                   timeout)
-        assert text in self.output, f"{text!r} not seen in the first terminal:\n{self.output}"
-
-    def ctrl_c(self, timeout: float) -> int:
-        os.killpg(self.proc.pid, signal.SIGINT)
-        code = self.proc.wait(timeout)
-        self._reader.join(10)
-        return code
+def terminal(script: str, cwd: Path, env: dict[str, str]) -> Background:
+    """A background shell running a block of the page, like a terminal of its own."""
+    return Background(["bash", "-c", script], cwd=cwd, env=env)
 
 
 def test_the_quickstart_runs_as_written_and_leaves_nothing_running(venv, tmp_path):
@@ -142,7 +71,7 @@ def test_the_quickstart_runs_as_written_and_leaves_nothing_running(venv, tmp_pat
     (project / path).parent.mkdir(parents=True)
     (project / path).write_text(text, encoding="utf-8")
 
-    first = Terminal(page_block("quickstart:terminal-1"), project, env)
+    first = terminal(page_block("quickstart:terminal-1"), project, env)
     try:
         first.wait_for("dev    | ready: ", timeout=120)
         stack = json.loads((project / ".abstractruntime" / "stack.json").read_text())
@@ -187,12 +116,10 @@ def test_the_quickstart_runs_as_written_and_leaves_nothing_running(venv, tmp_pat
         # Ctrl-C in the first terminal: everything stops, exit 0, nothing is left.
         assert first.ctrl_c(timeout=60) == 0, first.output
         assert "dev    | stopped worker, beat, redis-server" in first.output
-        left = [pid for g in groups for pid in in_group(g)] + ([redis_pid] if alive(redis_pid) else [])
+        left = [pid for g in groups for pid in process_group(g)] + ([redis_pid] if alive(redis_pid) else [])
         assert left == [], left
         assert mentioning(str(tmp_path)) == []
     finally:
-        if first.proc.poll() is None:
-            os.killpg(first.proc.pid, signal.SIGKILL)
-            first.proc.wait()
+        first.kill()
         subprocess.run(["bash", "-c", "abstractruntime stop"], cwd=project, env=env, capture_output=True,
                        timeout=120)
