@@ -17,13 +17,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ._json import dumps_checked, epoch_ms, sha256_hex, utc_now_iso
+from ._clock import epoch_ms, utc_now_iso
+from ._hashing import sha256_hex
+from ._json import dumps_checked
 from .errors import CorruptRecordError, InvalidArtifactId, InvalidTimeError
 
 __all__ = [
     "ArtifactMetadata",
     "Artifact",
     "ArtifactStore",
+    "ArtifactStoreBase",
     "InMemoryArtifactStore",
     "compute_artifact_id",
     "validate_artifact_id",
@@ -204,21 +207,35 @@ def _created_key(meta: ArtifactMetadata) -> int:
         return -(2**63)
 
 
-class _ArtifactStoreHelpers(ABC):
+class ArtifactStoreBase(ABC):
     """The ``ArtifactStore`` methods that follow from a backend's primitives, written once.
 
-    A backend implements ``_write``, ``load``, ``get_metadata``, ``exists``, ``delete`` and
-    ``_iter_metadata``; this class checks ``store`` arguments (id, bytes, JSON tags) before any
-    write and adds the listing, search and text/JSON conveniences.
+    Public API for store authors (``docs/stores.md``). A backend subclasses it and
+    implements ``_write`` (put bytes and metadata), ``load``, ``get_metadata``, ``exists``,
+    ``delete`` and ``_iter_metadata`` (every readable artifact); this class checks the
+    arguments of ``store`` (id, bytes, JSON tags) before any write, stamps ``created_at``,
+    and adds the listing, search and text/JSON conveniences. A backend may override any
+    of them with something faster (the Redis store lists by run from an index).
     """
 
     @abstractmethod
     def _write(self, data: bytes, meta: ArtifactMetadata, meta_json: str) -> None:
-        """Put ``data`` and its metadata (``meta_json`` is its JSON text) under ``meta.artifact_id``."""
+        """Put ``data`` and its metadata (``meta_json`` is its JSON text) under ``meta.artifact_id``.
+
+        Called with arguments already checked; replaces what the id held before.
+        """
 
     @abstractmethod
     def load(self, artifact_id: str) -> Artifact | None:
         """See ``ArtifactStore.load``."""
+
+    @abstractmethod
+    def get_metadata(self, artifact_id: str) -> ArtifactMetadata | None:
+        """See ``ArtifactStore.get_metadata``."""
+
+    @abstractmethod
+    def exists(self, artifact_id: str) -> bool:
+        """See ``ArtifactStore.exists``."""
 
     @abstractmethod
     def delete(self, artifact_id: str) -> bool:
@@ -311,7 +328,7 @@ class _ArtifactStoreHelpers(ABC):
         return None if artifact is None else artifact.as_json()
 
 
-class InMemoryArtifactStore(_ArtifactStoreHelpers):
+class InMemoryArtifactStore(ArtifactStoreBase):
     """Artifacts held in this process; validates ids exactly as the durable stores do."""
 
     def __init__(self) -> None:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ._json import canonical_utf8, sha256_hex
+from ._hashing import canonical_utf8, sha256_hex
 from .models import StepRecord
 from .step import scan_effect_result
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from ._json import parse_iso
+from ._clock import parse_iso
 from .errors import InvalidTimeError
 from .models import Effect, EffectOutcome, EffectType, RunState, WaitReason, WaitState
 from .step import EffectHandler

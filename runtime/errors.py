@@ -1,7 +1,9 @@
-"""Every error the kernel raises, under one root.
+"""Every error of the project, under one root.
 
 Where the reference (AbstractRuntime 0.2.0) raised a builtin, ours subclasses it too,
-so that ``except KeyError`` / ``except ValueError`` written for the reference still works::
+so that ``except KeyError`` / ``except ValueError`` written for the reference still works.
+The classes defined here are the kernel's; the others live beside the code that raises
+them (module in brackets) and join the tree through its branches::
 
     AbstractRuntimeError
     ├── WorkflowError
@@ -15,15 +17,37 @@ so that ``except KeyError`` / ``except ValueError`` written for the reference st
     │   ├── RunNotWaiting               (ValueError)
     │   ├── InvalidRunId                (ValueError) a run id a store cannot hold
     │   ├── WaitKeyMismatch             (ValueError)
-    │   └── WaitNotEnded                (ValueError) an action that cannot end this wait (workers)
+    │   ├── WaitNotEnded                (ValueError) an action that cannot end this wait (workers)
+    │   └── WaitTimeout                 (TimeoutError) a run did not get there in time
+    │                                                  [workers.client]
+    ├── EffectError                                  an effect could not be performed
+    │   ├── LLMCallError                             an LLM call failed; says if a retry may help
+    │   │                                              [runtime.integrations.abstractcore]
+    │   └── HttpStatusError                          an HTTP error status from the LLM server
+    │                                                  [runtime.integrations.abstractcore]
     ├── PayloadNotSerializable          (TypeError)  names the key JSON cannot hold
     ├── InvalidTimeError                (ValueError) an ``until`` that is not ISO-8601
     ├── SchedulerError
     │   └── SchedulerAlreadyRunning     (RuntimeError)
-    └── StoreError
-        ├── CorruptRecordError          (ValueError) names the file or key
-        ├── InvalidArtifactId           (ValueError)
-        └── VersionConflict                          another writer moved the run
+    ├── StoreError
+    │   ├── CorruptRecordError          (ValueError) names the file or key
+    │   ├── InvalidArtifactId           (ValueError)
+    │   ├── VersionConflict                          another writer moved the run
+    │   ├── ValueTooLarge               (ValueError) over max_value_bytes [stores.redis.codec]
+    │   ├── SigningError                (ValueError) a key that cannot be read or used
+    │   │                                              [stores.signing]
+    │   ├── RedisUnavailable                         Redis cannot be reached [stores.redis.errors]
+    │   │   └── EmbeddedRedisFailed                  the embedded redis-server did not start
+    │   │       └── RedisServerMismatch              its folder was written by a newer Redis
+    │   └── RedisServerNotFound (FileNotFoundError)  no redis-server to start [stores.redis.errors]
+    │       └── ChosenRedisServerNotFound            not the one ABSTRACTRUNTIME_REDIS_SERVER names
+    ├── AbstractCoreMissing             (ImportError) the local LLM mode needs abstractcore
+    │                                                  [runtime.integrations.abstractcore]
+    └── DrainLimitReached               (RuntimeError) a stub drain whose runs never rest
+                                                       [workers.testing]
+
+The kernel never imports the modules in brackets (imports point one way, DESIGN.md);
+``tests/test_errors_tree.py`` checks that this drawing names every subclass of the root.
 """
 
 from __future__ import annotations
@@ -152,6 +176,13 @@ class WaitNotEnded(RunError, ValueError):
         self.until = until
         self.since = since
         super().__init__(f"{action} refused: run '{run_id}' waits {waits_for} since {since}; {hint}")
+
+
+# -- Effects -----------------------------------------------------------------------------------
+
+
+class EffectError(AbstractRuntimeError):
+    """Raised when an effect (an LLM call, a tool call) cannot be performed."""
 
 
 # -- Values ------------------------------------------------------------------------------------

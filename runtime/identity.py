@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._json import canonical_utf8, sha256_hex
+from ._hashing import canonical_utf8, sha256_hex
 
 __all__ = ["ActorFingerprint"]
 

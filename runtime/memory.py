@@ -12,9 +12,9 @@ import threading
 from typing import Any
 
 from ._json import dumps_checked
-from ._query import RunSummary, select_children, select_due, select_runs, summarize
 from .errors import RunAlreadyExists
 from .models import RunState, RunStatus, StepRecord, WaitReason
+from .query import RunSummary, select_children, select_due, select_runs, summarize
 
 __all__ = ["InMemoryRunStore", "InMemoryLedgerStore"]
 

@@ -2,6 +2,8 @@
 
 Every value here is JSON-serialisable through ``to_dict()`` and rebuilt by ``from_dict()``;
 enums are ``str`` enums so a stored ``"waiting"`` compares equal to ``RunStatus.WAITING``.
+Ledger records (:class:`StepRecord`, :class:`StepStatus`) are defined in
+:mod:`runtime.records` and importable from here too.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ._json import new_id, redact_secrets, utc_now_iso
+from ._clock import utc_now_iso
+from ._enums import enum_member, plain_value
+from ._ids import new_id
 from .errors import CorruptRecordError, InvalidRunId
+from .records import StepRecord, StepStatus
 
 __all__ = [
     "RunStatus",
@@ -63,20 +68,6 @@ class EffectType(str, Enum):
     START_SUBWORKFLOW = "start_subworkflow"
 
 
-class StepStatus(str, Enum):
-    STARTED = "started"
-    COMPLETED = "completed"
-    WAITING = "waiting"
-    FAILED = "failed"
-
-
-def _enum(cls: type[Enum], value: Any, what: str) -> Any:
-    try:
-        return cls(value)
-    except ValueError:
-        raise CorruptRecordError(location=what, reason=f"unknown {cls.__name__} {value!r}") from None
-
-
 @dataclass(frozen=True)
 class Effect:
     """A side effect a node asks the runtime to perform."""
@@ -87,12 +78,12 @@ class Effect:
 
     def to_dict(self) -> dict[str, Any]:
         """The ledger shape: ``{"type": <value>, "payload": ..., "result_key": ...}``."""
-        return {"type": _value(self.type), "payload": self.payload, "result_key": self.result_key}
+        return {"type": plain_value(self.type), "payload": self.payload, "result_key": self.result_key}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Effect:
         return cls(
-            type=_enum(EffectType, data["type"], "effect.type"),
+            type=enum_member(EffectType, data["type"], "effect.type"),
             payload=dict(data.get("payload") or {}),
             result_key=data.get("result_key"),
         )
@@ -142,7 +133,7 @@ class WaitState:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "reason": _value(self.reason),
+            "reason": plain_value(self.reason),
             "wait_key": self.wait_key,
             "until": self.until,
             "resume_to_node": self.resume_to_node,
@@ -158,7 +149,7 @@ class WaitState:
         if not data.get("reason"):
             raise CorruptRecordError(location="waiting", reason="a waiting state needs a reason")
         return cls(
-            reason=_enum(WaitReason, data["reason"], "waiting.reason"),
+            reason=enum_member(WaitReason, data["reason"], "waiting.reason"),
             wait_key=data.get("wait_key"),
             until=data.get("until"),
             resume_to_node=data.get("resume_to_node"),
@@ -216,7 +207,7 @@ class RunState:
         return {
             "run_id": self.run_id,
             "workflow_id": self.workflow_id,
-            "status": _value(self.status),
+            "status": plain_value(self.status),
             "current_node": self.current_node,
             "vars": self.vars,
             "waiting": self.waiting.to_dict() if self.waiting is not None else None,
@@ -236,7 +227,7 @@ class RunState:
             return cls(
                 run_id=data["run_id"],
                 workflow_id=data["workflow_id"],
-                status=_enum(RunStatus, data["status"], "status"),
+                status=enum_member(RunStatus, data["status"], "status"),
                 current_node=data["current_node"],
                 vars=dict(data.get("vars") or {}),
                 waiting=WaitState.from_dict(waiting) if waiting else None,
@@ -250,114 +241,6 @@ class RunState:
             )
         except KeyError as exc:
             raise CorruptRecordError(location="run state", reason=f"missing field {exc.args[0]!r}") from None
-
-
-@dataclass(slots=True)
-class StepRecord:
-    """One ledger entry. An effect attempt is written twice: ``started``, then its outcome."""
-
-    run_id: str
-    step_id: str
-    node_id: str
-    status: StepStatus
-    effect: dict[str, Any] | None = None
-    result: Any = None
-    error: str | None = None
-    started_at: str = field(default_factory=utc_now_iso)
-    ended_at: str | None = None
-    actor_id: str | None = None
-    session_id: str | None = None
-    attempt: int = 1
-    idempotency_key: str | None = None
-    prev_hash: str | None = None
-    record_hash: str | None = None
-    signature: str | None = None
-
-    @classmethod
-    def start(
-        cls,
-        *,
-        run: RunState,
-        node_id: str,
-        effect: Effect | None,
-        attempt: int = 1,
-        idempotency_key: str | None = None,
-    ) -> StepRecord:
-        return cls(
-            run_id=run.run_id,
-            step_id=new_id(),
-            node_id=node_id,
-            status=StepStatus.STARTED,
-            # Credentials in an effect's payload (an API key in LLM params) stay out of the ledger.
-            effect=redact_secrets(effect.to_dict()) if effect is not None else None,
-            actor_id=run.actor_id,
-            session_id=run.session_id,
-            attempt=attempt,
-            idempotency_key=idempotency_key,
-        )
-
-    def finish_success(self, result: Any = None, *, ended_at: str | None = None) -> StepRecord:
-        self.status = StepStatus.COMPLETED
-        self.result = result
-        self.ended_at = ended_at or utc_now_iso()
-        return self
-
-    def finish_waiting(self, wait: WaitState, *, ended_at: str | None = None) -> StepRecord:
-        self.status = StepStatus.WAITING
-        self.result = {"wait": wait.to_dict()}
-        self.ended_at = ended_at or utc_now_iso()
-        return self
-
-    def finish_failure(self, error: str, *, ended_at: str | None = None) -> StepRecord:
-        self.status = StepStatus.FAILED
-        self.error = error
-        self.ended_at = ended_at or utc_now_iso()
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        """The stored and hashed shape of the record (plain strings, no enum members)."""
-        return {
-            "run_id": self.run_id,
-            "step_id": self.step_id,
-            "node_id": self.node_id,
-            "status": _value(self.status),
-            "effect": self.effect,
-            "result": self.result,
-            "error": self.error,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "actor_id": self.actor_id,
-            "session_id": self.session_id,
-            "attempt": self.attempt,
-            "idempotency_key": self.idempotency_key,
-            "prev_hash": self.prev_hash,
-            "record_hash": self.record_hash,
-            "signature": self.signature,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StepRecord:
-        try:
-            return cls(
-                run_id=data["run_id"],
-                step_id=data["step_id"],
-                node_id=data["node_id"],
-                status=_enum(StepStatus, data["status"], "ledger record status"),
-                effect=data.get("effect"),
-                result=data.get("result"),
-                error=data.get("error"),
-                started_at=data.get("started_at") or "",
-                ended_at=data.get("ended_at"),
-                actor_id=data.get("actor_id"),
-                session_id=data.get("session_id"),
-                attempt=int(data.get("attempt") or 1),
-                idempotency_key=data.get("idempotency_key"),
-                prev_hash=data.get("prev_hash"),
-                record_hash=data.get("record_hash"),
-                signature=data.get("signature"),
-            )
-        except KeyError as exc:
-            raise CorruptRecordError(location="ledger record", reason=f"missing field {exc.args[0]!r}") from None
 
 
 @dataclass(frozen=True)
@@ -407,14 +290,6 @@ class EffectOutcome:
             error=data.get("error"),
             retryable=data.get("retryable", True) is not False,
         )
-
-
-def _value(member: Any) -> Any:
-    # `_value_` is a plain attribute; `.value` goes through a slow descriptor on every access.
-    try:
-        return member._value_
-    except AttributeError:  # already a plain value
-        return member
 
 
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9_\-:][A-Za-z0-9_.\-:]{0,199}")

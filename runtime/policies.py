@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from ._json import canonical_ascii, ensure_json, quote_ascii, sha256_hex
+from ._hashing import canonical_ascii, quote_ascii, sha256_hex
+from ._json import ensure_json
 from .models import Effect, EffectType, RunState
 
 __all__ = [

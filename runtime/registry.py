@@ -1,4 +1,10 @@
-"""Workflows by id, so that a run's ``workflow_id`` finds its code again."""
+"""``WorkflowRegistry``: the kernel's map of workflow id to :class:`WorkflowSpec`, so that a
+run's ``workflow_id`` finds its code again.
+
+Not to be confused with :mod:`workers.registry`, the Celery driver's process-wide
+``Registry``: that one holds one of these for its workflows, and also the tools, effect
+handlers and effect policy a worker process knows by name.
+"""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._json import ensure_json, utc_now_iso
+from ._clock import utc_now_iso
+from ._json import ensure_json
 from .effects import adapt_handler, builtin_wait_handlers
 from .errors import RunAlreadyExists, RunNotFound
 from .limits import LIMIT_KEYS, LimitWarning, RuntimeConfig, limit_status, limit_warnings

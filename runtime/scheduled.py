@@ -1,4 +1,11 @@
-"""A runtime and its scheduler in one object, and the zero-config factory."""
+"""``ScheduledRuntime``: a :class:`Runtime` and its :class:`Scheduler` in one object, and the
+zero-config factory ``create_scheduled_runtime()``.
+
+Not to be confused with :mod:`runtime.scheduler`, which holds the scheduler itself (the
+background thread that wakes timers and delivers events). This module only puts the two
+together, as AbstractRuntime 0.2.0's ``ScheduledRuntime`` did: start runs, answer them, and
+let the scheduler wake them, through one object.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,11 @@
-"""The in-process scheduler: a background thread that wakes due ``wait_until`` runs,
-plus event delivery, subworkflow parent resumption and cancellation of run trees."""
+"""``Scheduler``: the in-process scheduler, a background thread that wakes due ``wait_until``
+runs, plus event delivery, subworkflow parent resumption and cancellation of run trees.
+
+Not to be confused with :mod:`runtime.scheduled`, which holds ``ScheduledRuntime`` (a
+runtime and one of these schedulers in one object) and ``create_scheduled_runtime()``. The
+Celery driver does not use this class: its timers are beat's recovery sweep and countdown
+tasks (``workers/``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._json import utc_now_iso
+from ._clock import utc_now_iso
 from .errors import RunNotFound, RunNotWaiting, SchedulerAlreadyRunning
 from .models import RunState, RunStatus, WaitReason
 from .registry import WorkflowRegistry

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ._json import dumps_checked, epoch_ms, utc_now_iso
+from ._clock import epoch_ms, utc_now_iso
+from ._json import dumps_checked
 from .errors import CorruptRecordError, InvalidTimeError
 from .models import RunState
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ._json import utc_now_iso
+from ._clock import utc_now_iso
 from .errors import UnknownNodeError
 from .models import RunState, StepPlan
 

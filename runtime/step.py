@@ -1,8 +1,13 @@
 """The kernel step: one node, or one effect outcome, turned into what to commit and what to do next.
 
-Nothing here touches a store, a clock outside the run, or a queue. Drivers (the in-process
-:class:`~runtime.runtime.Runtime`, the Celery tick task) load a run, call these functions,
-commit what they return, then act on ``Transition.action``:
+Drivers (the in-process :class:`~runtime.runtime.Runtime`, the Celery tick task) load a
+run, call these functions, commit what they return, then act on ``Transition.action``.
+Nothing here touches a store or a queue, and the time decides nothing here: whether a timer
+is due is decided by the ``now_iso`` the driver passes to ``wake_if_due``. A clock is read
+only to stamp ``updated_at`` and a record's ``started_at`` / ``ended_at``: each function
+that stamps takes ``clock``, by default the wall clock (:func:`runtime._clock.utc_now_iso`);
+pass a fixed one for reproducible timestamps. (Node handlers may read the time through
+their ``ctx``; that is theirs.)
 
 * ``step`` runs the current node's handler and returns ``NEXT`` (run the next node),
   ``FINISH`` (the run completed), ``PARK`` (it waits) or ``EXECUTE`` (run ``pending``);
@@ -24,7 +29,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ._json import ensure_json, parse_iso, utc_now_iso
+from ._clock import Clock, parse_iso, utc_now_iso
+from ._json import ensure_json
 from .errors import InvalidPlanError, PayloadNotSerializable, RunNotWaiting, WaitKeyMismatch
 from .models import Effect, EffectOutcome, EffectType, RunState, RunStatus, StepRecord, WaitReason
 from .policies import DefaultEffectPolicy, EffectPolicy
@@ -131,8 +137,8 @@ current_effect_call: contextvars.ContextVar[PendingEffect | None] = contextvars.
 )
 
 
-def _touch(run: RunState, now: str | None = None) -> None:
-    run.updated_at = now or utc_now_iso()
+def _touch(run: RunState, now: str) -> None:
+    run.updated_at = now
 
 
 def _advance_effect_seq(run: RunState) -> None:
@@ -151,6 +157,7 @@ def step(
     ctx: Any = None,
     policy: EffectPolicy | None = None,
     find_result: Callable[[str], Any] | None = None,
+    clock: Clock = utc_now_iso,
 ) -> Transition:
     """Run the current node of a running run once. Takes ownership of ``run`` (it is changed).
 
@@ -168,7 +175,7 @@ def step(
         ensure_json(plan.complete_output, "complete_output")
         run.status = RunStatus.COMPLETED
         run.output = plan.complete_output
-        record = StepRecord.start(run=run, node_id=plan.node_id, effect=None)
+        record = StepRecord.start(run=run, node_id=plan.node_id, effect=None, started_at=clock())
         record.finish_success({"completed": True}, ended_at=record.started_at)
         _touch(run, record.started_at)
         return Transition(state=run, action=Action.FINISH, records=[record])
@@ -180,7 +187,7 @@ def step(
                 node_id=plan.node_id,
             )
         run.current_node = plan.next_node
-        _touch(run)
+        _touch(run, clock())
         return Transition(state=run, action=Action.NEXT)
 
     pol = policy if policy is not None else _DEFAULT_POLICY
@@ -198,11 +205,11 @@ def step(
     if find_result is not None:
         prior = find_result(key)
         if prior is not None:
-            return apply_outcome(run, pending, EffectOutcome.completed(prior), record=None, policy=pol)
+            return apply_outcome(run, pending, EffectOutcome.completed(prior), record=None, policy=pol, clock=clock)
     return Transition(state=run, action=Action.EXECUTE, pending=pending)
 
 
-def start_attempt(run: RunState, pending: PendingEffect) -> StepRecord:
+def start_attempt(run: RunState, pending: PendingEffect, *, clock: Clock = utc_now_iso) -> StepRecord:
     """The ``started`` record of ``pending``'s current attempt (append it before executing)."""
     return StepRecord.start(
         run=run,
@@ -210,6 +217,7 @@ def start_attempt(run: RunState, pending: PendingEffect) -> StepRecord:
         effect=pending.effect,
         attempt=pending.attempt,
         idempotency_key=pending.idempotency_key,
+        started_at=clock(),
     )
 
 
@@ -244,6 +252,7 @@ def apply_outcome(
     *,
     record: StepRecord | None,
     policy: EffectPolicy | None = None,
+    clock: Clock = utc_now_iso,
 ) -> Transition:
     """Fold an effect outcome into the run. ``record`` is the attempt's ``started`` record
     (finished in place and returned in ``records``), or None for a reused result (no records).
@@ -251,7 +260,7 @@ def apply_outcome(
     Landing the effect (completed, waiting, or failed for good) advances ``effect_seq`` (D2).
     """
     pol = policy if policy is not None else _DEFAULT_POLICY
-    now = utc_now_iso()
+    now = clock()
     if outcome.status == "completed":
         try:  # a walk in Python, cheaper than encoding for the small results most effects return
             ensure_json(outcome.result, "effect result")
@@ -304,7 +313,7 @@ def apply_outcome(
     return Transition(state=run, action=Action.FINISH, records=records)
 
 
-def wake_if_due(run: RunState, now_iso: str) -> bool:
+def wake_if_due(run: RunState, now_iso: str, *, clock: Clock = utc_now_iso) -> bool:
     """Resume a run waiting ``until`` a time at or before ``now_iso``; True if it woke.
 
     The wake stores nothing at ``result_key`` and writes no record (reference behaviour);
@@ -319,11 +328,11 @@ def wake_if_due(run: RunState, now_iso: str) -> bool:
     run.waiting = None
     if w.resume_to_node:
         run.current_node = w.resume_to_node
-    _touch(run)
+    _touch(run, clock())
     return True
 
 
-def apply_resume(run: RunState, *, wait_key: str | None, payload: Any) -> RunState:
+def apply_resume(run: RunState, *, wait_key: str | None, payload: Any, clock: Clock = utc_now_iso) -> RunState:
     """Deliver ``payload`` to a waiting run and set it running again (no record is written).
 
     ``wait_key=None`` skips the key check, and so does a wait with no key. The payload goes
@@ -341,18 +350,18 @@ def apply_resume(run: RunState, *, wait_key: str | None, payload: Any) -> RunSta
         run.current_node = w.resume_to_node
     run.status = RunStatus.RUNNING
     run.waiting = None
-    _touch(run)
+    _touch(run, clock())
     return run
 
 
-def apply_cancel(run: RunState, reason: str | None = None) -> bool:
+def apply_cancel(run: RunState, reason: str | None = None, *, clock: Clock = utc_now_iso) -> bool:
     """Cancel a running or waiting run (True); terminal runs are left as they are (False)."""
     if run.status not in (RunStatus.RUNNING, RunStatus.WAITING):
         return False
     run.status = RunStatus.CANCELLED
     run.error = reason or "Cancelled"
     run.waiting = None
-    _touch(run)
+    _touch(run, clock())
     return True
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from runtime.artifacts import Artifact, ArtifactMetadata, _ArtifactStoreHelpers, validate_artifact_id
+from runtime.artifacts import Artifact, ArtifactMetadata, ArtifactStoreBase, validate_artifact_id
 from runtime.errors import CorruptRecordError
 from runtime.snapshots import Snapshot, select_snapshots, stamped_snapshot_json, validate_snapshot_id
 
@@ -103,7 +103,7 @@ class JsonSnapshotStore:
                 logger.warning("Skipping unreadable snapshot file %s: %s", path, exc)
 
 
-class FileArtifactStore(_ArtifactStoreHelpers):
+class FileArtifactStore(ArtifactStoreBase):
     """Artifacts as ``{base_dir}/artifacts/{id}.bin`` plus ``{id}.meta`` (JSON metadata).
 
     Write order makes a crash look like absence: ``store`` writes ``.meta`` then ``.bin`` and

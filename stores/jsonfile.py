@@ -23,8 +23,8 @@ from typing import Any
 
 from runtime import CorruptRecordError, RunAlreadyExists, RunState, RunStatus, StepRecord, WaitReason
 from runtime._json import dumps_checked
-from runtime._query import RunSummary, select_children, select_due, select_runs, summarize
 from runtime.models import validate_run_id
+from runtime.query import RunSummary, select_children, select_due, select_runs, summarize
 
 from ._atomic import atomic_create, atomic_write
 

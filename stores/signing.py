@@ -7,10 +7,13 @@ of the hash, so chains verify the same with or without signatures); verifiers ho
 public keys.
 
 Keys are PEM files, configured per actor id, ``*`` for any other actor (and records with no
-actor)::
+actor), in :class:`SigningSettings` (``WorkerSettings.signing``) or the environment::
 
     ABSTRACTRUNTIME_SIGNING_KEYS="alice=/keys/alice.pem,*=/keys/workers.pem"      # writers
     ABSTRACTRUNTIME_VERIFY_KEYS="alice=/keys/alice.pub.pem,*=/keys/workers.pub.pem"  # readers
+
+A key file is read when the signer or verifier is made (``settings.signer()``), not when
+the settings are: a command that signs nothing never needs the keys.
 
 Needs the ``cryptography`` package (``pip install 'abstractruntime-celery[signing]'``).
 """
@@ -20,21 +23,28 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import AbstractRuntimeError
+from runtime.errors import StoreError
 
-__all__ = ["SigningError", "LedgerSigner", "LedgerVerifier", "parse_key_spec", "signer_from_env",
-           "verifier_from_env", "SIGNING_KEYS_ENV", "VERIFY_KEYS_ENV"]
+from ._settings import settings_from_env
 
+__all__ = ["SigningError", "SigningSettings", "LedgerSigner", "LedgerVerifier", "parse_key_spec", "signer_from_env",
+           "verifier_from_env", "SIGNING_KEYS_ENV", "VERIFY_KEYS_ENV", "ENV_VARS"]
+
+#: The variable naming the private keys records are signed with (writers: workers, producers).
 SIGNING_KEYS_ENV = "ABSTRACTRUNTIME_SIGNING_KEYS"
+#: The variable naming the public keys ``abstractruntime verify`` checks signatures against.
 VERIFY_KEYS_ENV = "ABSTRACTRUNTIME_VERIFY_KEYS"
+#: Environment variable -> settings field, as read by :meth:`SigningSettings.from_env`.
+ENV_VARS = {SIGNING_KEYS_ENV: "signing_keys", VERIFY_KEYS_ENV: "verify_keys"}
 _ANY = "*"
 
 
-class SigningError(AbstractRuntimeError, ValueError):
-    """A key that cannot be read or used; names the actor and the file, never the key."""
+class SigningError(StoreError, ValueError):
+    """Raised when a key cannot be read or used; names the actor and the file, never the key."""
 
 
 def _crypto() -> Any:
@@ -130,13 +140,45 @@ class LedgerVerifier:
                 "first_bad_index": errors[0]["index"] if errors else None}
 
 
+@dataclass(frozen=True)
+class SigningSettings:
+    """Which keys sign and verify ledger records: ``actor=/path.pem`` pairs, comma-separated."""
+
+    #: Private keys records are signed with, per actor (``*``: any other); "" signs nothing.
+    signing_keys: str = ""
+    #: Public keys signatures are checked against (``abstractruntime verify``); "" checks none.
+    verify_keys: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("signing_keys", "verify_keys"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"SigningSettings.{name} must be a string of actor=path.pem pairs, "
+                                 f"got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SigningSettings:
+        """Settings from ``ABSTRACTRUNTIME_SIGNING_KEYS`` / ``_VERIFY_KEYS`` (default ``os.environ``)."""
+        return settings_from_env(cls, ENV_VARS, os.environ if environ is None else environ)
+
+    def signer(self) -> LedgerSigner | None:
+        """A signer loading the private keys now; None when none are configured.
+
+        Raises :class:`SigningError` naming the variable, the actor or the file.
+        """
+        spec = self.signing_keys.strip()
+        return LedgerSigner.from_files(parse_key_spec(spec, SIGNING_KEYS_ENV)) if spec else None
+
+    def verifier(self) -> LedgerVerifier | None:
+        """A verifier loading the public keys now; None when none are configured."""
+        spec = self.verify_keys.strip()
+        return LedgerVerifier.from_files(parse_key_spec(spec, VERIFY_KEYS_ENV)) if spec else None
+
+
 def signer_from_env(environ: Mapping[str, str] | None = None) -> LedgerSigner | None:
-    env = os.environ if environ is None else environ
-    spec = env.get(SIGNING_KEYS_ENV, "").strip()
-    return LedgerSigner.from_files(parse_key_spec(spec, SIGNING_KEYS_ENV)) if spec else None
+    """``SigningSettings.from_env(environ).signer()``: the signer the environment configures, or None."""
+    return SigningSettings.from_env(environ).signer()
 
 
 def verifier_from_env(environ: Mapping[str, str] | None = None) -> LedgerVerifier | None:
-    env = os.environ if environ is None else environ
-    spec = env.get(VERIFY_KEYS_ENV, "").strip()
-    return LedgerVerifier.from_files(parse_key_spec(spec, VERIFY_KEYS_ENV)) if spec else None
+    """``SigningSettings.from_env(environ).verifier()``: the verifier the environment configures, or None."""
+    return SigningSettings.from_env(environ).verifier()

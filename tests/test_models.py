@@ -21,7 +21,7 @@ from runtime import (
     WaitState,
     WorkflowSpec,
 )
-from runtime._json import canonical_utf8, sha256_hex
+from runtime._hashing import canonical_utf8, sha256_hex
 
 
 def roundtrip(obj):

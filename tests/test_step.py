@@ -122,3 +122,21 @@ def test_wake_resume_cancel_helpers():
     with pytest.raises(ValueError, match="Run is not waiting"):
         apply_resume(run, wait_key=None, payload=1)
     assert apply_cancel(run, "stop") and not apply_cancel(run, "again") and run.error == "stop"
+
+
+def test_every_timestamp_comes_from_the_clock_it_is_given():
+    # Given a fixed clock, I expect every updated_at, started_at and ended_at the step
+    # functions write to be its time, so that a test or a replay can pin them.
+    def clock():
+        return "2030-01-02T03:04:05+00:00"
+
+    run = RunState.new(workflow_id="agent", entry_node="think", run_id="r1", vars={"q": "?"})
+    tr = step(run, agent(), clock=clock)
+    started = start_attempt(run, tr.pending, clock=clock)
+    landed = apply_outcome(run, tr.pending, EffectOutcome.completed("4"), record=started, clock=clock)
+    done = step(landed.state, agent(), clock=clock)
+    stamps = {run.updated_at, *(r.started_at for r in [started, *done.records]),
+              *(r.ended_at for r in [started, *done.records])}
+    assert stamps == {clock()} and done.action == Action.FINISH
+    other = RunState.new(workflow_id="w", entry_node="a", run_id="r2")
+    assert apply_cancel(other, "stop", clock=clock) and other.updated_at == clock()

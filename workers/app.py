@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from typing import Any
 
 from celery import Celery
@@ -23,20 +24,42 @@ from .engine import Engine
 from .registry import Registry, registry
 from .settings import WorkerSettings
 
-__all__ = ["create_app", "CeleryDispatcher", "TASK_NAMES", "broker_url_of"]
+__all__ = ["create_app", "CeleryDispatcher", "TASK_NAMES", "EFFECT_TASK_KEYS", "effect_task_name", "broker_url_of"]
 
 logger = logging.getLogger(__name__)
 
-#: Task names by kind (Flower and ``celery inspect`` show these).
-TASK_NAMES = {
+
+class _TaskNames(dict[str, str]):
+    """TASK_NAMES, which still answers the old key of the effect task on the ticks queue
+    (``"ticks"``, now ``"effect_on_ticks"``) with a DeprecationWarning, for one release."""
+
+    def __missing__(self, key: str) -> str:
+        if key == "ticks":
+            warnings.warn('TASK_NAMES["ticks"] is now TASK_NAMES["effect_on_ticks"] (or effect_task_name("ticks"))',
+                          DeprecationWarning, stacklevel=2)
+            return self["effect_on_ticks"]
+        raise KeyError(key)
+
+
+#: Task names by kind (Flower and ``celery inspect`` show these). The names never change:
+#: messages already queued carry them, and they outlive any refactor.
+TASK_NAMES = _TaskNames({
     "tick": "abstractruntime.tick",
     "wake": "abstractruntime.wake",
     "sweep": "abstractruntime.sweep",
-    "ticks": "abstractruntime.effect",
+    # Effect tasks, one per queue kind an effect is sent to.
+    "effect_on_ticks": "abstractruntime.effect",  # an effect retried on the ticks queue (a wait's retry)
     "llm": "abstractruntime.effect.llm",
     "tools": "abstractruntime.effect.tools",
     "subworkflows": "abstractruntime.effect.subworkflow",
-}
+})
+#: The TASK_NAMES key of the effect task for each queue kind (``Dispatcher.effect``'s ``kind``).
+EFFECT_TASK_KEYS = {"ticks": "effect_on_ticks", "llm": "llm", "tools": "tools", "subworkflows": "subworkflows"}
+
+
+def effect_task_name(kind: str) -> str:
+    """The name of the effect task sent to the queue of ``kind`` (``ticks``, ``llm``, ``tools``, ``subworkflows``)."""
+    return TASK_NAMES[EFFECT_TASK_KEYS[kind]]
 
 
 def broker_url_of(settings: WorkerSettings) -> str:
@@ -121,7 +144,7 @@ class CeleryDispatcher:
 
     def effect(self, kind: str, run_id: str, version: int | None, key: str, attempt: int, *,
                countdown: float = 0.0, workflow: str | None = None, node: str | None = None) -> None:
-        self._send(TASK_NAMES[kind], [run_id, version, key, attempt], self.settings.queue(kind), countdown,
+        self._send(effect_task_name(kind), [run_id, version, key, attempt], self.settings.queue(kind), countdown,
                    workflow=workflow, node=node, attempt=attempt)
 
     def wake(self, run_id: str, version: int | None, *, countdown: float = 0.0, workflow: str | None = None,
@@ -190,10 +213,7 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
         task_default_queue=q("ticks"),
         task_routes={
             TASK_NAMES["tick"]: {"queue": q("ticks")},
-            TASK_NAMES["ticks"]: {"queue": q("ticks")},
-            TASK_NAMES["llm"]: {"queue": q("llm")},
-            TASK_NAMES["tools"]: {"queue": q("tools")},
-            TASK_NAMES["subworkflows"]: {"queue": q("subworkflows")},
+            **{TASK_NAMES[key]: {"queue": q(kind)} for kind, key in EFFECT_TASK_KEYS.items()},
             TASK_NAMES["wake"]: {"queue": q("timers")},
             TASK_NAMES["sweep"]: {"queue": q("maintenance")},
         },
@@ -238,16 +258,16 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
     def sweep(*args: Any) -> Any:
         return _traced(holder, "sweep", args, (0, 0), lambda e: e.sweep())
 
-    def effect_of(kind: str) -> Any:
-        label = TASK_NAMES[kind].removeprefix("abstractruntime.")
+    def effect_of(name: str) -> Any:
+        label = name.removeprefix("abstractruntime.")
 
         def effect(*args: Any) -> Any:
             return _traced(holder, "effect", args, (4, 4), lambda e: e.effect(*args), label=label)
 
         return effect
 
-    for kind in ("ticks", "llm", "tools", "subworkflows"):
-        app.task(name=TASK_NAMES[kind], shared=False)(effect_of(kind))
+    for key in EFFECT_TASK_KEYS.values():
+        app.task(name=TASK_NAMES[key], shared=False)(effect_of(TASK_NAMES[key]))
     return app
 
 

@@ -428,7 +428,7 @@ def verify(state: State, run_id: str | None, all_runs: bool) -> None:
         client.get_state(run_id)
         ids = [run_id]
     else:
-        ids = [i.decode() for i in client.backend.client.zrange(client.backend.keys.by_updated(), 0, -1)]
+        ids = client.backend.run_ids()
     from stores.signing import SigningError, verifier_from_env
 
     try:

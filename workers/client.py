@@ -22,7 +22,7 @@ from typing import Any
 from celery import Celery
 
 from runtime import RunState, RunStatus, WaitReason
-from runtime.errors import RunNotFound, WorkflowNotRegistered
+from runtime.errors import RunError, RunNotFound, WorkflowNotRegistered
 from stores.redis import RedisBackend
 
 from .app import CeleryDispatcher, create_app
@@ -36,7 +36,7 @@ __all__ = ["Client", "WaitTimeout", "TERMINAL"]
 TERMINAL = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 
-class WaitTimeout(TimeoutError):
+class WaitTimeout(RunError, TimeoutError):
     """``wait_for`` ran out of time; ``state`` is the run as last seen."""
 
     def __init__(self, run_id: str, statuses: Iterable[RunStatus], timeout_s: float, state: RunState) -> None:
@@ -163,16 +163,9 @@ class Client:
 
     def count(self, *, status: RunStatus | str | None = None, workflow_id: str | None = None) -> int:
         """How many runs have ``status`` (or are of ``workflow_id``; or exist), from the indexes."""
-        k = self.backend.keys
         if status is not None and workflow_id is not None:
             return len(self.list_runs(status=status, workflow_id=workflow_id, limit=10**9))
-        if status is not None:
-            key = k.by_status(RunStatus(status).value)
-        elif workflow_id is not None:
-            key = k.by_workflow(workflow_id)
-        else:
-            key = k.by_updated()
-        return int(self.backend.client.zcard(key))
+        return self.backend.count_runs(status=status, workflow_id=workflow_id)
 
     def wait_for(self, run_id: str, statuses: Iterable[RunStatus | str] | None = None, *,
                  timeout: float = 30.0) -> RunState:
@@ -184,8 +177,7 @@ class Client:
         wanted = {RunStatus(s) for s in statuses} if statuses is not None else {RunStatus.WAITING, *TERMINAL}
         deadline = time.monotonic() + timeout
         # The id of the newest event first, so that no commit between it and the read is missed.
-        newest = self.backend.client.xrevrange(self.backend.keys.events(), count=1)
-        last = newest[0][0].decode() if newest else "0"
+        last = self.backend.last_event_id()
         names = {s.value for s in wanted}
         state = self.get_state(run_id)
         while True:
@@ -240,6 +232,6 @@ class Client:
 
     def close(self) -> None:
         """Close the Redis connections, and the broker connections of an app this client made."""
-        self.backend.client.close()
+        self.backend.close()
         if self._own_app and self._app is not None:
             self._app.close()

@@ -148,8 +148,7 @@ class _Demo:
             ("sync child", "demo.parent_sync", {}),
             ("async child", "demo.parent_async", {}),
         ]
-        newest = client.backend.client.xrevrange(client.backend.keys.events(), count=1)
-        last = newest[0][0].decode() if newest else "0"
+        last = client.backend.last_event_id()
         for label, workflow_id, run_vars in plan:
             rid = client.start(workflow_id, vars=run_vars)
             self.names[rid] = label

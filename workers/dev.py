@@ -8,29 +8,17 @@ URL. It prints their output line by line behind a prefix per process (``worker |
 then the server. It exits 0 then; 1 when a process of the stack died on its own (the rest
 is stopped and the message names it); 4 when a stack already runs for the data folder.
 
-What runs is recorded in ``{data_dir}/stack.json``, by ``dev`` and by ``demo --keep``, so that
-``stop`` can end it from another shell, or after the supervising process was killed::
-
-    {"by": "dev", "pid": 4242, "started": 81723, "data_dir": "/home/me/app/.abstractruntime",
-     "processes": [{"name": "worker", "pid": 4250, "started": 81730}, ...],
-     "redis": {"pid": 4243, "url": "unix:///home/me/app/.abstractruntime/redis/redis.sock"}}
-
-``pid`` is the supervising process (null for ``demo --keep``), ``redis`` null when the stack
-uses ``ABSTRACTRUNTIME_REDIS_URL``. Each process leads its own process group, so stopping the
-group stops the pool processes it forked. ``started`` is the process's start time (clock
-ticks after boot, from /proc; null elsewhere), so a pid the system gave to another process
-since is never signalled.
+What runs is recorded in ``{data_dir}/stack.json``, which ``stop`` reads; that file and the
+stopping of what it names are :mod:`workers._stack` (its public names import from here too).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -39,170 +27,28 @@ from typing import IO, Any
 
 import click
 
-from stores._atomic import atomic_write
-from stores.redis.embedded import _alive, shared_embedded, stop_running
+from stores.redis.embedded import shared_embedded
+from stores.redis.urls import mask_url
 
+from ._stack import (
+    STACK_FILE,
+    STOP_TIMEOUT_S,
+    live_stack,
+    read_stack,
+    remove_stack,
+    stop_groups,
+    stop_stack,
+    write_stack,
+)
 from .settings import WorkerSettings
 
 __all__ = ["run_dev", "stop_stack", "read_stack", "write_stack", "live_stack", "STACK_FILE"]
 
-#: File in the data folder naming the processes of a stack (see the module docstring).
-STACK_FILE = "stack.json"
-#: Seconds the children get after SIGTERM before SIGKILL (a warm Celery shutdown finishes its tasks).
-STOP_TIMEOUT_S = 10.0
-#: Seconds ``stop`` gives a supervising ``dev`` to stop its stack before it is killed.
-SUPERVISOR_TIMEOUT_S = STOP_TIMEOUT_S * 2 + 10
 #: Exit codes of ``dev`` besides 0 (the CLI's own numbers).
 EXIT_DIED, EXIT_CONFLICT = 1, 4
 
 _POLL_S = 0.2
 _WIDTH = 6  # "worker", "beat  ", "redis ", "dev   "
-
-
-# -- the stack file --------------------------------------------------------------------------------
-
-
-def _start_time(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks after boot), or None when it cannot be told."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rpartition(b")")[2].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _same_process(pid: object, started: object) -> bool:
-    """Whether ``pid`` still runs and is the process recorded (same start time, when known)."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not _alive(pid):
-        return False
-    return not isinstance(started, int) or _start_time(pid) in (None, started)
-
-
-def read_stack(data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The stack recorded in ``data_dir`` (see the module docstring), or None."""
-    try:
-        with open(Path(data_dir) / STACK_FILE, encoding="utf-8") as f:
-            stack = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return stack if isinstance(stack, dict) else None
-
-
-def write_stack(data_dir: str | os.PathLike[str], *, by: str, supervisor: int | None,
-                processes: dict[str, int], redis: dict[str, Any] | None) -> None:
-    """Record a stack in ``data_dir`` so that ``abstractruntime stop`` can stop it."""
-    folder = Path(data_dir).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    stack = {"by": by, "pid": supervisor, "started": _start_time(supervisor) if supervisor else None,
-             "data_dir": str(folder),
-             "processes": [{"name": n, "pid": p, "started": _start_time(p)} for n, p in processes.items()],
-             "redis": redis}
-    atomic_write(folder / STACK_FILE, json.dumps(stack, indent=1).encode(), fsync=False)
-
-
-def live_stack(data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The recorded stack when its supervisor or any of its processes still runs, else None."""
-    stack = read_stack(data_dir)
-    if stack is None:
-        return None
-    if _same_process(stack.get("pid"), stack.get("started")) and stack.get("pid") != os.getpid():
-        return stack
-    return stack if any(_same_process(p.get("pid"), p.get("started")) for p in _processes(stack)) else None
-
-
-def _processes(stack: dict[str, Any]) -> list[dict[str, Any]]:
-    found = stack.get("processes")
-    return [p for p in found if isinstance(p, dict)] if isinstance(found, list) else []
-
-
-def _remove_stack(data_dir: Path) -> None:
-    try:
-        (data_dir / STACK_FILE).unlink()
-    except FileNotFoundError:
-        pass
-
-
-# -- stopping process groups -----------------------------------------------------------------------
-
-
-def _signal_group(pgid: int, sig: int) -> bool:
-    """Send ``sig`` to process group ``pgid``; False when the group is empty."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _wait_gone(alive: Any, timeout_s: float, hurry: threading.Event | None = None) -> bool:
-    """Poll ``alive()`` until it is False; whether that happened within ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while alive():
-        if time.monotonic() > deadline or (hurry is not None and hurry.is_set()):
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _stop_groups(leaders: list[int], timeout_s: float, hurry: threading.Event | None = None,
-                 children: tuple[subprocess.Popen[bytes], ...] = ()) -> None:
-    """SIGTERM each group's leader, SIGKILL what is left of the groups after ``timeout_s`` (the
-    leaders must be processes of ours, checked by the caller).
-
-    Only the leader gets SIGTERM: a Celery worker stops its own pool processes, and a pool
-    process that gets SIGTERM itself would be replaced, not stopped. Leaders that are our
-    ``children`` are reaped while waiting (a zombie still counts as a member of its group).
-    """
-    for pgid in leaders:
-        try:
-            os.kill(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-
-    def left() -> bool:
-        for child in children:
-            child.poll()
-        return any(_signal_group(g, 0) for g in leaders)
-
-    _wait_gone(left, timeout_s, hurry)
-    for pgid in leaders:
-        _signal_group(pgid, signal.SIGKILL)
-
-
-def stop_stack(data_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Stop what runs for ``data_dir``: the recorded stack, then the embedded redis-server.
-
-    A supervising ``dev`` is asked to stop (SIGTERM) and does it in order; processes left
-    without one (``demo --keep``, a killed ``dev``) are stopped here. Returns what was stopped,
-    ``[{"name": ..., "pid": ...}]``; [] when nothing ran. Creates nothing.
-    """
-    folder = Path(data_dir).resolve()
-    if not folder.is_dir():
-        return []
-    stopped: list[dict[str, Any]] = []
-    stack = read_stack(folder) or {}
-    running = [p for p in _processes(stack) if _same_process(p.get("pid"), p.get("started"))]
-    recorded = stack.get("redis")
-    redis_pid = recorded.get("pid") if isinstance(recorded, dict) else None
-    if not isinstance(redis_pid, int) or not _alive(redis_pid):
-        redis_pid = None
-    supervisor = stack.get("pid")
-    if _same_process(supervisor, stack.get("started")) and supervisor != os.getpid():
-        assert isinstance(supervisor, int)
-        os.kill(supervisor, signal.SIGTERM)  # it stops its processes and its server, in order
-        if not _wait_gone(lambda: _alive(supervisor), SUPERVISOR_TIMEOUT_S):
-            os.kill(supervisor, signal.SIGKILL)
-        stopped.append({"name": f"abstractruntime {stack.get('by', 'dev')}", "pid": supervisor})
-    # What is left: everything of a demo --keep, or of a dev that was killed.
-    _stop_groups([p["pid"] for p in running if _same_process(p["pid"], p.get("started"))], STOP_TIMEOUT_S)
-    stopped += [{"name": str(p.get("name", "?")), "pid": p["pid"]} for p in running]
-    pid = stop_running(folder)
-    if pid is not None or (redis_pid is not None and not _alive(redis_pid)):
-        stopped.append({"name": "redis-server", "pid": pid if pid is not None else redis_pid})
-    _remove_stack(folder)
-    return stopped
 
 
 # -- dev ---------------------------------------------------------------------------------------------
@@ -304,7 +150,7 @@ class _Dev:
     def banner(self) -> None:
         s = self.settings
         where = f"embedded redis-server (pid {self.server.pid}) at {self.url}, data in {self.data_dir / 'redis'}" \
-            if self.server is not None else f"{s.redis.url and _masked(s.redis.url)} (ABSTRACTRUNTIME_REDIS_URL)"
+            if self.server is not None else f"{s.redis.url and mask_url(s.redis.url)} (ABSTRACTRUNTIME_REDIS_URL)"
         imports = ", ".join(s.imports) or "none (set ABSTRACTRUNTIME_IMPORTS to register your workflows)"
         lines = [
             "abstractruntime dev: the local stack; Ctrl-C stops all of it",
@@ -380,7 +226,7 @@ class _Dev:
         if running:
             self.say("dev", "stopping " + ", ".join(n for n, p in self.procs.items() if p.poll() is None))
         # Children that exited may have left pool processes in their group: those are stopped too.
-        _stop_groups([p.pid for p in self.procs.values()], STOP_TIMEOUT_S, self.hurry, tuple(self.procs.values()))
+        stop_groups([p.pid for p in self.procs.values()], STOP_TIMEOUT_S, self.hurry, tuple(self.procs.values()))
         for proc in self.procs.values():
             proc.wait()
         if self.server is not None:
@@ -390,16 +236,10 @@ class _Dev:
             thread.join(5.0)
         stack = read_stack(self.data_dir)
         if stack is not None and stack.get("pid") == os.getpid():
-            _remove_stack(self.data_dir)
+            remove_stack(self.data_dir)
         what = [*self.procs, *(["redis-server"] if self.server is not None else [])]
         if what:
             self.say("dev", "stopped " + ", ".join(what))
-
-
-def _masked(url: str) -> str:
-    from stores.redis.settings import mask_url
-
-    return mask_url(url)
 
 
 @contextmanager

@@ -28,12 +28,10 @@ def run_checks(settings: WorkerSettings, env: dict[str, str]) -> list[dict[str, 
     except RedisUnavailable as exc:
         checks.append(_check("redis", "fail", str(exc), "start Redis, or fix ABSTRACTRUNTIME_REDIS_URL"))
         return checks
-    client = backend.client
-    info = client.info("server")
-    persistence = client.info("persistence")
-    aof = bool(persistence.get("aof_enabled"))
+    info = backend.server_info()
+    aof = info["aof_enabled"]
     checks.append(_check("redis", "ok" if aof else "warn",
-                         f"Redis {info.get('redis_version')} at {settings.redis.url or 'the embedded server'}; "
+                         f"Redis {info['redis_version']} at {settings.redis.url or 'the embedded server'}; "
                          f"append-only file {'on' if aof else 'off'}",
                          "" if aof else "turn on appendonly, or a Redis restart loses every run"))
 
@@ -69,28 +67,27 @@ def run_checks(settings: WorkerSettings, env: dict[str, str]) -> list[dict[str, 
     finally:
         app.close()
 
-    k = backend.keys
     now = backend.time_ms()
-    last = client.get(k.sweep_heartbeat())
+    last = backend.last_sweep_ms()
     limit_s = max(5 * settings.sweep_period_s, 5.0)
     if last is None:
         checks.append(_check("beat", "fail", "no recovery sweep has run yet",
                              "start exactly one: abstractruntime beat"))
     else:
-        age = (now - int(last)) / 1000
+        age = (now - last) / 1000
         checks.append(_check("beat", "ok" if age <= limit_s else "fail", f"last sweep {age:.1f}s ago",
                              "start exactly one: abstractruntime beat"))
-    overdue = int(client.zcount(k.timers(), "-inf", now - int(OVERDUE_S * 1000)))
+    overdue = backend.count_timers_due(now - int(OVERDUE_S * 1000))
     checks.append(_check("timers", "ok" if not overdue else "warn",
                          f"{overdue} timer(s) more than {OVERDUE_S:g}s overdue",
                          "check that a worker consumes the timers and maintenance queues and that beat runs"))
-    stuck = int(client.zcount(k.leases(), "-inf", now))
+    stuck = backend.count_leases_expired(now)
     checks.append(_check("runs", "ok" if not stuck else "warn",
                          f"{stuck} run(s) whose lease expired (a message lost or a worker gone)",
                          "the sweep sends their message again; if this stays, check the workers' logs"))
-    dead = int(client.llen(k.dead_letters()))
-    checks.append(_check("dead letters", "ok" if not dead else "warn",
-                         f"{dead} refused message(s) in {k.dead_letters()}",
-                         f"read them: redis-cli LRANGE {k.dead_letters()} 0 20 (each names its task and reason)"))
-    client.close()
+    dead = backend.count_dead_letters()
+    key = backend.keys.dead_letters()
+    checks.append(_check("dead letters", "ok" if not dead else "warn", f"{dead} refused message(s) in {key}",
+                         f"read them: redis-cli LRANGE {key} 0 20 (each names its task and reason)"))
+    backend.close()
     return checks

@@ -1,5 +1,9 @@
 """What workers know by name: workflows by id, tools by name, effect handlers by effect type.
 
+Not to be confused with :mod:`runtime.registry`, the kernel's ``WorkflowRegistry`` (workflow
+id -> spec, nothing else): the process-wide :data:`registry` here wraps one of those for its
+workflows and adds the tools, effect handlers and effect policy of a worker process.
+
 Nothing callable crosses the wire: a message names a run, and the run names its workflow;
 the code is what the worker imported. The modules listed in ``ABSTRACTRUNTIME_IMPORTS``
 register their workflows here when imported::

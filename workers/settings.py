@@ -1,9 +1,11 @@
 """Every setting of the Celery driver in one place, read from ``ABSTRACTRUNTIME_*`` variables.
 
 ``WorkerSettings.from_env()`` is what workers, beat and producers use; the Redis part is
-:class:`stores.redis.RedisSettings` (URL, prefix, timeouts, the embedded server). With no
-broker URL the broker is the same Redis that keeps the runs (the embedded one when no Redis
-URL is set either), so a fresh machine needs no configuration.
+:class:`stores.redis.RedisSettings` (URL, prefix, timeouts, the embedded server) and the
+signing keys are :class:`stores.signing.SigningSettings`. With no broker URL the broker is
+the same Redis that keeps the runs (the embedded one when no Redis URL is set either), so a
+fresh machine needs no configuration. Every variable, with its default, is listed in
+``docs/configuration.md`` (``tests/test_settings_doc.py`` keeps the two in step).
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from stores.redis.settings import RedisSettings, mask_url, settings_from_env
+from stores._settings import settings_from_env
+from stores.redis.settings import RedisSettings
+from stores.redis.urls import mask_url
+from stores.signing import SigningSettings
 
 __all__ = ["WorkerSettings", "QUEUE_KINDS", "ENV_VARS"]
 
@@ -91,6 +96,8 @@ class WorkerSettings:
     ack_emulation: bool = False
     #: Redis broker only: seconds before an unacknowledged message is delivered again.
     visibility_timeout_s: float = 3600.0
+    #: Keys that sign ledger records and verify them (none by default).
+    signing: SigningSettings = field(default_factory=SigningSettings)
 
     def __post_init__(self) -> None:
         if self.broker_url is not None and (not isinstance(self.broker_url, str) or "://" not in self.broker_url):
@@ -130,8 +137,8 @@ class WorkerSettings:
         A malformed value raises ValueError naming the variable.
         """
         env = os.environ if environ is None else environ
-        return settings_from_env(cls, ENV_VARS, env, values={"redis": RedisSettings.from_env(env)},
-                                 convert={"imports": _split})
+        parts = {"redis": RedisSettings.from_env(env), "signing": SigningSettings.from_env(env)}
+        return settings_from_env(cls, ENV_VARS, env, values=parts, convert={"imports": _split})
 
 
 def _split(raw: str) -> tuple[str, ...]:

@@ -37,7 +37,7 @@ from runtime.errors import AbstractRuntimeError
 from stores.redis import RedisBackend
 
 from . import logs
-from .app import TASK_NAMES
+from .app import TASK_NAMES, effect_task_name
 from .engine import Engine
 from .registry import Registry
 from .settings import WorkerSettings
@@ -127,7 +127,7 @@ class StubDispatcher:
 
     def effect(self, kind: str, run_id: str, version: int | None, key: str, attempt: int, *,
                countdown: float = 0.0, workflow: str | None = None, node: str | None = None) -> None:
-        self._put("effect", TASK_NAMES[kind], (run_id, version, key, attempt), kind, countdown, workflow, node)
+        self._put("effect", effect_task_name(kind), (run_id, version, key, attempt), kind, countdown, workflow, node)
 
     def wake(self, run_id: str, version: int | None, *, countdown: float = 0.0, workflow: str | None = None,
              node: str | None = None) -> None:

@@ -6,6 +6,7 @@ its data under ``ABSTRACTRUNTIME_DATA_DIR`` (default ``./.abstractruntime``).
 """
 
 from .artifacts import RedisArtifactStore
+from .backend import RedisBackend
 from .embedded import EmbeddedRedis, find_redis_server, shared_embedded, stop_running
 from .errors import (
     ChosenRedisServerNotFound,
@@ -14,9 +15,10 @@ from .errors import (
     RedisServerNotFound,
     RedisUnavailable,
 )
+from .ledger import RedisLedgerStore
+from .runs import RedisRunStore
 from .settings import RedisSettings, connect, mask_url
 from .snapshots import RedisSnapshotStore
-from .store import RedisBackend, RedisLedgerStore, RedisRunStore
 
 __all__ = [
     # Stores

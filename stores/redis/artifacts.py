@@ -27,12 +27,12 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from runtime.artifacts import Artifact, ArtifactMetadata, ArtifactStore, _ArtifactStoreHelpers, validate_artifact_id
+from runtime.artifacts import Artifact, ArtifactMetadata, ArtifactStore, ArtifactStoreBase, validate_artifact_id
 from runtime.errors import CorruptRecordError, StoreError
 
-from .codec import ValueTooLarge, decode
+from .codec import DEFAULT_MAX_VALUE_BYTES, ValueTooLarge, decode
 from .keys import Keys
-from .snapshots import DEFAULT_MAX_VALUE_BYTES, check_bytes_client, created_score, pack, paged, text_of, watched
+from .snapshots import check_bytes_client, created_score, pack, paged, text_of, watched
 
 __all__ = ["RedisArtifactStore"]
 
@@ -44,7 +44,7 @@ DEFAULT_INLINE_LIMIT_BYTES = 1024 * 1024
 _LOAD_TRIES = 5
 
 
-class RedisArtifactStore(_ArtifactStoreHelpers):
+class RedisArtifactStore(ArtifactStoreBase):
     """An ``ArtifactStore`` in Redis (see the module docstring for the keys and the large store).
 
     ``client`` must be a redis-py client built with ``decode_responses=False``.

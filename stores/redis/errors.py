@@ -1,7 +1,8 @@
 """Errors of the Redis connection and of the embedded Redis server.
 
 All of them are :class:`~runtime.errors.StoreError`\\ s, so a caller that handles store
-failures in general needs no Redis-specific ``except``::
+failures in general needs no Redis-specific ``except`` (the whole tree is drawn in
+:mod:`runtime.errors`)::
 
     StoreError
     ├── RedisUnavailable                         Redis cannot be reached (URL masked)
@@ -11,29 +12,24 @@ failures in general needs no Redis-specific ``except``::
         └── ChosenRedisServerNotFound            not the one ABSTRACTRUNTIME_REDIS_SERVER names
 
 No message, field or argument of these errors holds a Redis password: URLs are masked
-with :func:`stores.redis.settings.mask_url` before they are stored.
+with :func:`stores.redis.urls.mask_url` before they are stored.
 """
 
 from __future__ import annotations
 
 from runtime.errors import StoreError
 
+from .urls import mask_url
+
 __all__ = ["RedisUnavailable", "EmbeddedRedisFailed", "RedisServerMismatch", "RedisServerNotFound",
            "ChosenRedisServerNotFound"]
-
-
-def _masked(url: str) -> str:
-    # Imported here: settings imports this module. Masking twice is harmless.
-    from .settings import mask_url
-
-    return mask_url(url)
 
 
 class RedisUnavailable(StoreError):
     """Raised when Redis cannot be reached at start, or is still unreachable after the retries."""
 
     def __init__(self, *, url: str, reason: str) -> None:
-        self.url = _masked(url)
+        self.url = mask_url(url)  # masking twice is harmless
         self.reason = reason
         super().__init__(self._message())
 

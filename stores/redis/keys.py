@@ -25,7 +25,16 @@ class Keys:
     # -- one run (one cluster slot) --------------------------------------------------------------
 
     def run(self, run_id: str) -> str:
-        """HASH ``s`` (msgpack state), ``v`` (version), ``h`` (chain head)."""
+        """HASH of one run:
+
+        * ``s`` the state (msgpack of ``RunState.to_dict()``);
+        * ``v`` its version, +1 per commit;
+        * ``h`` the ledger's chain head (``record_hash`` of the newest record);
+        * ``t`` the token of the last script call that wrote it (a re-sent call is a no-op);
+        * ``d`` the dispatch, what the run expects next under the Celery driver (msgpack;
+          ``stores/redis/dispatch.py``), absent when nothing;
+        * ``f`` the run's newest failure, JSON, outside the hash chain (``RedisBackend.set_last_failure``).
+        """
         return f"{self.prefix}:{{{run_id}}}:run"
 
     def ledger(self, run_id: str) -> str:

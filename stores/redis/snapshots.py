@@ -21,19 +21,17 @@ from typing import Any, TypeVar
 
 import redis
 
-from runtime._json import parse_iso
+from runtime._clock import parse_iso
 from runtime.errors import CorruptRecordError, InvalidTimeError, PayloadNotSerializable, StoreError
 from runtime.snapshots import Snapshot, select_snapshots, stamped_snapshot_json, validate_snapshot_id
 
-from .codec import decode, encode
+from .codec import DEFAULT_MAX_VALUE_BYTES, decode, encode
 from .keys import Keys
 
 __all__ = ["RedisSnapshotStore"]
 
 logger = logging.getLogger(__name__)
 
-#: Largest value stored or read, in bytes (the same default as the run store).
-DEFAULT_MAX_VALUE_BYTES = 16 * 1024 * 1024
 #: Index entries fetched per round trip when a listing pages through an index.
 _PAGE = 200
 #: Times a WATCHed transaction is retried when another writer touched the key in between.

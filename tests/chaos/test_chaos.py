@@ -98,9 +98,8 @@ class Faults:
             return
         _run, v, d, _now = loaded
         dispatcher = self.client.engine.dispatcher
-        if d and d.get("k") == "effect":
-            p = d["p"]
-            dispatcher.effect(d.get("q") or "ticks", rid, v, p["idempotency_key"], p["attempt"])
+        if d is not None and d.kind == "effect" and d.pending is not None:
+            dispatcher.effect(d.queue or "ticks", rid, v, d.pending.idempotency_key, d.pending.attempt)
             self.count["duplicate effect message"] += 1
         else:
             dispatcher.tick(rid, v)

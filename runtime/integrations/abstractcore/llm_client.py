@@ -18,7 +18,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from ...errors import AbstractRuntimeError
+from ...errors import AbstractRuntimeError, EffectError
 from .request_sender import HttpResponse, HttpStatusError, RequestSender, UrllibRequestSender, mask_url
 from .tool_schema import tool_schema
 
@@ -46,7 +46,7 @@ GENERATION_KEYS = ("temperature", "max_tokens", "max_output_tokens", "top_p", "s
                    "frequency_penalty", "presence_penalty")
 
 
-class LLMCallError(AbstractRuntimeError):
+class LLMCallError(EffectError):
     """An LLM call failed; ``retryable`` is False when another attempt cannot help (HTTP 4xx)."""
 
     def __init__(self, message: str, *, retryable: bool = True, status: int | None = None) -> None:

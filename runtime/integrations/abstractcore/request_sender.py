@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ...errors import AbstractRuntimeError
+from ...errors import EffectError
 
 __all__ = ["HttpResponse", "HttpStatusError", "RequestSender", "UrllibRequestSender", "mask_url"]
 
@@ -41,7 +41,7 @@ class RequestSender(Protocol):
         """
 
 
-class HttpStatusError(AbstractRuntimeError):
+class HttpStatusError(EffectError):
     """Raised by :class:`UrllibRequestSender` when the server answers with an HTTP error status."""
 
     def __init__(self, status_code: int, url: str, detail: str) -> None:

@@ -1,27 +1,32 @@
 -- Append ledger records to one run (no state change), checking the chain head; optionally
 -- first look for an effect result already recorded under an idempotency key.
 --
--- KEYS[1]  run hash   KEYS[2]  ledger stream   KEYS[3]  results hash
+-- KEYS, in this order (AppendKeys in stores/redis/backend.py):
+-- KEYS[1]      run            run hash {h: chain head, t: token, d: dispatch}
+-- KEYS[2]      ledger         ledger stream (field r: msgpack record)
+-- KEYS[3]      results        results hash (idempotency key -> msgpack result; the first write wins)
 --
--- ARGV[1]  expected chain head ("" when the ledger is empty)
--- ARGV[2]  new chain head
--- ARGV[3]  call token (kept in field t; a re-sent call is a no-op)
--- ARGV[4]  idempotency key to look up first ("" for none)
--- ARGV[5]  dispatch to keep in field d ("" leaves d as it is)
--- ARGV[6]  number of records n, then n msgpack records, then the number of results m,
---          then m pairs (idempotency key, msgpack result; HSETNX: the first wins)
+-- ARGV, in this order (AppendArgs in stores/redis/backend.py, then the records):
+-- ARGV[1]      expected_head  the chain head the records link to ("" when the ledger is empty)
+-- ARGV[2]      new_head       the chain head after the records
+-- ARGV[3]      token          unique per call, kept in field t (a re-sent call is a no-op)
+-- ARGV[4]      lookup_key     idempotency key to look up first ("" for none)
+-- ARGV[5]      dispatch       dispatch to keep in field d ("" leaves d as it is)
+-- ARGV[6..]    records        n, then n msgpack records, then m, then m pairs (idempotency key, msgpack result)
 --
--- Returns {1, 0} when appended; {4, result} when ARGV[4] has a recorded result (nothing
--- appended: the caller reuses it); {2, actual head} when the chain head moved (nothing written).
+-- Returns {OK, 0} when appended; {FOUND, result} when lookup_key has a recorded result (nothing
+-- appended: the caller reuses it); {HEAD_MOVED, stored head} when the chain head moved (nothing written).
+
+local OK, HEAD_MOVED, FOUND = 1, 2, 4  -- Reply in stores/redis/scripts.py
 
 local stored = redis.call('HMGET', KEYS[1], 'h', 't')
-if stored[2] == ARGV[3] then return {1, 0} end
+if stored[2] == ARGV[3] then return {OK, 0} end
 if ARGV[4] ~= '' then
   local found = redis.call('HGET', KEYS[3], ARGV[4])
-  if found then return {4, found} end
+  if found then return {FOUND, found} end
 end
 local head = stored[1] or ''
-if head ~= ARGV[1] then return {2, head} end
+if head ~= ARGV[1] then return {HEAD_MOVED, head} end
 local n = tonumber(ARGV[6])
 for i = 1, n do
   redis.call('XADD', KEYS[2], '*', 'r', ARGV[6 + i])
@@ -35,4 +40,4 @@ if ARGV[5] ~= '' then
 else
   redis.call('HSET', KEYS[1], 'h', ARGV[2], 't', ARGV[3])
 end
-return {1, 0}
+return {OK, 0}

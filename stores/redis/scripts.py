@@ -1,0 +1,45 @@
+"""The Lua scripts of the Redis stores: their text, read once at import, and their reply codes.
+
+Each script is a file in ``lua/`` that opens with a comment listing its KEYS, ARGV and reply
+(``tests/test_lua_contract.py`` checks the Python side against those comments). The index
+moves that ``commit.lua`` (one Redis) and ``index.lua`` (Redis Cluster) share are written
+once, in ``lua/moves.lua``, and put in front of both scripts here.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from importlib import resources
+
+__all__ = ["Reply", "SOURCES", "source"]
+
+_LUA = resources.files(__package__).joinpath("lua")
+#: The scripts that call ``move_entries`` (defined in ``lua/moves.lua``).
+_USE_MOVES = ("commit", "index")
+
+
+class Reply(IntEnum):
+    """The first item of a reply of ``commit.lua`` or ``append.lua`` (the scripts use the same names)."""
+
+    #: commit.lua: the stored version is not the one expected; second item: that version (-1: no run).
+    CONFLICT = 0
+    #: Written (or written before by the same call, whose reply was lost); second item: the new version.
+    OK = 1
+    #: The stored chain head is not the one the records were chained to; second item: that head.
+    HEAD_MOVED = 2
+    #: commit.lua: a run created as new exists already; second item: its version.
+    EXISTS = 3
+    #: append.lua: a result is recorded under the idempotency key looked up; second item: that result.
+    FOUND = 4
+
+
+def source(name: str) -> str:
+    """The text sent to Redis for ``lua/<name>.lua``, with the shared moves in front where used."""
+    text = _LUA.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    if name in _USE_MOVES:
+        text = _LUA.joinpath("moves.lua").read_text(encoding="utf-8") + "\n" + text
+    return text
+
+
+#: Every script by name, as sent to Redis (``register_script``: EVALSHA, reloaded after NOSCRIPT).
+SOURCES = {name: source(name) for name in ("commit", "append", "index", "claim", "failure")}

@@ -1,0 +1,153 @@
+"""What every part of the engine shares: its state, the :class:`Dispatcher` it sends
+through, the commit, and how a run fails and ends.
+
+The parts (``tick.py``, ``effects.py``, ``children.py``, ``sweep.py``, ``producer.py``) are
+base classes of :class:`workers.engine.Engine`, each built on :class:`EngineBase`. The
+methods one part calls in another are declared at the end of :class:`EngineBase`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Protocol
+
+from runtime import EffectType, RunState, RunStatus, StepRecord
+from runtime.errors import PayloadNotSerializable, WorkflowNotRegistered
+from runtime.spec import WorkflowSpec
+from stores.redis import RedisBackend
+from stores.redis.codec import ValueTooLarge
+from stores.redis.dispatch import Dispatch
+
+from .. import logs
+from ..registry import Registry
+from ..settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from runtime.models import EffectOutcome
+    from runtime.step import PendingEffect, Transition
+
+__all__ = ["Dispatcher", "EngineBase", "EFFECT_QUEUES"]
+
+#: Every part logs as ``workers.engine`` (docs/logging.md), wherever its code lives.
+logger = logging.getLogger("workers.engine")
+
+#: The queue kind each effect type runs on; other effects (the waits) run inside the tick.
+EFFECT_QUEUES = {
+    EffectType.LLM_CALL: "llm",
+    EffectType.TOOL_CALLS: "tools",
+    EffectType.START_SUBWORKFLOW: "subworkflows",
+}
+
+#: What the store refuses to write (a node's vars that are not JSON, a value over the limit).
+REFUSED = (PayloadNotSerializable, ValueTooLarge)
+
+
+class Dispatcher(Protocol):
+    """Sends the follow-up messages (the Celery one lives in ``workers.app``)."""
+
+    # ``workflow`` and ``node`` label the message (Flower shows them); the task never reads them.
+    def tick(self, run_id: str, version: int | None, *, countdown: float = 0.0, attempt: int = 1,
+             workflow: str | None = None, node: str | None = None) -> None: ...
+
+    def effect(self, kind: str, run_id: str, version: int | None, key: str, attempt: int, *,
+               countdown: float = 0.0, workflow: str | None = None, node: str | None = None) -> None: ...
+
+    def wake(self, run_id: str, version: int | None, *, countdown: float = 0.0, workflow: str | None = None,
+             node: str | None = None) -> None: ...
+
+
+def iso(ms: int) -> str:
+    """An epoch-ms time as ISO 8601 UTC."""
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
+
+
+class EngineBase:
+    """The state of an engine and the helpers its parts share."""
+
+    def __init__(self, backend: RedisBackend, registry: Registry, settings: WorkerSettings,
+                 dispatcher: Dispatcher) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self._tick_lease = int(settings.tick_lease_s * 1000)
+        self._effect_lease = int(settings.effect_lease_s * 1000)
+        # Children a START_SUBWORKFLOW handler created, ticked once the parent's commit is in
+        # (per thread: a threads pool runs several effect tasks at once).
+        self._local = threading.local()
+
+    def _workflow(self, workflow_id: str) -> WorkflowSpec:
+        spec = self.registry.workflows.get(workflow_id)
+        if spec is None:
+            raise WorkflowNotRegistered(workflow_id)
+        return spec
+
+    def _commit(self, run: RunState, records: list[StepRecord], version: int, *,
+                dispatch: Dispatch | None = None, lease_ms: int | None = None) -> int:
+        """One version-checked commit (``VersionConflict``: another writer moved the run first)."""
+        v = self.backend.commit(run, records, expected_version=version, dispatch=dispatch, lease_ms=lease_ms)
+        logs.note(run.run_id, version=v)  # the version the task's outcome line shows
+        return v
+
+    def _commit_tick(self, run: RunState, records: list[StepRecord], version: int) -> int:
+        """Commit and expect a tick (under a tick lease); the caller sends it."""
+        return self._commit(run, records, version, dispatch=Dispatch.tick(), lease_ms=self._tick_lease)
+
+    def _commit_end(self, run: RunState, records: list[StepRecord], version: int) -> int:
+        """Commit a run that ended: one with a parent expects to tell it (under a lease, so the
+        sweep tells it if this process dies first); one without expects nothing."""
+        if run.parent_run_id:
+            return self._commit(run, records, version, dispatch=Dispatch.notify(), lease_ms=self._tick_lease)
+        return self._commit(run, records, version)
+
+    @staticmethod
+    def _fail(run: RunState, records: list[StepRecord], message: str) -> None:
+        """Fail ``run``: the last record, if still started, fails with ``message``, else one is added."""
+        if records and records[-1].status == "started":
+            records[-1].finish_failure(message)
+        else:
+            record = StepRecord.start(run=run, node_id=run.current_node or "", effect=None)
+            record.finish_failure(message)
+            records.append(record)
+        run.status = RunStatus.FAILED
+        run.error = message
+        run.updated_at = records[-1].ended_at or run.updated_at
+
+    def _keep_failure(self, run_id: str, exc: BaseException, *, where: str, node: str | None,
+                      attempt: int) -> None:
+        """Keep the traceback with the run (outside the ledger) for ``status`` and any UI."""
+        try:
+            self.backend.set_last_failure(run_id, {
+                "where": where, "node": node, "attempt": attempt, "type": type(exc).__name__,
+                "message": str(exc)[:2000], "at": iso(self.backend.time_ms()),
+                "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            })
+        except Exception as keep_exc:  # keeping it is a courtesy: never let it change the outcome
+            logger.warning("run %s: could not keep the failure's traceback: %s", run_id, keep_exc)
+
+    if TYPE_CHECKING:
+        # The seams between the parts: each is defined by the part named, and called by others.
+
+        def _land(self, run: RunState, v: int, tr: Transition, records: list[StepRecord],  # tick.py
+                  now_ms: int) -> str: ...
+
+        def _handlers(self, now_ms: int | None = None) -> dict[Any, Any]: ...  # effects.py
+
+        def _run_effect(self, run: RunState, pending: PendingEffect,  # effects.py
+                        handlers: dict[Any, Any]) -> EffectOutcome: ...
+
+        def _start_subworkflow(self, run: RunState, effect: Any,  # children.py
+                               default_next_node: str | None) -> EffectOutcome: ...
+
+        def _notify_parent(self, child: RunState) -> None: ...  # children.py
+
+        def _tick_children(self) -> None: ...  # children.py
+
+        def _after_end(self, run: RunState) -> None: ...  # children.py
+
+        def create(self, workflow: WorkflowSpec, *, vars: dict[str, Any] | None = None,  # producer.py
+                   run_id: str | None = None, actor_id: str | None = None, session_id: str | None = None,
+                   parent_run_id: str | None = None, dispatch: bool = True) -> str: ...

@@ -1,0 +1,161 @@
+"""Producer operations: what the client (and the CLI through it) does to runs: create,
+resume, emit, wake by an operator, cancel. Each is a version-checked commit, retried on a
+conflict, then the message the run now expects."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from runtime import RunState, RunStatus, StepRecord, VersionConflict
+from runtime._json import ensure_json
+from runtime.errors import RunNotFound, RunNotWaiting, WaitKeyMismatch, WaitNotEnded
+from runtime.models import validate_run_id
+from runtime.spec import WorkflowSpec
+from runtime.step import apply_cancel, apply_resume
+from runtime.waits import WaitAction, check_wait_ends
+from stores.redis.dispatch import Dispatch
+
+from .base import EngineBase, iso
+from .children import CONFLICT_RETRIES
+
+__all__ = ["ProducerOperations"]
+
+#: What a change gives ``_retrying``: the run, what to send ("tick" or "none"), and optionally
+#: the records to append in the same commit.
+_Change = tuple[RunState, str] | tuple[RunState, str, list[StepRecord]]
+
+
+class ProducerOperations(EngineBase):
+    """``Engine.create``, ``resume``, ``emit``, ``force_wake`` and ``cancel``."""
+
+    def create(self, workflow: WorkflowSpec, *, vars: dict[str, Any] | None = None, run_id: str | None = None,
+               actor_id: str | None = None, session_id: str | None = None, parent_run_id: str | None = None,
+               dispatch: bool = True) -> str:
+        """Store a new run at the workflow's entry node and send its first tick."""
+        from runtime.limits import RuntimeConfig
+
+        workflow.get_node(workflow.entry_node)
+        if run_id is not None:
+            validate_run_id(run_id)
+        run_vars = dict(vars or {})
+        ensure_json(run_vars, "vars")
+        if "_limits" not in run_vars:
+            run_vars["_limits"] = RuntimeConfig().to_limits_dict()
+        run = RunState.new(workflow_id=workflow.workflow_id, entry_node=workflow.entry_node, actor_id=actor_id,
+                           session_id=session_id, vars=run_vars, parent_run_id=parent_run_id, run_id=run_id)
+        v = self.backend.commit(run, [], create=True, dispatch=Dispatch.tick(), lease_ms=self._tick_lease)
+        if dispatch:
+            self.dispatcher.tick(run.run_id, v, workflow=workflow.workflow_id, node=workflow.entry_node)
+        return run.run_id
+
+    def _retrying(self, run_id: str, change: Callable[[RunState, int], _Change | None]) -> RunState:
+        """Load, change, commit; again on a version conflict. ``change`` returns None for no
+        commit, else the changed run, ``"tick"`` or ``"none"`` (what to send), and optionally
+        the ledger records the commit appends."""
+        for _ in range(CONFLICT_RETRIES):
+            loaded = self.backend.load_for_driver(run_id)
+            if loaded is None:
+                raise RunNotFound(run_id)
+            v = loaded.version
+            result = change(loaded.run, v)
+            if result is None:
+                return loaded.run
+            try:
+                changed, what = result[0], result[1]
+                records = list(result[2]) if len(result) > 2 else []  # type: ignore[misc]
+                if what == "tick":
+                    v = self._commit_tick(changed, records, v)
+                    self.dispatcher.tick(run_id, v, workflow=changed.workflow_id, node=changed.current_node)
+                else:
+                    self._commit(changed, records, v)
+                return changed
+            except VersionConflict:
+                time.sleep(0.001)
+        raise VersionConflict(run_id=run_id, expected_version=-1, actual_version=None)
+
+    def resume(self, run_id: str, *, wait_key: str | None, payload: Any, action: WaitAction = "resume") -> RunState:
+        """Deliver ``payload`` to a run whose wait ``action`` may end, and send its tick.
+
+        The wait decides (:func:`runtime.waits.check_wait_ends`): ``resume`` and ``emit`` need
+        the run's own wait key, ``respond`` answers only a person's question, and a timer or a
+        child run's wait is never ended this way (:class:`WaitNotEnded`, nothing written).
+        """
+        ensure_json(payload, "payload")
+
+        def change(run: RunState, v: int) -> tuple[RunState, str]:
+            w = check_wait_ends(run, action, wait_key)
+            apply_resume(run, wait_key=w.wait_key, payload=payload)
+            return run, "tick"
+
+        return self._retrying(run_id, change)
+
+    def emit(self, wait_key: str, payload: Any) -> list[str]:
+        """Resume every run waiting on ``wait_key`` (found through the wait-key index)."""
+        ensure_json(payload, "payload")
+        resumed = []
+        for rid in self.backend.runs_waiting_on(wait_key):
+            try:
+                self.resume(rid, wait_key=wait_key, payload=payload, action="emit")
+            except (RunNotWaiting, WaitKeyMismatch, WaitNotEnded, RunNotFound):
+                continue  # it moved on between the index read and the resume, or waits on a child
+            resumed.append(rid)
+        return resumed
+
+    def force_wake(self, run_id: str, *, reason: str, actor: str) -> RunState:
+        """Wake a run sleeping until a time now, before its time: an operator's recorded decision.
+
+        Writes one ``operator_wake`` record (who, why, the time it was due) in the hash chain
+        and sends the tick. :class:`WaitNotEnded` when the run does not sleep on a timer.
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("a forced wake needs a reason (what is it for?)")
+
+        def change(run: RunState, v: int) -> _Change:
+            w = check_wait_ends(run, "wake")
+            record = StepRecord.start(run=run, node_id=run.current_node or "", effect=None)
+            record.effect = {"type": "operator_wake", "payload": {"reason": reason.strip()}, "result_key": None}
+            record.actor_id = actor
+            record.finish_success({"woken": True, "until": w.until, "by": actor, "reason": reason.strip(),
+                                   "at": iso(self.backend.time_ms())})
+            run.status = RunStatus.RUNNING
+            run.waiting = None
+            if w.resume_to_node:
+                run.current_node = w.resume_to_node
+            run.updated_at = record.ended_at or run.updated_at
+            return run, "tick", [record]
+
+        return self._retrying(run_id, change)
+
+    def _cancel_one(self, run_id: str, reason: str | None) -> tuple[RunState, bool]:
+        cancelled = False
+
+        def change(run: RunState, v: int) -> tuple[RunState, str] | None:
+            nonlocal cancelled
+            cancelled = apply_cancel(run, reason)
+            return (run, "none") if cancelled else None
+
+        return self._retrying(run_id, change), cancelled
+
+    def cancel(self, run_id: str, *, reason: str | None = None) -> list[RunState]:
+        """Cancel a run and, transitively, its children (D6); returns the runs now cancelled."""
+        out: list[RunState] = []
+        queue, seen = [run_id], set()
+        while queue:
+            rid = queue.pop(0)
+            if rid in seen:
+                continue
+            seen.add(rid)
+            try:
+                state, now_cancelled = self._cancel_one(rid, reason)
+            except RunNotFound:
+                if rid == run_id:
+                    raise
+                continue
+            if now_cancelled:  # by this call (not a run that had ended before)
+                out.append(state)
+                if rid == run_id and state.parent_run_id:
+                    self._notify_parent(state)  # a parent waiting on it fails (D6)
+            queue.extend(self.backend.children_of(rid))
+        return out

@@ -1,0 +1,63 @@
+"""Recovery: the sweep beat runs (expired leases, due timers) and the dead-letter list of
+refused messages.
+
+Every commit that expects a message puts the run in the lease index; the sweep claims the
+expired leases and sends again what each run's dispatch names, so a lost message, a dead
+worker or a crash between commit and send costs one lease period (``docs/celery.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import EngineBase, iso, logger
+
+__all__ = ["Recovery", "DEAD_LETTERS_MAX"]
+
+#: Refused messages kept in the dead-letter list.
+DEAD_LETTERS_MAX = 10_000
+
+
+class Recovery(EngineBase):
+    """``Engine.sweep``, ``Engine.dead_letter`` and ``Engine.dead_letters``."""
+
+    def sweep(self) -> dict[str, int]:
+        """Wake due timers and re-send what expired leases name; safe on many workers at once."""
+        k = self.backend.keys
+        counts = {"leases": 0, "timers": 0}
+        now, ids = self.backend.claim_due(k.leases(), limit=self.settings.sweep_batch, hold_ms=self._tick_lease)
+        self.backend.mark_sweep(now)
+        for rid in ids:
+            try:
+                loaded = self.backend.load_for_driver(rid)
+            except Exception as exc:  # one bad run must not stop the sweep of the others
+                logger.error("sweep: cannot load run %s: %s", rid, exc)
+                continue
+            d = loaded.dispatch if loaded is not None else None
+            if loaded is None or d is None:  # nothing expected: the lease outlived its dispatch
+                self.backend.clear_dispatch(rid)
+                continue
+            run, v = loaded.run, loaded.version
+            counts["leases"] += 1
+            if d.kind == "effect" and d.pending is not None:
+                self.backend.renew_lease(rid, self._effect_lease)
+                self.dispatcher.effect(d.queue or "ticks", rid, v, d.pending.idempotency_key, d.pending.attempt,
+                                       workflow=run.workflow_id, node=run.current_node)
+            else:
+                self.dispatcher.tick(rid, v, workflow=run.workflow_id, node=run.current_node)
+            logger.info("sweep: lease of run %s expired; %s sent again", rid, d.kind)
+        _now, ids = self.backend.claim_due(k.timers(), limit=self.settings.sweep_batch,
+                                           hold_ms=int(self.settings.timer_hold_s * 1000))
+        for rid in ids:
+            counts["timers"] += 1
+            self.dispatcher.wake(rid, None)
+        return counts
+
+    def dead_letter(self, task: str, args: Any, reason: str) -> None:
+        """Keep a refused message and why (newest first, at most ``DEAD_LETTERS_MAX``)."""
+        self.backend.add_dead_letter({"task": task, "args": repr(args)[:500], "reason": " ".join(reason.split())[:500],
+                                      "at": iso(self.backend.time_ms())}, keep=DEAD_LETTERS_MAX)
+        logger.warning("refused %s%s: %s", task, repr(args)[:200], reason)
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self.backend.dead_letters(limit)
