@@ -53,8 +53,11 @@ def adapt_handler(handler: Callable[..., EffectOutcome]) -> EffectHandler:
     return two_args
 
 
-def _resume_to(effect: Effect, default_next_node: str | None) -> str | None:
-    return effect.payload.get("resume_to_node") or default_next_node
+def _park(effect: Effect, default_next_node: str | None, reason: WaitReason, **fields: Any) -> EffectOutcome:
+    """A waiting outcome that resumes at ``payload.resume_to_node``, else the plan's next node."""
+    return EffectOutcome.waiting(WaitState(
+        reason=reason, resume_to_node=effect.payload.get("resume_to_node") or default_next_node,
+        result_key=effect.result_key, **fields))
 
 
 def handle_wait_event(run: RunState, effect: Effect, default_next_node: str | None) -> EffectOutcome:
@@ -62,14 +65,7 @@ def handle_wait_event(run: RunState, effect: Effect, default_next_node: str | No
     wait_key = effect.payload.get("wait_key")
     if not wait_key:
         return EffectOutcome.failed("wait_event requires payload.wait_key")
-    return EffectOutcome.waiting(
-        WaitState(
-            reason=WaitReason.EVENT,
-            wait_key=str(wait_key),
-            resume_to_node=_resume_to(effect, default_next_node),
-            result_key=effect.result_key,
-        )
-    )
+    return _park(effect, default_next_node, WaitReason.EVENT, wait_key=str(wait_key))
 
 
 def handle_wait_until(run: RunState, effect: Effect, default_next_node: str | None) -> EffectOutcome:
@@ -83,14 +79,7 @@ def handle_wait_until(run: RunState, effect: Effect, default_next_node: str | No
         return EffectOutcome.failed(str(exc))
     if when <= datetime.now(timezone.utc):
         return EffectOutcome.completed({"until": until, "ready": True})
-    return EffectOutcome.waiting(
-        WaitState(
-            reason=WaitReason.UNTIL,
-            until=str(until),
-            resume_to_node=_resume_to(effect, default_next_node),
-            result_key=effect.result_key,
-        )
-    )
+    return _park(effect, default_next_node, WaitReason.UNTIL, until=str(until))
 
 
 def handle_ask_user(run: RunState, effect: Effect, default_next_node: str | None) -> EffectOutcome:
@@ -100,17 +89,9 @@ def handle_ask_user(run: RunState, effect: Effect, default_next_node: str | None
         return EffectOutcome.failed("ask_user requires payload.prompt")
     choices = effect.payload.get("choices")
     wait_key = effect.payload.get("wait_key") or f"user:{run.run_id}:{run.current_node}"
-    return EffectOutcome.waiting(
-        WaitState(
-            reason=WaitReason.USER,
-            wait_key=str(wait_key),
-            resume_to_node=_resume_to(effect, default_next_node),
-            result_key=effect.result_key,
-            prompt=str(prompt),
-            choices=list(choices) if isinstance(choices, list) else None,
-            allow_free_text=bool(effect.payload.get("allow_free_text", True)),
-        )
-    )
+    return _park(effect, default_next_node, WaitReason.USER, wait_key=str(wait_key), prompt=str(prompt),
+                 choices=list(choices) if isinstance(choices, list) else None,
+                 allow_free_text=bool(effect.payload.get("allow_free_text", True)))
 
 
 def builtin_wait_handlers() -> dict[EffectType, EffectHandler]:

@@ -13,13 +13,13 @@ from typing import Any
 
 from ._json import dumps_checked
 from .errors import RunAlreadyExists
-from .models import RunState, RunStatus, StepRecord, WaitReason
-from .query import RunSummary, select_children, select_due, select_runs, summarize
+from .models import RunState, StepRecord
+from .query import RunSummary, SummaryQueries, summarize
 
 __all__ = ["InMemoryRunStore", "InMemoryLedgerStore"]
 
 
-class InMemoryRunStore:
+class InMemoryRunStore(SummaryQueries):
     """Run states held in this process, with the query interface the scheduler needs."""
 
     def __init__(self) -> None:
@@ -51,30 +51,14 @@ class InMemoryRunStore:
 
     # -- QueryableRunStore ---------------------------------------------------------------------
 
-    def _rows(self) -> list[tuple[str, RunSummary]]:
+    def _summary_rows(self) -> list[tuple[str, RunSummary]]:
         with self._lock:
             return list(self._meta.items())
 
-    def _load_all(self, ids: list[str]) -> list[RunState]:
+    def _load_runs(self, ids: list[str]) -> list[RunState]:
         runs = (self.load(rid) for rid in ids)
         return [run for run in runs if run is not None]
 
-    def list_runs(
-        self,
-        *,
-        status: RunStatus | None = None,
-        wait_reason: WaitReason | None = None,
-        workflow_id: str | None = None,
-        limit: int = 100,
-    ) -> list[RunState]:
-        return self._load_all(select_runs(self._rows(), status=status, wait_reason=wait_reason,
-                                          workflow_id=workflow_id, limit=limit))
-
-    def list_due_wait_until(self, *, now_iso: str, limit: int = 100) -> list[RunState]:
-        return self._load_all(select_due(self._rows(), now_iso=now_iso, limit=limit))
-
-    def list_children(self, *, parent_run_id: str, status: RunStatus | None = None) -> list[RunState]:
-        return self._load_all(select_children(self._rows(), parent_run_id=parent_run_id, status=status))
 
 
 class InMemoryLedgerStore:

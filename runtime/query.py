@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from ._clock import epoch_ms, parse_iso
 
-__all__ = ["RunSummary", "summarize", "select_runs", "select_due", "select_children"]
+__all__ = ["RunSummary", "summarize", "select_runs", "select_due", "select_children", "SummaryQueries"]
 
 
 class RunSummary(NamedTuple):
@@ -95,3 +95,29 @@ def select_children(rows: Iterable[tuple[str, RunSummary]], *, parent_run_id: st
     """Ids of the runs whose parent is ``parent_run_id``, optionally of one status."""
     st = _plain(status)
     return [rid for rid, s in rows if s.parent_run_id == parent_run_id and (st is None or s.status == st)]
+
+
+class SummaryQueries:
+    """The three ``QueryableRunStore`` methods, for a store that gives its summaries and loads runs.
+
+    A subclass provides ``_summary_rows()`` (``(run_id, RunSummary)`` pairs) and
+    ``_load_runs(run_ids)`` (the runs, in that order, skipping any that no longer load); the
+    filters, orders and limits are the ones above, so every such store answers alike.
+    """
+
+    def _summary_rows(self) -> Iterable[tuple[str, RunSummary]]:
+        raise NotImplementedError
+
+    def _load_runs(self, run_ids: list[str]) -> list[Any]:
+        raise NotImplementedError
+
+    def list_runs(self, *, status: Any = None, wait_reason: Any = None, workflow_id: str | None = None,
+                  limit: int = 100) -> list[Any]:
+        return self._load_runs(select_runs(self._summary_rows(), status=status, wait_reason=wait_reason,
+                                           workflow_id=workflow_id, limit=limit))
+
+    def list_due_wait_until(self, *, now_iso: str, limit: int = 100) -> list[Any]:
+        return self._load_runs(select_due(self._summary_rows(), now_iso=now_iso, limit=limit))
+
+    def list_children(self, *, parent_run_id: str, status: Any = None) -> list[Any]:
+        return self._load_runs(select_children(self._summary_rows(), parent_run_id=parent_run_id, status=status))

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime import CorruptRecordError, RunAlreadyExists, RunState, RunStatus, StepRecord, WaitReason
+from runtime import CorruptRecordError, RunAlreadyExists, RunState, StepRecord
 from runtime._json import dumps_checked
 from runtime.models import validate_run_id
-from runtime.query import RunSummary, select_children, select_due, select_runs, summarize
+from runtime.query import RunSummary, SummaryQueries, summarize
 
 from ._atomic import atomic_create, atomic_write
 
@@ -36,7 +36,7 @@ _RUN_PREFIX = "run_"
 _RUN_SUFFIX = ".json"
 
 
-class JsonFileRunStore:
+class JsonFileRunStore(SummaryQueries):
     """Run states as JSON files in ``base_dir``; queryable (the scheduler can use it).
 
     Queries read the folder listing and re-read only the files whose size or mtime
@@ -93,7 +93,7 @@ class JsonFileRunStore:
 
     # -- QueryableRunStore ---------------------------------------------------------------------
 
-    def _scan(self) -> list[tuple[str, RunSummary]]:
+    def _summary_rows(self) -> list[tuple[str, RunSummary]]:
         """Metadata of every readable run file; corrupt files are skipped with a warning."""
         seen: dict[str, RunSummary] = {}
         with os.scandir(self._dir) as it:
@@ -123,7 +123,7 @@ class JsonFileRunStore:
                 self._cache.pop(gone, None)
         return list(seen.items())
 
-    def _load_many(self, run_ids: list[str]) -> list[RunState]:
+    def _load_runs(self, run_ids: list[str]) -> list[RunState]:
         out = []
         for rid in run_ids:
             try:
@@ -135,22 +135,6 @@ class JsonFileRunStore:
                 out.append(run)
         return out
 
-    def list_runs(
-        self,
-        *,
-        status: RunStatus | None = None,
-        wait_reason: WaitReason | None = None,
-        workflow_id: str | None = None,
-        limit: int = 100,
-    ) -> list[RunState]:
-        return self._load_many(select_runs(self._scan(), status=status, wait_reason=wait_reason,
-                                           workflow_id=workflow_id, limit=limit))
-
-    def list_due_wait_until(self, *, now_iso: str, limit: int = 100) -> list[RunState]:
-        return self._load_many(select_due(self._scan(), now_iso=now_iso, limit=limit))
-
-    def list_children(self, *, parent_run_id: str, status: RunStatus | None = None) -> list[RunState]:
-        return self._load_many(select_children(self._scan(), parent_run_id=parent_run_id, status=status))
 
 
 class _PathCache:

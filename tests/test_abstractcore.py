@@ -1,6 +1,6 @@
 """LLM and tool calls through AbstractCore: in process and on Celery workers, local, remote and hybrid.
 
-A loopback fake OpenAI server (``tests/fake_openai.py``) plays the provider; the real
+A loopback fake OpenAI server (``tests/support/fake_openai.py``) plays the provider; the real
 AbstractCore server (``python -m abstractcore.server``) runs in front of it for the remote
 and hybrid modes. The fake counts requests, which is how the tests see that a paid call is
 not repeated once its result was recorded.
@@ -18,9 +18,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import agent_scenarios
 import pytest
-from fake_openai import FakeOpenAI
 
 from runtime import Effect, EffectType, RetryPolicy, RunStatus
 from runtime.integrations.abstractcore import (
@@ -36,10 +34,12 @@ from runtime.integrations.abstractcore import (
 )
 from runtime.integrations.abstractcore.llm_client import HttpResponse
 
-from celery_scenarios import add
-from celery_workers import WorkerGroup
-from redis_server import free_port
-from scenarios import one_effect
+from support import agent_scenarios
+from support.celery_scenarios import add
+from support.celery_workers import WorkerGroup
+from support.fake_openai import FakeOpenAI
+from support.redis_server import free_port
+from support.scenarios import one_effect
 
 abstractcore = pytest.importorskip("abstractcore", reason="the abstractcore package is in the dev extra")
 
@@ -409,7 +409,7 @@ except AbstractCoreMissing as exc:
 
 def _group(redis_server, folder: Path, mode: str, fake, ac_server) -> WorkerGroup:
     g = WorkerGroup(redis_server.url, folder, tick_lease_s=3, effect_lease_s=3, sweep_period_s=0.5)
-    g.env.update({"ABSTRACTRUNTIME_IMPORTS": "celery_scenarios,agent_scenarios", "AGENT_MODE": mode,
+    g.env.update({"ABSTRACTRUNTIME_IMPORTS": "support.celery_scenarios,support.agent_scenarios", "AGENT_MODE": mode,
                   "FAKE_OPENAI_URL": fake.base_url, "AC_SERVER_URL": ac_server, "AC_TOKEN": TOKEN})
     return g
 

@@ -6,8 +6,8 @@ import pytest
 
 from runtime import Effect, EffectOutcome, EffectType, RetryPolicy, Runtime
 
-from conftest import BACKENDS, build_backend
-from scenarios import ask, chain, one_effect, tool_loop
+from support.backends import BACKENDS, build_backend
+from support.scenarios import ask, chain, one_effect, tool_loop
 
 VOLATILE_STATE = {"run_id", "created_at", "updated_at"}
 VOLATILE_RECORD = {"run_id", "step_id", "started_at", "ended_at", "prev_hash", "record_hash", "idempotency_key"}

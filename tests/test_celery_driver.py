@@ -15,42 +15,18 @@ from typing import Any
 
 import pytest
 
-from runtime import HashChainedLedgerStore, InMemoryLedgerStore, InMemoryRunStore, RunStatus, Runtime
+from runtime import RunStatus
 from runtime.errors import RunAlreadyExists, RunNotWaiting, WaitKeyMismatch, WorkflowNotRegistered
 from workers.registry import registry
 
-import celery_scenarios  # noqa: F401  (registers the workflows in this process too)
-from celery_workers import WorkerGroup
+import support.celery_scenarios  # noqa: F401  (registers the workflows in this process too)
+from support.celery_workers import WorkerGroup
+from support.driver_compare import comparable, in_process, play_in_process
 
 pytestmark = pytest.mark.timeout(120)
 
-VOLATILE_STATE = {"created_at", "updated_at"}
-VOLATILE_RECORD = {"step_id", "started_at", "ended_at", "prev_hash", "record_hash"}
 TERMINAL = ("completed", "failed", "cancelled")
 
-
-
-def in_process() -> Runtime:
-    return Runtime(run_store=InMemoryRunStore(), ledger_store=HashChainedLedgerStore(InMemoryLedgerStore()),
-                   effect_handlers=registry.effect_handlers, workflow_registry=registry.workflows,
-                   effect_policy=registry.effect_policy)
-
-
-def comparable(state: Any, ledger: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    s = {k: v for k, v in state.to_dict().items() if k not in VOLATILE_STATE}
-    return s, [{k: v for k, v in r.items() if k not in VOLATILE_RECORD} for r in ledger]
-
-
-def play_in_process(rt: Runtime, workflow_id: str, run_id: str, vars: dict[str, Any], actions: list) -> None:
-    wf = registry.workflows.get_or_raise(workflow_id)
-    rt.start(workflow=wf, vars=vars, run_id=run_id)
-    state = rt.tick(workflow=wf, run_id=run_id, max_steps=10_000)
-    for action, arg in actions:
-        assert state.status == RunStatus.WAITING, state
-        if action == "respond":
-            state = rt.resume(workflow=wf, run_id=run_id, wait_key=state.waiting.wait_key, payload=arg)
-        elif action == "emit":
-            state = rt.resume(workflow=wf, run_id=run_id, wait_key=arg[0], payload=arg[1])
 
 
 def play_celery(client: Any, workflow_id: str, run_id: str, vars: dict[str, Any], actions: list) -> Any:

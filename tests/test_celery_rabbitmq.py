@@ -16,7 +16,7 @@ import pytest
 
 from runtime import RunStatus
 
-from celery_workers import WorkerGroup
+from support.celery_workers import WorkerGroup
 
 AMQP_URL = os.environ.get("ABSTRACTRUNTIME_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 

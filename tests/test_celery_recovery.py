@@ -15,7 +15,7 @@ import pytest
 
 from runtime import RunStatus
 
-from celery_workers import WorkerGroup
+from support.celery_workers import WorkerGroup
 
 TERMINAL = ("completed", "failed", "cancelled")
 

@@ -80,7 +80,7 @@ def test_chain_continues_across_a_restart(tmp_path):
 @pytest.fixture(params=CHAINED)
 def chained_run(request, tmp_path):
     """A finished run with 5 chained records, and a way to rewrite its stored ledger."""
-    from conftest import build_backend
+    from support.backends import build_backend
 
     backend = build_backend(request.param, tmp_path / "data")
     handler = {EffectType.TOOL_CALLS: lambda run, eff: EffectOutcome.completed({"n": eff.payload["n"]})}

@@ -18,7 +18,7 @@ import pytest
 
 from runtime import RunStatus
 
-from redis_server import free_port
+from support.redis_server import free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -227,12 +227,12 @@ def test_a_redis_that_is_down_is_one_line_and_exit_5(group, tmp_path):
 
 def test_a_worker_whose_import_fails_names_the_setting_before_celery_starts(group, tmp_path):
     # Given a module that is not installed
-    env = {**group.env, "ABSTRACTRUNTIME_IMPORTS": "celery_scenarios,myapp.flows"}
+    env = {**group.env, "ABSTRACTRUNTIME_IMPORTS": "support.celery_scenarios,myapp.flows"}
     for command in ("worker", "beat"):
         proc = run(group, command, env=env)
         # I expect one line naming the module and the setting, exit 2, and no Celery banner
-        refused(proc, 2, "cannot import 'myapp.flows' named by ABSTRACTRUNTIME_IMPORTS=celery_scenarios,myapp.flows",
-                "No module named 'myapp'")
+        refused(proc, 2, "cannot import 'myapp.flows' named by "
+                "ABSTRACTRUNTIME_IMPORTS=support.celery_scenarios,myapp.flows", "No module named 'myapp'")
         assert proc.stdout == "", proc.stdout
     # Given a module in the current folder that fails on an import of its own
     (tmp_path / "cwdflows.py").write_text("import not_installed_anywhere_xyz\n")

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from redis_server import RedisServer, free_port
+from support.redis_server import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS_DIR = Path(__file__).resolve().parent
@@ -194,7 +194,7 @@ def test_each_service_command_starts_and_stays_up(tmp_path):
                 env.update({
                     "ABSTRACTRUNTIME_REDIS_URL": srv.url,
                     "ABSTRACTRUNTIME_REDIS_PREFIX": prefix,
-                    "ABSTRACTRUNTIME_IMPORTS": "celery_scenarios",
+                    "ABSTRACTRUNTIME_IMPORTS": "support.celery_scenarios",
                     "ABSTRACTRUNTIME_DATA_DIR": str(tmp_path / "data"),
                     # In Compose every container has its own host name; here they share one.
                     "ABSTRACTRUNTIME_WORKER_NAME": f"{name}@%h",

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import mentioning
+
+from support.processes import mentioning
 
 CLI = str(Path(sys.executable).with_name("abstractruntime"))
 

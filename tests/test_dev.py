@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from processes import HAS_PROC, NEEDS_PROC, Background, mentioning, process_group
-from processes import alive as _alive
+
+from support.processes import HAS_PROC, NEEDS_PROC, Background, mentioning, process_group
+from support.processes import alive as _alive
 
 CLI = str(Path(sys.executable).with_name("abstractruntime"))
 NO_DEPLOYMENT = "error: no deployment here: set ABSTRACTRUNTIME_REDIS_URL or run `abstractruntime dev`"

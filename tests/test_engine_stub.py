@@ -19,11 +19,7 @@ from typing import Any
 import pytest
 
 from runtime import (
-    HashChainedLedgerStore,
-    InMemoryLedgerStore,
-    InMemoryRunStore,
     RunStatus,
-    Runtime,
     StepPlan,
     WorkflowSpec,
 )
@@ -33,13 +29,13 @@ from workers.registry import Registry, registry
 from workers.settings import WorkerSettings
 from workers.testing import DrainLimitReached, StubDispatcher, make_stub_engine
 
-import celery_scenarios  # noqa: F401  (registers the workflows with the process-wide registry)
+import support.celery_scenarios  # noqa: F401  (registers the workflows with the process-wide registry)
+from support.backends import redis_backend
+from support.driver_compare import comparable, in_process, play_in_process
 
 pytestmark = pytest.mark.timeout(60)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "testing.md"
-VOLATILE_STATE = {"created_at", "updated_at"}
-VOLATILE_RECORD = {"step_id", "started_at", "ended_at", "prev_hash", "record_hash"}
 
 
 # -- fixtures and helpers ------------------------------------------------------------------------
@@ -56,7 +52,7 @@ def redis_client(request: pytest.FixtureRequest) -> Any:
 @pytest.fixture
 def store(redis_client: Any) -> RedisBackend:
     """A backend under a key prefix of its own: no test sees another's runs."""
-    return RedisBackend(redis_client, prefix=f"s{uuid.uuid4().hex[:12]}")
+    return redis_backend(redis_client)
 
 
 def stub_engine(store: RedisBackend, **settings: Any) -> tuple[Any, StubDispatcher]:
@@ -67,29 +63,6 @@ def state_of(store: RedisBackend, run_id: str) -> Any:
     state = store.runs.load(run_id)
     assert state is not None, run_id
     return state
-
-
-def in_process() -> Runtime:
-    return Runtime(run_store=InMemoryRunStore(), ledger_store=HashChainedLedgerStore(InMemoryLedgerStore()),
-                   effect_handlers=registry.effect_handlers, workflow_registry=registry.workflows,
-                   effect_policy=registry.effect_policy)
-
-
-def comparable(state: Any, ledger: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    s = {k: v for k, v in state.to_dict().items() if k not in VOLATILE_STATE}
-    return s, [{k: v for k, v in r.items() if k not in VOLATILE_RECORD} for r in ledger]
-
-
-def play_in_process(rt: Runtime, workflow_id: str, run_id: str, vars: dict[str, Any], actions: list) -> None:
-    wf = registry.workflows.get_or_raise(workflow_id)
-    rt.start(workflow=wf, vars=vars, run_id=run_id)
-    state = rt.tick(workflow=wf, run_id=run_id, max_steps=10_000)
-    for action, arg in actions:
-        assert state.status == RunStatus.WAITING, state
-        if action == "respond":
-            state = rt.resume(workflow=wf, run_id=run_id, wait_key=state.waiting.wait_key, payload=arg)
-        elif action == "emit":
-            state = rt.resume(workflow=wf, run_id=run_id, wait_key=arg[0], payload=arg[1])
 
 
 def play_stub(engine: Any, stub: StubDispatcher, workflow_id: str, run_id: str, vars: dict[str, Any],
@@ -199,7 +172,7 @@ def test_vars_the_store_refuses_fail_the_run_naming_the_key(store):
 
 
 def test_an_effect_result_over_the_size_limit_is_a_failed_attempt(redis_client):
-    small = RedisBackend(redis_client, prefix=f"s{uuid.uuid4().hex[:12]}", max_value_bytes=1_000_000)
+    small = redis_backend(redis_client, max_value_bytes=1_000_000)
     engine, stub = stub_engine(small)
     run_id = engine.create(registry.workflows.get_or_raise("huge_result"))
     stub.run_until_quiet(engine)
@@ -482,3 +455,19 @@ def test_the_examples_in_docs_testing_md_run():
     namespace: dict[str, Any] = {"__name__": "docs_testing_example"}
     for block in blocks[:2]:
         exec(compile(block, str(DOCS), "exec"), namespace)
+
+
+def test_a_client_drives_runs_through_the_stub(store):
+    """``Client(dispatcher=stub)``: the producer API a user's code calls, with no broker at all."""
+    from workers.client import Client
+
+    stub = StubDispatcher()
+    client = Client(WorkerSettings(), backend=store, dispatcher=stub)
+    run_id = client.start("ask")
+    stub.drain(client.engine)
+    assert client.get_state(run_id).waiting.prompt == "Go?"
+    client.respond(run_id, "y")
+    stub.drain(client.engine)
+    state = client.get_state(run_id)
+    assert state.status == RunStatus.COMPLETED and state.output["answer"] == "y"
+    assert client._app is None  # no Celery app was made

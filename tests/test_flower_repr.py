@@ -13,7 +13,7 @@ from kombu import Connection
 
 from workers.app import TASK_NAMES, CeleryDispatcher, create_app
 
-from celery_workers import WorkerGroup
+from support.celery_workers import WorkerGroup
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from runtime import RunStatus
 from runtime.errors import AbstractRuntimeError
 
-import celery_scenarios  # noqa: F401  (workflows)
-from celery_workers import WorkerGroup
+import support.celery_scenarios  # noqa: F401  (workflows)
+from support.celery_workers import WorkerGroup
 
 TASKS = ["abstractruntime.tick", "abstractruntime.wake", "abstractruntime.sweep", "abstractruntime.effect",
          "abstractruntime.effect.llm", "abstractruntime.effect.tools", "abstractruntime.effect.subworkflow"]

@@ -10,21 +10,11 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("runtime", "stores", "workers")
 
 #: Longest module, in lines, unless its docstring says why it is one concept ("one concept").
 MAX_LINES = 400
-
-#: Modules over MAX_LINES that are being split (issue 12, by another engineer; workers/engine.py
-#: and stores/redis/store.py were on this list until they were split). Remove an entry once its
-#: module is split: ``test_the_allow_list_names_only_modules_still_too_long`` fails to say so.
-#: Do not add modules here; split them, or say in the docstring why they are one concept.
-TOO_LONG_FOR_NOW = {
-    "workers/cli.py",
-}
 
 
 # -- the import graph ----------------------------------------------------------------------
@@ -184,12 +174,5 @@ def test_no_module_is_over_the_limit_unless_it_says_why():
     # A module over MAX_LINES is either split by concept or says in its docstring why it is
     # "one concept" (a reader then knows the length is deliberate).
     too_long = sorted(f"{name} ({lines} lines)" for name, lines in _line_counts().items()
-                      if lines > MAX_LINES and name not in TOO_LONG_FOR_NOW and not _says_one_concept(REPO / name))
+                      if lines > MAX_LINES and not _says_one_concept(REPO / name))
     assert too_long == [], f"split these modules by concept (under {MAX_LINES} lines), or say why they are one concept"
-
-
-@pytest.mark.parametrize("name", sorted(TOO_LONG_FOR_NOW))
-def test_the_allow_list_names_only_modules_still_too_long(name):
-    lines = _line_counts().get(name)
-    assert lines is not None and lines > MAX_LINES, (
-        f"{name} is {'gone' if lines is None else f'{lines} lines'}: remove it from TOO_LONG_FOR_NOW")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from runtime import LimitWarning, RuntimeConfig
 
-from scenarios import chain
+from support.scenarios import chain
 
 LIMIT_KEYS = {"max_iterations", "current_iteration", "max_tokens", "max_output_tokens", "estimated_tokens_used",
               "max_history_messages", "warn_iterations_pct", "warn_tokens_pct"}

@@ -20,7 +20,7 @@ import pytest
 
 from runtime import RunStatus
 
-from celery_workers import ALL_QUEUES, READY_TIMEOUT_S, TESTS_DIR, WorkerGroup
+from support.celery_workers import ALL_QUEUES, READY_TIMEOUT_S, TESTS_DIR, WorkerGroup
 
 pytestmark = pytest.mark.timeout(120)
 

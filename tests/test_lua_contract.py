@@ -9,7 +9,6 @@ Python reads is named the same on both sides.
 from __future__ import annotations
 
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,8 @@ from stores.redis import RedisBackend
 from stores.redis.backend import AppendArgs, AppendKeys, CommitArgs, CommitKeys
 from stores.redis.dispatch import Dispatch
 from stores.redis.scripts import SOURCES, Reply
+
+from support.backends import redis_backend
 
 LUA = Path(__file__).resolve().parent.parent / "stores" / "redis" / "lua"
 _ITEM = re.compile(r"^-- (KEYS|ARGV)\[(\d+)(?:\.\.(\d*))?\]\s+(\w+)")
@@ -69,7 +70,7 @@ class Recorder:
 
 @pytest.fixture
 def backend(redis_server) -> RedisBackend:
-    return RedisBackend(redis_server.client(), prefix=f"t{uuid.uuid4().hex[:12]}")
+    return redis_backend(redis_server.client())
 
 
 def a_run_with_records(run_id: str) -> tuple[RunState, list[StepRecord]]:
@@ -141,7 +142,7 @@ def test_append_sends_the_keys_and_argv_its_header_lists(backend):
 
 def test_the_cluster_index_call_sends_what_index_lua_lists(redis_server):
     items = header("index")
-    backend = RedisBackend(redis_server.client(), prefix=f"t{uuid.uuid4().hex[:12]}", cluster=True)
+    backend = redis_backend(redis_server.client(), cluster=True)
     commits = backend._commit_script = Recorder(backend._commit_script)
     moves = backend._index_script = Recorder(backend._index_script)
     run, records = a_run_with_records("r3")

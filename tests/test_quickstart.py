@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import HAS_PROC, NEEDS_PROC, Background, alive, mentioning, process_group
+
+from support.processes import HAS_PROC, NEEDS_PROC, Background, alive, mentioning, process_group
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "quickstart.md"

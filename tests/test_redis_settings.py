@@ -14,7 +14,7 @@ import pytest
 from runtime.errors import StoreError
 from stores.redis import RedisSettings, RedisUnavailable, connect, mask_url
 
-from redis_server import RedisServer, default_binary, free_port, tls_binary
+from support.redis_server import RedisServer, default_binary, free_port, tls_binary
 
 PASSWORD = "s3cret-Pw"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 
 import pytest
 
@@ -24,9 +23,11 @@ from runtime import (
 from stores.redis import RedisBackend
 from stores.redis.codec import ValueTooLarge
 
+from support.backends import redis_backend
+
 
 def fresh(client, **kwargs) -> RedisBackend:
-    return RedisBackend(client, prefix=f"t{uuid.uuid4().hex[:12]}", **kwargs)
+    return redis_backend(client, **kwargs)
 
 
 def twin(backend: RedisBackend, **kwargs) -> RedisBackend:
@@ -221,7 +222,7 @@ def test_an_effect_step_is_one_atomic_commit(client):
 
 
 def test_commits_survive_sigkill_with_appendfsync_always(tmp_path):
-    from redis_server import RedisServer
+    from support.redis_server import RedisServer
 
     server = RedisServer()
     server.start(appendonly=True, appendfsync="always")
@@ -298,7 +299,7 @@ def test_redis_going_away_mid_run_is_retried_then_reported_without_partial_commi
 
     from stores.redis import RedisSettings, RedisUnavailable, connect
 
-    from redis_server import RedisServer
+    from support.redis_server import RedisServer
 
     server = RedisServer()
     server.start(appendonly=True, appendfsync="always")

@@ -22,7 +22,7 @@ from runtime import (
 )
 from runtime.step import Action, apply_outcome, execute_effect, start_attempt, step
 
-from scenarios import one_effect, tool_loop
+from support.scenarios import one_effect, tool_loop
 
 
 class Flaky:

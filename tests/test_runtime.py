@@ -25,7 +25,7 @@ from runtime import (
     WorkflowSpec,
 )
 
-from scenarios import ask, chain, one_effect
+from support.scenarios import ask, chain, one_effect
 
 
 def iso_in(seconds: float) -> str:

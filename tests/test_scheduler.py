@@ -24,7 +24,7 @@ from runtime import (
     create_scheduled_runtime,
 )
 
-from scenarios import ask, chain, one_effect
+from support.scenarios import ask, chain, one_effect
 
 
 def wait_for(predicate, timeout_s: float = 10.0) -> None:

@@ -7,8 +7,8 @@ import redis
 
 from runtime import RunStatus
 
-from celery_workers import WorkerGroup
-from redis_server import RedisServer
+from support.celery_workers import WorkerGroup
+from support.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,8 +62,8 @@ def test_credentials_stay_out_of_ledgers_logs_and_errors(redis_server, tmp_path,
     from runtime import Effect, EffectType, InMemoryLedgerStore, InMemoryRunStore, Runtime
     from runtime.integrations.abstractcore import LLMCallError, RemoteAbstractCoreLLMClient
 
-    from redis_server import free_port
-    from scenarios import one_effect
+    from support.redis_server import free_port
+    from support.scenarios import one_effect
 
     seen = []
 
@@ -110,7 +110,7 @@ def test_workers_over_tls_with_a_password(tmp_path):
     with a certificate it makes; nothing crosses in clear text and the password is never logged."""
     import shutil
 
-    from redis_server import tls_binary
+    from support.redis_server import tls_binary
 
     binary = tls_binary()
     if binary is None or shutil.which("openssl") is None:

@@ -24,8 +24,8 @@ from runtime import (
 from runtime.models import EffectOutcome
 from stores.signing import LedgerSigner, LedgerVerifier, SigningError, parse_key_spec
 
-from celery_workers import WorkerGroup
-from scenarios import one_effect
+from support.celery_workers import WorkerGroup
+from support.scenarios import one_effect
 
 CLI = str(Path(sys.executable).with_name("abstractruntime"))
 

@@ -18,7 +18,7 @@ from runtime import (
 from runtime.runtime import child_run_id
 from runtime.step import Action, apply_outcome, execute_effect, start_attempt, step
 
-from scenarios import ask, chain, one_effect
+from support.scenarios import ask, chain, one_effect
 
 
 def parent(payload: dict, *, workflow_id: str = "parent") -> WorkflowSpec:

@@ -17,11 +17,12 @@ import logging
 from typing import Annotated, Any, Literal, NewType, Optional, TypedDict, Union
 
 import pytest
-from fake_openai import FakeOpenAI
 
 from runtime.integrations.abstractcore import LocalAbstractCoreLLMClient, RemoteAbstractCoreLLMClient, tool_schema
 from runtime.integrations.abstractcore.llm_client import import_abstractcore
 from runtime.integrations.abstractcore.tool_schema import type_schema
+
+from support.fake_openai import FakeOpenAI
 
 
 class Unit(enum.Enum):

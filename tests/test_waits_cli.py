@@ -229,7 +229,7 @@ def test_no_arguments_print_the_help(group):
 
 
 def test_the_cli_imports_workflow_modules_from_the_current_directory(group, client, tmp_path):
-    (tmp_path / "myflows.py").write_text("import celery_scenarios  # registers 'ask'\n", encoding="utf-8")
+    (tmp_path / "myflows.py").write_text("import support.celery_scenarios  # registers 'ask'\n", encoding="utf-8")
     env = {"ABSTRACTRUNTIME_IMPORTS": "myflows"}
     started = ok(run(group, "--json", "start", "ask", cwd=tmp_path, extra=env))
     rid = started["run_id"]

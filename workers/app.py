@@ -180,9 +180,7 @@ class _Holder:
             with self._lock:
                 if self._engine is None:
                     self.registry.import_modules(self.settings.imports)
-                    from stores.signing import signer_from_env
-
-                    backend = RedisBackend.from_settings(self.settings.redis, signer=signer_from_env())
+                    backend = RedisBackend.from_settings(self.settings.redis, signer=self.settings.signing.signer())
                     self._engine = Engine(backend, self.registry, self.settings,
                                           CeleryDispatcher(self.app, self.settings))
                 engine = self._engine

@@ -26,7 +26,7 @@ from runtime.errors import RunError, RunNotFound, WorkflowNotRegistered
 from stores.redis import RedisBackend
 
 from .app import CeleryDispatcher, create_app
-from .engine import Engine
+from .engine import Dispatcher, Engine
 from .registry import Registry, registry
 from .settings import WorkerSettings
 
@@ -37,7 +37,7 @@ TERMINAL = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 
 class WaitTimeout(RunError, TimeoutError):
-    """``wait_for`` ran out of time; ``state`` is the run as last seen."""
+    """Raised when ``wait_for`` runs out of time; ``state`` is the run as last seen."""
 
     def __init__(self, run_id: str, statuses: Iterable[RunStatus], timeout_s: float, state: RunState) -> None:
         self.run_id, self.state = run_id, state
@@ -62,16 +62,19 @@ class Client:
     """Start, inspect, resume and cancel runs that Celery workers execute."""
 
     def __init__(self, settings: WorkerSettings | None = None, *, app: Celery | None = None,
-                 backend: RedisBackend | None = None, reg: Registry | None = None) -> None:
+                 backend: RedisBackend | None = None, reg: Registry | None = None,
+                 dispatcher: Dispatcher | None = None) -> None:
+        """``dispatcher`` replaces Celery as what carries the messages: a
+        :class:`workers.testing.StubDispatcher` lets a test drive runs through this client in
+        process (no broker, no app is made)."""
         self.settings = settings if settings is not None else WorkerSettings.from_env()
         self.registry = reg if reg is not None else registry
         self._own_app = app is None
         self._app = app
+        self._dispatcher = dispatcher
         self._engine: Engine | None = None
         if backend is None:
-            from stores.signing import signer_from_env
-
-            backend = RedisBackend.from_settings(self.settings.redis, signer=signer_from_env())
+            backend = RedisBackend.from_settings(self.settings.redis, signer=self.settings.signing.signer())
         self.backend = backend
 
     # The workflow modules, the Celery app and the engine are made on first use: reading a run
@@ -88,8 +91,9 @@ class Client:
     def engine(self) -> Engine:
         """The driver's producer operations, sending through :attr:`app` (made on first use)."""
         if self._engine is None:
-            self._engine = Engine(self.backend, self.registry, self.settings,
-                                  CeleryDispatcher(self.app, self.settings, tolerant=True))
+            dispatcher = self._dispatcher if self._dispatcher is not None else \
+                CeleryDispatcher(self.app, self.settings, tolerant=True)
+            self._engine = Engine(self.backend, self.registry, self.settings, dispatcher)
         return self._engine
 
     def import_workflows(self) -> None:

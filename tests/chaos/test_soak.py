@@ -15,8 +15,8 @@ from datetime import datetime
 
 import pytest
 
-from celery_workers import WorkerGroup
-from redis_server import RedisServer
+from support.celery_workers import WorkerGroup
+from support.redis_server import RedisServer
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(3600)]
 

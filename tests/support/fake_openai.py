@@ -170,7 +170,7 @@ class FakeOpenAI:
         self.stop()
 
 
-if __name__ == "__main__":  # python tests/fake_openai.py: serve until Ctrl-C, print the URL
+if __name__ == "__main__":  # python tests/support/fake_openai.py: serve until Ctrl-C, print the URL
     fake = FakeOpenAI().start()
     print(fake.base_url, flush=True)
     try:

@@ -18,7 +18,7 @@ from runtime.models import EffectOutcome
 from runtime.step import current_effect_call
 from workers.registry import register_effect_handler, register_workflow, set_effect_policy, tool
 
-from scenarios import chain, one_effect, tool_loop
+from support.scenarios import chain, one_effect, tool_loop
 
 #: Retries for LLM and tool effects, with a short backoff so the tests stay fast.
 POLICY = RetryPolicy(llm_max_attempts=3, tool_max_attempts=3, backoff_base=0.05, backoff_max=0.2)

@@ -18,7 +18,7 @@ from typing import Any
 from runtime import Effect, EffectType, StepPlan, WorkflowSpec
 from workers.registry import register_workflow, registry, tool
 
-import celery_scenarios  # noqa: F401  (the `add` tool)
+import support.celery_scenarios  # noqa: F401  (the `add` tool)
 
 TOOLS = [
     {"type": "function", "function": {"name": "add", "description": "Add two numbers", "parameters": {

@@ -3,7 +3,7 @@
 A :class:`WorkerGroup` is one deployment: a key prefix for the runs and a Redis database of
 its own for the broker (so that a test may empty a queue without touching anyone else's).
 Workers run ``python -m celery -A workers.app worker``, exactly as a user would, with the
-settings in ``ABSTRACTRUNTIME_*`` variables and ``tests/celery_scenarios.py`` imported.
+settings in ``ABSTRACTRUNTIME_*`` variables and ``tests/support/celery_scenarios.py`` imported.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from workers.settings import QUEUE_KINDS
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]  # tests/, on the workers' PYTHONPATH (support.* imports)
 #: Seconds a worker or beat may take to say it is ready.
 READY_TIMEOUT_S = 30.0
 ALL_QUEUES = ",".join(QUEUE_KINDS)
@@ -54,7 +54,7 @@ class WorkerGroup:
             "ABSTRACTRUNTIME_REDIS_URL": redis_url,
             "ABSTRACTRUNTIME_REDIS_PREFIX": self.prefix,
             "ABSTRACTRUNTIME_BROKER_URL": self.broker_url,
-            "ABSTRACTRUNTIME_IMPORTS": "celery_scenarios",
+            "ABSTRACTRUNTIME_IMPORTS": "support.celery_scenarios",
             "ABSTRACTRUNTIME_DATA_DIR": str(folder / "data"),
         }
         for name, value in settings.items():

@@ -1,0 +1,45 @@
+"""Play a scenario on the in-process ``Runtime`` and compare a driver's result with it.
+
+The Celery driver must end every scenario of ``support.celery_scenarios`` with the same state
+and ledger as the in-process runtime (DESIGN.md, "one kernel, two drivers"), save for ids and
+times; the worker suite and the stub-dispatcher suite both check that with these helpers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime import HashChainedLedgerStore, InMemoryLedgerStore, InMemoryRunStore, RunStatus, Runtime
+from workers.registry import registry
+
+#: Run-state fields that differ between two runs of the same scenario.
+VOLATILE_STATE = {"created_at", "updated_at"}
+#: Ledger-record fields that differ between two runs of the same scenario.
+VOLATILE_RECORD = {"step_id", "started_at", "ended_at", "prev_hash", "record_hash"}
+
+
+def in_process() -> Runtime:
+    """A ``Runtime`` with the workers' registry: its workflows, handlers and effect policy."""
+    return Runtime(run_store=InMemoryRunStore(), ledger_store=HashChainedLedgerStore(InMemoryLedgerStore()),
+                   effect_handlers=registry.effect_handlers, workflow_registry=registry.workflows,
+                   effect_policy=registry.effect_policy)
+
+
+def comparable(state: Any, ledger: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A run's state and ledger without the fields that differ between two runs."""
+    s = {k: v for k, v in state.to_dict().items() if k not in VOLATILE_STATE}
+    return s, [{k: v for k, v in r.items() if k not in VOLATILE_RECORD} for r in ledger]
+
+
+def play_in_process(rt: Runtime, workflow_id: str, run_id: str, vars: dict[str, Any], actions: list) -> None:
+    """Start and drive a run to its end; ``actions`` answer its waits in order:
+    ``("respond", answer)`` or ``("emit", (wait_key, payload))``."""
+    wf = registry.workflows.get_or_raise(workflow_id)
+    rt.start(workflow=wf, vars=vars, run_id=run_id)
+    state = rt.tick(workflow=wf, run_id=run_id, max_steps=10_000)
+    for action, arg in actions:
+        assert state.status == RunStatus.WAITING, state
+        if action == "respond":
+            state = rt.resume(workflow=wf, run_id=run_id, wait_key=state.waiting.wait_key, payload=arg)
+        elif action == "emit":
+            state = rt.resume(workflow=wf, run_id=run_id, wait_key=arg[0], payload=arg[1])
