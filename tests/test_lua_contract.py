@@ -169,8 +169,21 @@ def test_every_reply_code_is_named_the_same_in_lua_and_python(script):
     assert returned and set(returned) <= set(codes), "a reply code is returned as a bare number"
 
 
+def test_failure_script_replies_with_named_codes():
+    codes = declared_codes("failure")
+    assert codes == {name: Reply[name].value for name in codes} == {"OK": 1, "MISSING": 5}
+    text = (LUA / "failure.lua").read_text(encoding="utf-8")
+    assert set(re.findall(r"^\s*return (\w+)", text, re.M)) == {"OK", "MISSING"}
+
+
+def test_a_failure_is_kept_only_for_a_run_that_exists(redis_server):
+    backend = redis_backend(redis_server.client())
+    assert backend.set_last_failure("nobody", {"type": "X", "traceback": "t"}) is False
+    assert not backend.client.exists(backend.keys.run("nobody"))  # no hash without a state
+
+
 def test_python_reads_reply_codes_only_by_name():
-    used = {name for script in ("commit", "append") for name in declared_codes(script)}
+    used = {name for script in ("commit", "append", "failure") for name in declared_codes(script)}
     assert used == {r.name for r in Reply}
     backend_py = (LUA.parent / "backend.py").read_text(encoding="utf-8")
     assert not re.search(r"code\s*[!=]=\s*\d", backend_py)

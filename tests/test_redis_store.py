@@ -26,8 +26,8 @@ from stores.redis.codec import ValueTooLarge
 from support.backends import redis_backend
 
 
-def fresh(client, **kwargs) -> RedisBackend:
-    return redis_backend(client, **kwargs)
+def fresh(redis_client, **kwargs) -> RedisBackend:
+    return redis_backend(redis_client, **kwargs)
 
 
 def twin(backend: RedisBackend, **kwargs) -> RedisBackend:
@@ -44,12 +44,12 @@ def record_for(run: RunState, node: str) -> StepRecord:
 
 
 @pytest.fixture
-def client(redis_server):
+def redis_client(redis_server):
     return redis_server.client()
 
 
-def test_a_stale_writer_is_refused_and_writes_nothing(client):
-    first = fresh(client)
+def test_a_stale_writer_is_refused_and_writes_nothing(redis_client):
+    first = fresh(redis_client)
     first.runs.create(a_run())
     second = twin(first)
     mine, _ = first.load_versioned("r1")
@@ -66,10 +66,10 @@ def test_a_stale_writer_is_refused_and_writes_nothing(client):
 
 
 @pytest.mark.parametrize("sharing", ["two backends", "one backend, two threads"])
-def test_two_writers_race_a_thousand_times_and_exactly_one_wins_each_round(client, sharing):
+def test_two_writers_race_a_thousand_times_and_exactly_one_wins_each_round(redis_client, sharing):
     """The acceptance race: both load, both commit; one commit lands per round, the chain holds.
     Two processes have a backend each; two threads of one process share one."""
-    base = fresh(client)
+    base = fresh(redis_client)
     base.runs.create(a_run())
     writers = [twin(base), twin(base)] if sharing == "two backends" else [base, base]
     rounds = 1000
@@ -110,33 +110,33 @@ def test_two_writers_race_a_thousand_times_and_exactly_one_wins_each_round(clien
     assert version == rounds + 1
 
 
-def test_corrupt_state_names_the_run_and_key_and_other_runs_load(client):
-    backend = fresh(client)
+def test_corrupt_state_names_the_run_and_key_and_other_runs_load(redis_client):
+    backend = fresh(redis_client)
     backend.runs.create(a_run("good"))
     backend.runs.create(a_run("bad"))
-    client.hset(backend.keys.run("bad"), "s", b"\xc1\x00garbage")
+    redis_client.hset(backend.keys.run("bad"), "s", b"\xc1\x00garbage")
     with pytest.raises(CorruptRecordError) as err:
         backend.runs.load("bad")
     assert "bad" in str(err.value) and backend.keys.run("bad") in str(err.value)
     assert backend.runs.load("good").run_id == "good"
-    truncated = client.hget(backend.keys.run("good"), "s")[:10]
-    client.hset(backend.keys.run("bad"), "s", truncated)
+    truncated = redis_client.hget(backend.keys.run("good"), "s")[:10]
+    redis_client.hset(backend.keys.run("bad"), "s", truncated)
     with pytest.raises(CorruptRecordError, match="not valid msgpack"):
         backend.runs.load("bad")
 
 
-def test_corrupt_ledger_entry_names_the_stream_entry(client):
-    backend = fresh(client)
+def test_corrupt_ledger_entry_names_the_stream_entry(redis_client):
+    backend = fresh(redis_client)
     run = a_run()
     backend.runs.create(run)
     backend.ledger.append(record_for(run, "a"))
-    client.xadd(backend.keys.ledger("r1"), {"r": b"\xff\xfe"})
+    redis_client.xadd(backend.keys.ledger("r1"), {"r": b"\xff\xfe"})
     with pytest.raises(CorruptRecordError, match=r":ledger entry \d+-\d+"):
         backend.ledger.list("r1")
 
 
-def test_values_over_the_limit_are_refused_before_writing(client):
-    backend = fresh(client, max_value_bytes=2_000)
+def test_values_over_the_limit_are_refused_before_writing(redis_client):
+    backend = fresh(redis_client, max_value_bytes=2_000)
     run = a_run()
     backend.runs.create(run)
     run.vars["blob"] = "x" * 5_000
@@ -149,10 +149,10 @@ def test_values_over_the_limit_are_refused_before_writing(client):
     assert backend.ledger.list("r1") == []
 
 
-def test_same_records_give_the_same_hashes_as_the_in_memory_chain(client):
+def test_same_records_give_the_same_hashes_as_the_in_memory_chain(redis_client):
     from runtime import HashChainedLedgerStore, InMemoryLedgerStore
 
-    backend = fresh(client)
+    backend = fresh(redis_client)
     memory = HashChainedLedgerStore(InMemoryLedgerStore())
     run = a_run()
     for i in range(3):
@@ -163,8 +163,8 @@ def test_same_records_give_the_same_hashes_as_the_in_memory_chain(client):
     assert [r["record_hash"] for r in backend.ledger.list("r1")] == [r["record_hash"] for r in memory.list("r1")]
 
 
-def test_indexes_follow_the_run(client):
-    backend = fresh(client)
+def test_indexes_follow_the_run(redis_client):
+    backend = fresh(redis_client)
     ask = WorkflowSpec(workflow_id="ask", entry_node="a", nodes={
         "a": lambda run, ctx: StepPlan(node_id="a", next_node="b", effect=Effect(
             type=EffectType.ASK_USER, payload={"prompt": "?", "wait_key": "approve:42"})),
@@ -176,19 +176,19 @@ def test_indexes_follow_the_run(client):
         rt.tick(workflow=ask, run_id=rid)
     k = backend.keys
     assert backend.runs.runs_waiting_on("approve:42") == sorted(ids)
-    assert client.zcard(k.by_status("waiting")) == 3 and client.zcard(k.by_status("running")) == 0
+    assert redis_client.zcard(k.by_status("waiting")) == 3 and redis_client.zcard(k.by_status("running")) == 0
     rt.resume(workflow=ask, run_id=ids[0], wait_key="approve:42", payload="ok")
     rt.cancel_run(ids[1])
     assert backend.runs.runs_waiting_on("approve:42") == [ids[2]]
-    assert client.zcard(k.by_status("waiting")) == 1 and client.zcard(k.by_wait_reason("user")) == 1
+    assert redis_client.zcard(k.by_status("waiting")) == 1 and redis_client.zcard(k.by_wait_reason("user")) == 1
     assert [r.run_id for r in backend.runs.list_runs(status=RunStatus.COMPLETED)] == [ids[0]]
     assert [r.run_id for r in backend.runs.list_runs(status=RunStatus.CANCELLED)] == [ids[1]]
-    assert client.xlen(k.events()) >= 9
+    assert redis_client.xlen(k.events()) >= 9
 
 
-def test_an_effect_step_is_one_atomic_commit(client):
+def test_an_effect_step_is_one_atomic_commit(redis_client):
     """On Redis, the outcome record and the state land together or not at all."""
-    backend = fresh(client)
+    backend = fresh(redis_client)
     calls = []
 
     def tool(run, effect):
@@ -262,8 +262,8 @@ def test_backend_from_settings_uses_prefix_and_limit(redis_server):
     assert backend.runs.load("x").run_id == "x"
 
 
-def test_events_can_be_followed_with_a_blocking_read(client):
-    backend = fresh(client)
+def test_events_can_be_followed_with_a_blocking_read(redis_client):
+    backend = fresh(redis_client)
     seen: list = []
     ready = threading.Event()
 
@@ -310,7 +310,7 @@ def test_redis_going_away_mid_run_is_retried_then_reported_without_partial_commi
         run = a_run()
         backend.runs.create(run)
 
-        # A short outage: the commit waits it out through the client's retries.
+        # A short outage: the commit waits it out through the redis_client's retries.
         server.kill()
         restarter = threading.Timer(0.4, server.restart)
         restarter.start()
@@ -336,9 +336,9 @@ def test_redis_going_away_mid_run_is_retried_then_reported_without_partial_commi
         server.stop()
 
 
-def test_a_retried_commit_whose_reply_was_lost_is_applied_once(client):
+def test_a_retried_commit_whose_reply_was_lost_is_applied_once(redis_client):
     """The token makes a re-sent script call a no-op that reports success."""
-    backend = fresh(client)
+    backend = fresh(redis_client)
     run = a_run()
     backend.runs.create(run)
     run.vars["n"] = 5
@@ -358,23 +358,23 @@ def test_a_retried_commit_whose_reply_was_lost_is_applied_once(client):
     assert backend.load_versioned("r1")[1] == 2
 
 
-def test_a_ledger_entry_of_an_unknown_format_is_refused_naming_it(client):
+def test_a_ledger_entry_of_an_unknown_format_is_refused_naming_it(redis_client):
     import msgpack
 
-    backend = fresh(client)
+    backend = fresh(redis_client)
     run = a_run()
     backend.ledger.append(record_for(run, "a"))
-    client.xadd(backend.keys.ledger("r1"), {"r": msgpack.packb({"node_id": "b"})})
+    redis_client.xadd(backend.keys.ledger("r1"), {"r": msgpack.packb({"node_id": "b"})})
     with pytest.raises(CorruptRecordError, match="not a ledger record of format 1"):
         backend.ledger.list("r1")
 
 
-def test_stored_records_are_compact_and_read_back_whole(client):
-    backend = fresh(client)
+def test_stored_records_are_compact_and_read_back_whole(redis_client):
+    backend = fresh(redis_client)
     run = a_run()
     rec = record_for(run, "a")
     backend.ledger.append(rec)
-    (entry_id, fields), = client.xrange(backend.keys.ledger("r1"))
+    (entry_id, fields), = redis_client.xrange(backend.keys.ledger("r1"))
     assert len(fields[b"r"]) < len(__import__("msgpack").packb(rec.to_dict()))
     assert backend.ledger.list("r1") == [rec.to_dict()]
 
@@ -384,12 +384,12 @@ def test_on_cluster_one_script_would_cross_slots_so_a_commit_is_split(redis_clus
     the run's slot first, then the index slot, and every index still answers."""
     import redis as redis_py
 
-    client = redis_cluster_server.client()
-    standalone = fresh(client)
+    redis_client = redis_cluster_server.client()
+    standalone = fresh(redis_client)
     with pytest.raises(redis_py.ResponseError, match="CROSSSLOT|hash to the same slot"):
         standalone.runs.create(a_run("r1"))
 
-    backend = fresh(client, cluster=True)
+    backend = fresh(redis_client, cluster=True)
     wf = WorkflowSpec(workflow_id="ask", entry_node="a", nodes={
         "a": lambda run, ctx: StepPlan(node_id="a", next_node="b", effect=Effect(
             type=EffectType.ASK_USER, payload={"prompt": "?", "wait_key": "k"})),

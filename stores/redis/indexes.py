@@ -16,6 +16,7 @@ from runtime import RunStatus
 from runtime.models import validate_run_id
 
 from .keys import Keys
+from .scripts import Reply
 
 __all__ = ["RedisIndexes", "LAST_FAILURE_MAX_CHARS"]
 
@@ -91,10 +92,11 @@ class RedisIndexes:
 
     # -- failures and refused messages -----------------------------------------------------------
 
-    def set_last_failure(self, run_id: str, failure: dict[str, Any]) -> None:
+    def set_last_failure(self, run_id: str, failure: dict[str, Any]) -> bool:
         """Keep the newest failure of a run (a raising node or effect handler, with its
         traceback) in field ``f`` of its run hash: outside the hash-chained ledger, replaced by
-        the next failure, capped at ``LAST_FAILURE_MAX_CHARS`` of traceback."""
+        the next failure, capped at ``LAST_FAILURE_MAX_CHARS`` of traceback. False when there
+        is no such run (nothing is written)."""
         tb = failure.get("traceback")
         if isinstance(tb, str) and len(tb) > LAST_FAILURE_MAX_CHARS:
             # The end of a traceback (the raising frame and the message) is what says most.
@@ -102,7 +104,7 @@ class RedisIndexes:
         rid = validate_run_id(run_id)
         raw = json.dumps(failure, ensure_ascii=False, default=str)
         # Only a run that exists gets the field (HSET alone would create a hash with no state).
-        self._set_failure_script(keys=[self.keys.run(rid)], args=[raw])
+        return Reply(int(self._set_failure_script(keys=[self.keys.run(rid)], args=[raw]))) is Reply.OK
 
     def last_failure(self, run_id: str) -> dict[str, Any] | None:
         """The newest failure kept by :meth:`set_last_failure`, or None."""

@@ -19,7 +19,9 @@ _USE_MOVES = ("commit", "index")
 
 
 class Reply(IntEnum):
-    """The first item of a reply of ``commit.lua`` or ``append.lua`` (the scripts use the same names)."""
+    """The first item of a reply of ``commit.lua`` or ``append.lua``, and the whole reply of
+    ``index.lua`` and ``failure.lua`` (the scripts use the same names). ``claim.lua`` replies
+    with the Redis time and the members it claimed."""
 
     #: commit.lua: the stored version is not the one expected; second item: that version (-1: no run).
     CONFLICT = 0
@@ -31,6 +33,8 @@ class Reply(IntEnum):
     EXISTS = 3
     #: append.lua: a result is recorded under the idempotency key looked up; second item: that result.
     FOUND = 4
+    #: failure.lua: there is no such run; nothing was written.
+    MISSING = 5
 
 
 def source(name: str) -> str:

@@ -5,10 +5,11 @@
 -- KEYS[1]  the run hash (ar:{<run_id>}:run)
 -- ARGV[1]  the failure, JSON text
 --
--- Returns 1 when written, 0 when there is no such run.
+-- Returns OK (1) when written, MISSING (5) when there is no such run (Reply in scripts.py).
 
+local OK, MISSING = 1, 5
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
+  return MISSING
 end
 redis.call('HSET', KEYS[1], 'f', ARGV[1])
-return 1
+return OK

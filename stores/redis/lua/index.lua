@@ -29,7 +29,7 @@
 -- ARGV[10]     version        the version the commit wrote
 -- ARGV[11]     lease_ms       lease in ms from now (Redis TIME), "" for none
 --
--- Returns 1.
+-- Returns OK (1; Reply in scripts.py).
 
 local run_id, updated = ARGV[1], ARGV[2]
 local statuses = {'running', 'waiting', 'completed', 'failed', 'cancelled'}
@@ -48,4 +48,4 @@ move_entries(
   {run_id = run_id, updated = updated, status = ARGV[3], wait_old = ARGV[5], wait_new = ARGV[6],
    until_ms = ARGV[7], has_parent = ARGV[8], events_maxlen = ARGV[9], version = ARGV[10],
    lease_ms = ARGV[11]})
-return 1
+return 1  -- OK (Reply in stores/redis/scripts.py)
