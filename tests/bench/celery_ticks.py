@@ -56,7 +56,7 @@ class Bench:
         self.server = server
         self.r = server.client()
         self.group = WorkerGroup(server.url, folder, ack_emulation="1" if ack else "0",
-                                 imports="celery_scenarios,bench_celery", **settings)
+                                 imports="support.celery_scenarios,bench_celery", **settings)
         self.client: Any = None
 
     def start(self, workers: int = 1) -> None:
