@@ -15,6 +15,7 @@ them (module in brackets) and join the tree through its branches::
     │   ├── RunNotFound                 (KeyError)
     │   ├── RunAlreadyExists            (ValueError) explicit run id taken (D7)
     │   ├── RunNotWaiting               (ValueError)
+    │   ├── RunNotFailed                (ValueError) retry of a run that did not fail (workers)
     │   ├── InvalidRunId                (ValueError) a run id a store cannot hold
     │   ├── WaitKeyMismatch             (ValueError)
     │   ├── WaitNotEnded                (ValueError) an action that cannot end this wait (workers)
@@ -147,6 +148,18 @@ class RunNotWaiting(RunError, ValueError):
         self.run_id = run_id
         self.status = status
         super().__init__(message)
+
+
+class RunNotFailed(RunError, ValueError):
+    """Raised when an operator retries a run that did not fail (running, waiting, completed or
+    cancelled); nothing was changed."""
+
+    def __init__(self, *, run_id: str, status: Any) -> None:
+        self.run_id = run_id
+        self.status = status
+        value = getattr(status, "value", status)
+        super().__init__(f"Run '{run_id}' is {value}, not failed: only a failed run is retried"
+                         + (" (a cancelled run stays cancelled)" if value == "cancelled" else ""))
 
 
 class WaitKeyMismatch(RunError, ValueError):

@@ -317,7 +317,10 @@ def test_an_effect_result_for_a_cancelled_run_is_not_applied(client):
     time.sleep(2.0)  # the slow LLM answers after 1.5 s
     state = client.get_state(run_id)
     assert state.status == RunStatus.CANCELLED and "llm" not in state.vars
-    assert [r["status"] for r in client.get_ledger(run_id)] == ["started"]
+    # The effect's `started` record, then the operator's cancel (workers record it; 0.2.0 did not).
+    records = client.get_ledger(run_id)
+    assert [r["status"] for r in records] == ["started", "completed"]
+    assert records[1]["effect"]["type"] == "operator_cancel" and records[1]["result"]["reason"] == "changed my mind"
 
 
 # -- more nodes per task -------------------------------------------------------------------------------

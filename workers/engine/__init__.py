@@ -19,6 +19,7 @@ what expired leases name and wakes due timers.
 * ``sweep.py`` — :meth:`~Engine.sweep` and the dead letters;
 * ``producer.py`` — :meth:`~Engine.create`, :meth:`~Engine.resume`, :meth:`~Engine.emit`,
   :meth:`~Engine.force_wake`, :meth:`~Engine.cancel`;
+* ``operator.py`` — :meth:`~Engine.retry` of a failed run;
 * ``base.py`` — what they share: the state, the :class:`Dispatcher`, the commit, a run's failure.
 """
 
@@ -27,14 +28,14 @@ from __future__ import annotations
 from .base import EFFECT_QUEUES, Dispatcher
 from .children import Subworkflows
 from .effects import Effects
-from .producer import ProducerOperations
+from .operator import OperatorActions
 from .sweep import DEAD_LETTERS_MAX, Recovery
 from .tick import Ticks
 
 __all__ = ["Dispatcher", "Engine", "EFFECT_QUEUES", "DEAD_LETTERS_MAX"]
 
 
-class Engine(Ticks, Effects, Subworkflows, Recovery, ProducerOperations):
+class Engine(Ticks, Effects, Subworkflows, Recovery, OperatorActions):
     """Ticks, effects, wakes and sweeps of runs kept in one :class:`~stores.redis.RedisBackend`.
 
     ``Engine(backend, registry, settings, dispatcher)``; each Celery task calls one method.

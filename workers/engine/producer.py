@@ -128,18 +128,30 @@ class ProducerOperations(EngineBase):
 
         return self._retrying(run_id, change)
 
-    def _cancel_one(self, run_id: str, reason: str | None) -> tuple[RunState, bool]:
+    def _cancel_one(self, run_id: str, reason: str | None, actor: str) -> tuple[RunState, bool]:
         cancelled = False
 
-        def change(run: RunState, v: int) -> tuple[RunState, str] | None:
+        def change(run: RunState, v: int) -> _Change | None:
             nonlocal cancelled
+            node = run.current_node or ""
             cancelled = apply_cancel(run, reason)
-            return (run, "none") if cancelled else None
+            if not cancelled:
+                return None
+            # The operator's decision goes into the hash chain (who, why, when), signed by ``actor``.
+            record = StepRecord.start(run=run, node_id=node, effect=None)
+            record.effect = {"type": "operator_cancel", "payload": {"reason": reason}, "result_key": None}
+            record.actor_id = actor
+            record.finish_success({"cancelled": True, "by": actor, "reason": reason,
+                                   "at": iso(self.backend.time_ms())})
+            return run, "none", [record]
 
         return self._retrying(run_id, change), cancelled
 
-    def cancel(self, run_id: str, *, reason: str | None = None) -> list[RunState]:
-        """Cancel a run and, transitively, its children (D6); returns the runs now cancelled."""
+    def cancel(self, run_id: str, *, reason: str | None = None, actor: str = "unknown") -> list[RunState]:
+        """Cancel a run and, transitively, its children (D6); returns the runs now cancelled.
+
+        Each run cancelled gets an ``operator_cancel`` record naming ``actor`` and ``reason``.
+        """
         out: list[RunState] = []
         queue, seen = [run_id], set()
         while queue:
@@ -148,7 +160,7 @@ class ProducerOperations(EngineBase):
                 continue
             seen.add(rid)
             try:
-                state, now_cancelled = self._cancel_one(rid, reason)
+                state, now_cancelled = self._cancel_one(rid, reason, actor)
             except RunNotFound:
                 if rid == run_id:
                     raise
