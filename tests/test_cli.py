@@ -54,7 +54,7 @@ def snapshot(client) -> tuple:
 
 
 def test_every_command_has_help(group):
-    commands = ["worker", "beat", "start", "status", "ledger", "verify", "resume", "respond", "emit", "cancel",
+    commands = ["worker", "beat", "start", "status", "ledger", "verify", "resume", "respond", "emit", "cancel", "retry",
                 "runs", "runs list", "runs count", "waiting", "doctor", "demo"]
     top = run(group, "--help")
     assert top.returncode == 0 and "Usage: abstractruntime" in top.stdout

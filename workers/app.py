@@ -19,7 +19,7 @@ from celery import Celery
 
 from stores.redis import RedisBackend
 
-from . import logs
+from . import heartbeat, logs
 from .engine import Engine
 from .registry import Registry, registry
 from .settings import WorkerSettings
@@ -235,6 +235,7 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
     # about these tasks ("received", "succeeded", "Sending due task") are dropped, and every
     # record gets the run id of the task that logged it (workers/logs.py, docs/logging.md).
     logs.connect(TASK_NAMES.values(), log_format=os.environ.get("ABSTRACTRUNTIME_LOG_FORMAT", "text"))
+    heartbeat.connect()  # each worker and beat says it is alive (workers/heartbeat.py)
     holder = _Holder(app, settings, reg)
     # shared=False: the tasks belong to this app only (Celery would otherwise add them to every
     # app made later in the process, and a second create_app would register them twice).

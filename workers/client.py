@@ -133,6 +133,18 @@ class Client:
         """
         return self.backend.last_failure(run_id)
 
+    def explain(self, run_id: str) -> Any:
+        """Why the run is where it is: a :class:`workers.explain.Diagnosis` (``RunNotFound`` if none).
+
+        Read from stored data, the heartbeats and the broker; needs no workflow code."""
+        from .fleet import BrokerProbe, explain_run
+
+        probe = BrokerProbe(self.app, self.settings)
+        try:
+            return explain_run(self.backend, self.settings, run_id, broker=probe)
+        finally:
+            probe.close()
+
     def get_ledger(self, run_id: str) -> list[dict[str, Any]]:
         return self.backend.ledger.list(run_id)
 
@@ -230,9 +242,27 @@ class Client:
         """
         return self.engine.force_wake(run_id, reason=reason, actor=actor or operator_actor())
 
-    def cancel(self, run_id: str, *, reason: str | None = None) -> list[RunState]:
-        """Cancel a run and its children, transitively; returns the runs now cancelled."""
-        return self.engine.cancel(run_id, reason=reason)
+    def cancel(self, run_id: str, *, reason: str | None = None, actor: str | None = None) -> list[RunState]:
+        """Cancel a run and its children, transitively; returns the runs now cancelled.
+
+        Each run cancelled gets an ``operator_cancel`` ledger record naming who (``actor``,
+        default: ``ABSTRACTRUNTIME_ACTOR`` or user@host), why and when.
+        """
+        return self.engine.cancel(run_id, reason=reason, actor=actor or operator_actor())
+
+    def retry(self, run_id: str, *, reason: str, from_node: str | None = None, actor: str | None = None
+              ) -> RunState:
+        """Set a failed run running again at the node that failed (or ``from_node``), after a fix.
+
+        Earlier steps are not executed again; the ledger records who, why, from which node and
+        the chain head the run continues from. A run failed by its failed child is retried
+        through that child, and waits on it again. :class:`RunNotFailed` for a run that did not
+        fail (cancelled runs stay cancelled); :class:`UnknownNodeError` for a ``from_node`` the
+        workflow does not have (the workflow modules are imported, as for :meth:`start`).
+        """
+        if from_node is not None:
+            self.import_workflows()
+        return self.engine.retry(run_id, reason=reason, actor=actor or operator_actor(), from_node=from_node)
 
     def close(self) -> None:
         """Close the Redis connections, and the broker connections of an app this client made."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .fleet import BrokerProbe, BrokerUnreachable
+from .heartbeat import ALIVE_WITHIN_S
 from .settings import QUEUE_KINDS, WorkerSettings
 
 __all__ = ["run_checks"]
@@ -56,14 +58,27 @@ def run_checks(settings: WorkerSettings, env: dict[str, str]) -> list[dict[str, 
         for worker, queues in active.items():
             for q in queues or []:
                 consumers.setdefault(q.get("name", ""), []).append(worker)
+        # The heartbeats (workers/heartbeat.py) also name the consumers, where remote control is off.
+        for proc in backend.live_processes(backend.time_ms() - int(ALIVE_WITHIN_S * 1000)):
+            if proc.get("kind") == "worker":
+                for q in proc.get("queues") or ():
+                    names = consumers.setdefault(str(q), [])
+                    if proc.get("hostname") not in names:
+                        names.append(str(proc.get("hostname")))
+        probe = BrokerProbe(app, settings)
         for kind in QUEUE_KINDS:
             name = settings.queue(kind)
             names = consumers.get(name, [])
             essential = kind in ("ticks", "timers", "maintenance")
+            try:
+                waiting = f"; {probe.depth(name)} message(s) queued"
+            except BrokerUnreachable:
+                waiting = ""
             checks.append(_check(
                 f"queue {name}", "ok" if names else ("fail" if essential else "warn"),
-                f"{len(names)} worker(s)" + (f": {', '.join(sorted(names))}" if names else ""),
+                f"{len(names)} worker(s)" + (f": {', '.join(sorted(names))}" if names else "") + waiting,
                 f"start one: abstractruntime worker --queues {kind}"))
+        probe.close()
     finally:
         app.close()
 

@@ -22,6 +22,8 @@ __all__ = ["RedisIndexes", "LAST_FAILURE_MAX_CHARS"]
 
 #: Characters of traceback kept with a run's last failure (the end is kept).
 LAST_FAILURE_MAX_CHARS = 8000
+#: Milliseconds a silent process's heartbeat entry is kept (the heartbeat's details expire sooner).
+HEARTBEATS_KEPT_MS = 3_600_000
 
 
 def _ids(members: Any) -> list[str]:
@@ -89,6 +91,60 @@ class RedisIndexes:
         """When the last recovery sweep ran (Redis clock, epoch ms), or None if none has."""
         raw = self.client.get(self.keys.sweep_heartbeat())
         return int(raw) if raw is not None else None
+
+    # -- who is alive (workers/heartbeat.py) ----------------------------------------------------
+
+    def write_heartbeat(self, process_id: str, details: dict[str, Any], *, ttl_ms: int) -> int:
+        """Note that a process (a worker, beat) is alive now, with ``details`` (expiring after
+        ``ttl_ms``); drops the entries of processes silent for an hour. Returns the Redis time."""
+        now = self.time_ms()
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(k.heartbeats(), {process_id: now})
+        pipe.set(k.heartbeat(process_id), json.dumps({**details, "at": now}), px=int(ttl_ms))
+        pipe.zremrangebyscore(k.heartbeats(), "-inf", now - HEARTBEATS_KEPT_MS)
+        pipe.execute()
+        return now
+
+    def drop_heartbeat(self, process_id: str) -> None:
+        """Forget a process that stops cleanly."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(self.keys.heartbeats(), process_id)
+        pipe.delete(self.keys.heartbeat(process_id))
+        pipe.execute()
+
+    def live_processes(self, since_ms: int) -> list[dict[str, Any]]:
+        """The processes whose last heartbeat is at or after ``since_ms`` (Redis clock), each as
+        its details plus ``process_id`` and ``at``; two commands whatever their number."""
+        members = self.client.zrangebyscore(self.keys.heartbeats(), since_ms, "+inf", withscores=True)
+        if not members:
+            return []
+        raws = self.client.mget([self.keys.heartbeat(m.decode()) for m, _score in members])
+        out: list[dict[str, Any]] = []
+        for (member, score), raw in zip(members, raws):
+            try:
+                details = json.loads(raw) if raw else {}
+            except ValueError:
+                details = {}
+            out.append({**(details if isinstance(details, dict) else {}), "process_id": member.decode(),
+                        "at": int(score)})
+        return out
+
+    # -- one run's place in the indexes (explain) ------------------------------------------------
+
+    def lease_ms(self, run_id: str) -> int | None:
+        """When the run's lease expires (epoch ms, Redis clock), or None when it holds none."""
+        score = self.client.zscore(self.keys.leases(), validate_run_id(run_id))
+        return int(score) if score is not None else None
+
+    def timer_ms(self, run_id: str) -> int | None:
+        """When the run's timer is due (epoch ms), or None when it has none."""
+        score = self.client.zscore(self.keys.timers(), validate_run_id(run_id))
+        return int(score) if score is not None else None
+
+    def count_waiting_on(self, wait_key: str) -> int:
+        """How many runs wait on ``wait_key`` (one SCARD)."""
+        return int(self.client.scard(self.keys.waiting_on(wait_key)))
 
     # -- failures and refused messages -----------------------------------------------------------
 

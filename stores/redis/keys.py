@@ -87,6 +87,16 @@ class Keys:
         """STRING, the Redis time (epoch ms) of the last recovery sweep (``doctor``: is beat alive?)."""
         return f"{self._g}sweep"
 
+    def heartbeats(self) -> str:
+        """ZSET process id -> time of its last heartbeat (epoch ms, Redis clock), workers and beat
+        (``workers/heartbeat.py``); entries older than an hour are dropped by the next heartbeat."""
+        return f"{self._g}heartbeats"
+
+    def heartbeat(self, process_id: str) -> str:
+        """STRING, JSON details of one process's last heartbeat (kind, hostname, pid, queues);
+        expires a few heartbeat periods after it was written."""
+        return f"{self._g}heartbeat:{process_id}"
+
     def waiting_on(self, wait_key: str) -> str:
         """SET of the run ids waiting on one wait key (event delivery without a scan)."""
         return f"{self._g}wait:{wait_key}"

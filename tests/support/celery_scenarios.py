@@ -248,3 +248,58 @@ def huge(n: int) -> str:
 
 WORKFLOWS.append(_wf(_bad_vars()))
 WORKFLOWS.append(_wf(_tools([{"name": "huge", "arguments": {"n": 2_000_000}, "call_id": "h"}], "huge_result")))
+
+
+# -- retry of a failed run (issue 13) ------------------------------------------------------------------
+
+@tool
+def count_call(path: str, node: str) -> int:
+    """Appends ``node`` to the file at ``path`` (visible across worker processes); the calls so far."""
+    with open(path, "a") as f:
+        f.write(node + "\n")
+    with open(path) as f:
+        return len(f.read().splitlines())
+
+
+def _fix_me() -> WorkflowSpec:
+    """Five nodes: a1 and a2 call ``count_call`` (file ``vars["counter"]``); a3 raises until the
+    file ``vars["fixed"]`` exists (the operator's "deployed fix"); a4 and a5 finish."""
+
+    def counted(node: str, next_node: str) -> Any:
+        def handler(run: Any, ctx: Any) -> StepPlan:
+            call = {"name": "count_call", "arguments": {"path": run.vars["counter"], "node": node}, "call_id": node}
+            return StepPlan(node_id=node, effect=Effect(type=EffectType.TOOL_CALLS, payload={"tool_calls": [call]},
+                                                        result_key=f"calls.{node}"), next_node=next_node)
+        return handler
+
+    def a3(run: Any, ctx: Any) -> StepPlan:
+        if not os.path.exists(run.vars["fixed"]):
+            raise RuntimeError("a3 is broken until the fix is deployed")
+        return StepPlan(node_id="a3", next_node="a4")
+
+    def a4(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="a4", next_node="a5")
+
+    def a5(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="a5", complete_output={"calls": run.vars["calls"]})
+
+    return WorkflowSpec(workflow_id="fix_me", entry_node="a1", nodes={
+        "a1": counted("a1", "a2"), "a2": counted("a2", "a3"), "a3": a3, "a4": a4, "a5": a5})
+
+
+def _parent_of_fix_me() -> WorkflowSpec:
+    """Starts ``fix_me`` as a sync child with its own files, then completes with its output."""
+
+    def start(run: Any, ctx: Any) -> StepPlan:
+        child_vars = {"counter": run.vars["counter"], "fixed": run.vars["fixed"]}
+        return StepPlan(node_id="start", effect=Effect(type=EffectType.START_SUBWORKFLOW, payload={
+            "workflow_id": "fix_me", "vars": child_vars}, result_key="child"), next_node="done")
+
+    def done(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="done", complete_output={"child": run.vars["child"]})
+
+    return WorkflowSpec(workflow_id="parent_of_fix_me", entry_node="start", nodes={"start": start, "done": done})
+
+
+WORKFLOWS.append(_wf(_fix_me()))
+WORKFLOWS.append(_wf(_parent_of_fix_me()))

@@ -1,4 +1,4 @@
-"""The commands on runs: start, status, ledger, verify, resume, respond, wake, emit, cancel,
+"""The commands on runs: start, status, ledger, verify, resume, respond, wake, retry, emit, cancel,
 runs list / count, and waiting.
 
 Each one needs a deployment (``_require_deployment``), calls the client and prints the run
@@ -16,8 +16,10 @@ from typing import Any
 import click
 
 from runtime import RunState, RunStatus
+from runtime.errors import RunNotFailed, UnknownNodeError
 
 from ._common import (
+    EXIT_CONFLICT,
     EXIT_FAILURE,
     EXIT_TIMEOUT,
     EXIT_UNVERIFIED,
@@ -253,6 +255,29 @@ def wake(state: State, run_id: str, now: bool, reason: str | None) -> None:
         raise CliError("--reason is required: say why the timer is skipped (it goes into the ledger)", EXIT_USAGE)
     run = state.client.wake(run_id, reason=reason)
     state.out(_state_dict(run), f"woke run {run_id}; it moves on to node {run.current_node}")
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--from-node", metavar="NODE", help="Continue at this node instead of the one that failed.")
+@click.option("--reason", help="Why (recorded in the ledger with who and when). Required.")
+@pass_state
+def retry(state: State, run_id: str, from_node: str | None, reason: str | None) -> None:
+    """Set a failed run running again at the node that failed, once a fix is deployed.
+
+    Earlier steps are not run again. A run failed by its failed child is retried through that
+    child and waits on it again. A run that did not fail (or was cancelled) is refused (exit 4).
+    """
+    _require_deployment(state)
+    if not reason or not reason.strip():
+        raise CliError("--reason is required: say what was fixed (it goes into the ledger)", EXIT_USAGE)
+    try:
+        run = state.client.retry(run_id, reason=reason, from_node=from_node)
+    except RunNotFailed as exc:
+        raise CliError(str(exc), EXIT_CONFLICT) from None
+    except UnknownNodeError as exc:
+        raise CliError(str(exc.args[0]), EXIT_USAGE) from None
+    state.out(_state_dict(run), f"retried run {run_id}; it is {RunStatus(run.status).value} at node {run.current_node}")
 
 
 @click.command()
