@@ -41,6 +41,7 @@ class Code(str, Enum):
     ORPHANED = "ORPHANED"
     BROKER_UNREACHABLE = "BROKER_UNREACHABLE"
     MOVING = "MOVING"
+    POISONED = "POISONED"
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,10 @@ class Facts:
     effect_lease_ms: int = 0
     child_id: str | None = None
     child: Facts | None = None
+    #: Leases of the dispatch that expired with no commit since (lost deliveries), and after
+    #: how many the sweep fails the run as poisoned (0: never).
+    lost: int = 0
+    poison_after: int = 0
 
 
 def _at(ms: int | None) -> str:
@@ -153,6 +158,11 @@ def diagnose(f: Facts) -> Diagnosis:
 
 def _failed(f: Facts, since: str, ev: dict[str, Any]) -> Diagnosis:
     lf = f.last_failure or {}
+    if lf.get("where") == "poisoned":
+        return Diagnosis(Code.POISONED, f"failed as poisoned at {_at(_ms(since))}: {f.error or lf.get('message')}",
+                         since, {**ev, "error": f.error, "last_failure": lf},
+                         f"fix what kills the worker at node {f.node!r} (its logs, the OOM killer), "
+                         f"then: abstractruntime retry {f.run_id}")
     where = ""
     if lf:
         where = f"; traceback kept ({lf.get('where', 'node')} {lf.get('node') or ''}, attempt {lf.get('attempt', 1)})"
@@ -235,7 +245,10 @@ def _running(f: Facts, since: str, ev: dict[str, Any]) -> Diagnosis:
         late = f.last_sweep_ms is None or f.now_ms - f.last_sweep_ms > OVERDUE_GRACE_MS
         beat = (f"no recovery sweep since {_at(f.last_sweep_ms)}" if f.last_sweep_ms is not None
                 else "no recovery sweep has run") if late else f"the next sweep re-dispatches it to queue `{q}`"
-        return Diagnosis(Code.LEASE_EXPIRED, f"lease expired {_at(f.lease_ms)}, {beat}", _iso(f.lease_ms), ev,
+        of = f" of {f.poison_after}" if f.poison_after else ""
+        lost = f"; {f.lost}{of} deliveries lost" if f.lost > 0 else ""
+        return Diagnosis(Code.LEASE_EXPIRED, f"lease expired {_at(f.lease_ms)}, {beat}{lost}", _iso(f.lease_ms),
+                         {**ev, "lost": f.lost, "poison_after": f.poison_after},
                          "start exactly one beat: abstractruntime beat" if late
                          else "if this stays, read the workers' logs")
     if f.dispatch == "effect" and not f.attempt_started and f.lease_ms is not None:

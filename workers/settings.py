@@ -29,7 +29,7 @@ QUEUE_KINDS = ("ticks", "llm", "tools", "subworkflows", "timers", "maintenance")
 #: (``tick_lease_s`` is ``ABSTRACTRUNTIME_TICK_LEASE_S``). Every one is in docs/configuration.md.
 ENV_VARS = {f"ABSTRACTRUNTIME_{name.upper()}": name for name in (
     "broker_url", "imports", *(f"queue_{kind}" for kind in QUEUE_KINDS),
-    "tick_lease_s", "effect_lease_s", "sweep_period_s", "sweep_batch", "timer_hold_s", "nodes_per_tick",
+    "tick_lease_s", "effect_lease_s", "sweep_period_s", "sweep_batch", "timer_hold_s", "poison_after", "nodes_per_tick",
     "tick_max_attempts", "tick_backoff_s", "prefetch", "ack_emulation", "visibility_timeout_s",
 )}
 
@@ -66,6 +66,12 @@ class WorkerSettings:
     sweep_batch: int = 1000
     #: Seconds a timer claimed by the sweep waits before the sweep sends its wake again.
     timer_hold_s: float = 10.0
+    #: Expired leases of one dispatch, with no commit in between, after which the sweep fails
+    #: the run as poisoned (its node or effect kills the worker process) instead of sending
+    #: it again; 0 (the default): never. Off by default because the sweep cannot tell a dead
+    #: worker from a message still waiting in a long queue: set it so that this many
+    #: ``tick_lease_s`` exceed the longest time a tick can wait in its queue.
+    poison_after: int = 0
     #: Consecutive effect-free nodes one tick task runs, each committed on its own (K).
     nodes_per_tick: int = 1
     #: Attempts of a node whose handler raises (decision D5), then the run fails.
@@ -100,6 +106,10 @@ class WorkerSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"WorkerSettings.{name} must be a whole number of 1 or more, got {value!r}")
+
+        poison = self.poison_after
+        if isinstance(poison, bool) or not isinstance(poison, int) or poison < 0:
+            raise ValueError(f"WorkerSettings.poison_after must be a whole number of 0 or more, got {poison!r}")
 
     def queue(self, kind: str) -> str:
         """The queue name of a kind (``ticks``, ``llm``...)."""

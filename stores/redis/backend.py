@@ -54,6 +54,8 @@ class Loaded(NamedTuple):
     dispatch: Dispatch | None
     #: The Redis clock, epoch ms (wake times are judged by it).
     now_ms: int
+    #: Leases of the dispatch that expired with no commit since (field ``n``; lost deliveries).
+    lost: int = 0
 
 
 class CommitKeys(NamedTuple):
@@ -243,9 +245,9 @@ class RedisBackend(RedisIndexes):
         the run does not exist."""
         k = self.keys.run(validate_run_id(run_id))
         pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(k, "s", "v", "h", "d")
+        pipe.hmget(k, "s", "v", "h", "d", "n")
         pipe.time()
-        (raw, version, head, wire), (sec, usec) = pipe.execute()
+        (raw, version, head, wire, lost), (sec, usec) = pipe.execute()
         if raw is None:
             return None
         run = self._remember(run_id, raw, version, head)
@@ -256,7 +258,7 @@ class RedisBackend(RedisIndexes):
                                                      limit=self.max_value_bytes))
             except ValueError as exc:
                 raise CorruptRecordError(location=f"Redis key {k} field d", run_id=run_id, reason=str(exc)) from None
-        return Loaded(run, int(version or 0), dispatch, int(sec) * 1000 + int(usec) // 1000)
+        return Loaded(run, int(version or 0), dispatch, int(sec) * 1000 + int(usec) // 1000, int(lost or 0))
 
     # -- writing ---------------------------------------------------------------------------------
 

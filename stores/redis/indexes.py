@@ -83,6 +83,11 @@ class RedisIndexes:
         pipe.zrem(self.keys.leases(), rid)
         pipe.execute()
 
+    def count_lost(self, run_id: str) -> int:
+        """One more expired lease of the run's dispatch (field ``n``, which every commit
+        removes); returns how many expired with no commit in between."""
+        return int(self.client.hincrby(self.keys.run(validate_run_id(run_id)), "n", 1))
+
     def mark_sweep(self, now_ms: int) -> None:
         """Note that a recovery sweep ran at ``now_ms`` (``doctor``: is beat alive?)."""
         self.client.set(self.keys.sweep_heartbeat(), now_ms)

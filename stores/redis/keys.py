@@ -33,7 +33,9 @@ class Keys:
         * ``t`` the token of the last script call that wrote it (a re-sent call is a no-op);
         * ``d`` the dispatch, what the run expects next under the Celery driver (msgpack;
           ``stores/redis/dispatch.py``), absent when nothing;
-        * ``f`` the run's newest failure, JSON, outside the hash chain (``RedisBackend.set_last_failure``).
+        * ``f`` the run's newest failure, JSON, outside the hash chain (``RedisBackend.set_last_failure``);
+        * ``n`` how many leases of the current dispatch expired with no commit in between (the
+          sweep adds one per expiry, ``RedisBackend.count_lost``; every commit removes it).
         """
         return f"{self.prefix}:{{{run_id}}}:run"
 

@@ -303,3 +303,27 @@ def _parent_of_fix_me() -> WorkflowSpec:
 
 WORKFLOWS.append(_wf(_fix_me()))
 WORKFLOWS.append(_wf(_parent_of_fix_me()))
+
+
+# -- a poison run (issue 13 item 7) --------------------------------------------------------------------
+
+def _poison() -> WorkflowSpec:
+    """start -> crash -> done: ``crash`` ends the worker process (``os._exit(1)``) while the
+    file ``vars["fixed"]`` is missing, when that var is given (the stub tests lose its ticks)."""
+
+    def start(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="start", next_node="crash")
+
+    def crash(run: Any, ctx: Any) -> StepPlan:
+        fixed = run.vars.get("fixed")
+        if fixed and not os.path.exists(fixed):
+            os._exit(1)
+        return StepPlan(node_id="crash", next_node="done")
+
+    def done(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="done", complete_output={"survived": True})
+
+    return WorkflowSpec(workflow_id="poison", entry_node="start", nodes={"start": start, "crash": crash, "done": done})
+
+
+WORKFLOWS.append(_wf(_poison()))

@@ -45,7 +45,7 @@ class Effects(EngineBase):
         loaded = self.backend.load_for_driver(run_id)
         if loaded is None:
             return "missing"
-        run, v, d, now_ms = loaded
+        run, v, d, now_ms, _lost = loaded
         logs.note(run_id, workflow=run.workflow_id, node=run.current_node, version=v)
         pending = d.pending if d is not None and d.kind == "effect" else None
         if (run.status != RunStatus.RUNNING or d is None or pending is None or pending.idempotency_key != key

@@ -4,11 +4,17 @@ refused messages.
 Every commit that expects a message puts the run in the lease index; the sweep claims the
 expired leases and sends again what each run's dispatch names, so a lost message, a dead
 worker or a crash between commit and send costs one lease period (``docs/celery.md``).
+It counts the expired leases of a dispatch in the run hash (field ``n``, which every commit
+removes): at ``WorkerSettings.poison_after`` the run is failed as poisoned instead, since a
+node or effect that kills its worker process would otherwise be sent again forever.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from runtime import RunState, RunStatus, StepRecord, VersionConflict
+from stores.redis.dispatch import Dispatch
 
 from .base import EngineBase, iso, logger
 
@@ -24,7 +30,7 @@ class Recovery(EngineBase):
     def sweep(self) -> dict[str, int]:
         """Wake due timers and re-send what expired leases name; safe on many workers at once."""
         k = self.backend.keys
-        counts = {"leases": 0, "timers": 0}
+        counts = {"leases": 0, "timers": 0, "poisoned": 0}
         now, ids = self.backend.claim_due(k.leases(), limit=self.settings.sweep_batch, hold_ms=self._tick_lease)
         self.backend.mark_sweep(now)
         for rid in ids:
@@ -39,6 +45,8 @@ class Recovery(EngineBase):
                 continue
             run, v = loaded.run, loaded.version
             counts["leases"] += 1
+            if self._poisoned(run, v, d, counts):
+                continue
             if d.kind == "effect" and d.pending is not None:
                 self.backend.renew_lease(rid, self._effect_lease)
                 self.dispatcher.effect(d.queue or "ticks", rid, v, d.pending.idempotency_key, d.pending.attempt,
@@ -52,6 +60,41 @@ class Recovery(EngineBase):
             counts["timers"] += 1
             self.dispatcher.wake(rid, None)
         return counts
+
+    def _poisoned(self, run: RunState, v: int, d: Dispatch, counts: dict[str, int]) -> bool:
+        """Count one more lost delivery of the run's dispatch; at ``poison_after`` fail the run
+        (its node or effect kills the worker process) instead of sending it again. True when
+        nothing is to be sent."""
+        limit = self.settings.poison_after
+        if limit <= 0 or d.kind not in ("tick", "effect") or run.status != RunStatus.RUNNING:
+            return False
+        lost = self.backend.count_lost(run.run_id)
+        if lost < limit:
+            return False
+        node = run.current_node or ""
+        what = ""
+        if d.kind == "effect" and d.pending is not None:
+            what = f" (its {getattr(d.pending.effect.type, 'value', d.pending.effect.type)} effect)"
+        message = (f"Node '{node}'{what} lost its worker {lost} times (the process died while running it); "
+                   "the run is failed as poisoned")
+        # An effect whose attempt started: its `started` record is the one that fails.
+        started = d.started_record() if d.kind == "effect" else None
+        records: list[StepRecord] = [started] if started is not None else []
+        self._fail(run, records, message)
+        try:
+            self._commit_end(run, records, v)
+        except VersionConflict:  # a worker committed meanwhile: the run moved, its commit sends what is next
+            return True
+        counts["poisoned"] += 1
+        logger.error("sweep: run %s failed as poisoned: %s", run.run_id, message)
+        try:
+            self.backend.set_last_failure(run.run_id, {
+                "where": "poisoned", "node": node, "attempt": lost, "type": "WorkerLost", "message": message,
+                "at": iso(self.backend.time_ms()), "traceback": ""})
+        except Exception as exc:  # a courtesy, as in EngineBase._keep_failure
+            logger.warning("run %s: could not keep the failure: %s", run.run_id, exc)
+        self._after_end(run)
+        return True
 
     def dead_letter(self, task: str, args: Any, reason: str) -> None:
         """Keep a refused message and why (newest first, at most ``DEAD_LETTERS_MAX``)."""

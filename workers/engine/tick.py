@@ -30,7 +30,7 @@ class Ticks(EngineBase):
         if loaded is None:
             logger.warning("tick: run %s does not exist", run_id)
             return "missing"
-        run, v, d, now_ms = loaded
+        run, v, d, now_ms, _lost = loaded
         logs.note(run_id, workflow=run.workflow_id, node=run.current_node, version=v)
         if d is not None and d.kind == "notify":
             self._notify_parent(run)
@@ -45,7 +45,7 @@ class Ticks(EngineBase):
         loaded = self.backend.load_for_driver(run_id)
         if loaded is None:
             return "missing"
-        run, v, _d, now_ms = loaded
+        run, v, _d, now_ms, _lost = loaded
         logs.note(run_id, workflow=run.workflow_id, node=run.current_node, version=v)
         w = run.waiting
         # No version check: whether the run waits and is due is the whole question, and two

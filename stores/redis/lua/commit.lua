@@ -3,7 +3,8 @@
 -- (Appending records without a state, before an effect runs, is append.lua.)
 --
 -- KEYS, in this order (CommitKeys in stores/redis/backend.py):
--- KEYS[1]      run          run hash {s: msgpack state, v: version, h: chain head, t: token, d: dispatch}
+-- KEYS[1]      run          run hash {s: msgpack state, v: version, h: chain head, t: token, d: dispatch,
+--                            n: expired leases of the dispatch (the sweep counts them; removed here)}
 -- KEYS[2]      ledger       ledger stream (field r: msgpack record)
 -- KEYS[3]      results      results hash (idempotency key -> msgpack result; the first write wins)
 -- KEYS[4]      updated      idx of every run by updated_at
@@ -51,7 +52,7 @@
 local CONFLICT, OK, HEAD_MOVED, EXISTS = 0, 1, 2, 3  -- Reply in stores/redis/scripts.py
 
 local expected = ARGV[2]
-local stored = redis.call('HMGET', KEYS[1], 'v', 'h', 't', 'd')
+local stored = redis.call('HMGET', KEYS[1], 'v', 'h', 't', 'd', 'n')
 local version = tonumber(stored[1])
 local head = stored[2] or ''
 if stored[3] == ARGV[17] then return {OK, version or 0} end
@@ -82,6 +83,8 @@ else
   redis.call('HSET', KEYS[1], 's', ARGV[5], 'v', new_version, 'h', new_head, 't', ARGV[17])
   if stored[4] then redis.call('HDEL', KEYS[1], 'd') end
 end
+-- A commit is progress: the count of lost deliveries of the old dispatch starts again.
+if stored[5] then redis.call('HDEL', KEYS[1], 'n') end
 if ARGV[1] == 'run' then return {OK, new_version} end
 
 -- The loaded state's entries are the stored ones (the version check proves it): move only
