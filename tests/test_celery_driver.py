@@ -21,7 +21,7 @@ from workers.registry import registry
 
 import support.celery_scenarios  # noqa: F401  (registers the workflows in this process too)
 from support.celery_workers import WorkerGroup
-from support.driver_compare import comparable, in_process, play_in_process
+from support.driver_compare import SCENARIOS, comparable, in_process, play_in_process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,25 +41,6 @@ def play_celery(client: Any, workflow_id: str, run_id: str, vars: dict[str, Any]
         state = client.wait_for(run_id, TERMINAL, timeout=30)
     return client.wait_for(run_id, TERMINAL if actions else None, timeout=30)
 
-
-SCENARIOS = [
-    ("chain", {}, []),
-    ("branch", {"x": 3}, []),
-    ("branch", {"x": 30}, []),
-    ("tool_loop", {}, []),
-    ("tools", {}, []),
-    ("llm", {}, []),
-    ("llm_flaky", {}, []),
-    ("llm_broken", {}, []),
-    ("ask", {}, [("respond", "y")]),
-    ("ask_no_prompt", {}, []),
-    ("wait_event", {}, [("emit", ("evt:go", {"v": 1}))]),
-    ("wait_event_no_key", {}, []),
-    ("wait_past", {}, []),
-    ("agent", {"context": {"task": "ship"}}, [("respond", "yes")]),
-    ("parent_async", {}, []),
-    ("parent_unknown_child", {}, []),
-]
 
 
 @pytest.mark.parametrize("workflow_id,vars,actions", SCENARIOS,

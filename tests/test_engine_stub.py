@@ -31,7 +31,7 @@ from workers.testing import DrainLimitReached, StubDispatcher, make_stub_engine
 
 import support.celery_scenarios  # noqa: F401  (registers the workflows with the process-wide registry)
 from support.backends import redis_backend
-from support.driver_compare import comparable, in_process, play_in_process
+from support.driver_compare import SCENARIOS, comparable, in_process, play_in_process
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -89,27 +89,9 @@ def leased(store: RedisBackend, run_id: str) -> bool:
 
 # -- the driver scenarios, as on real workers ------------------------------------------------------
 
-#: The scenario table of the real-worker suite: workflow id, vars, then what a person or a
-#: producer does while the run waits.
-SCENARIOS = [
-    ("chain", {}, []),
-    ("branch", {"x": 3}, []),
-    ("branch", {"x": 30}, []),
-    ("tool_loop", {}, []),
-    ("tools", {}, []),
-    ("llm", {}, []),
-    ("llm_flaky", {}, []),
-    ("llm_broken", {}, []),
-    ("ask", {}, [("respond", "y")]),
-    ("ask_no_prompt", {}, []),
-    ("wait_event", {}, [("emit", ("evt:go", {"v": 1}))]),
-    ("wait_event_no_key", {}, []),
-    ("wait_past", {}, []),
-    ("agent", {"context": {"task": "ship"}}, [("respond", "yes")]),
-    ("parent_async", {}, []),
-    ("parent_unknown_child", {}, []),
-    ("crashy", {}, []),
-]
+#: The real-worker suite's scenarios, and crashy without its kill markers (the recovery suite
+#: runs it with them, on workers that die).
+SCENARIOS = [*SCENARIOS, ("crashy", {}, [])]
 
 
 @pytest.mark.parametrize("workflow_id,vars,actions", SCENARIOS, ids=[f"{s[0]}-{i}" for i, s in enumerate(SCENARIOS)])

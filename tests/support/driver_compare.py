@@ -18,6 +18,28 @@ VOLATILE_STATE = {"created_at", "updated_at"}
 VOLATILE_RECORD = {"step_id", "started_at", "ended_at", "prev_hash", "record_hash"}
 
 
+#: The driver scenarios: workflow id, vars, then what a person or a producer does while the
+#: run waits (``("respond", answer)`` or ``("emit", (wait_key, payload))``).
+SCENARIOS = [
+    ("chain", {}, []),
+    ("branch", {"x": 3}, []),
+    ("branch", {"x": 30}, []),
+    ("tool_loop", {}, []),
+    ("tools", {}, []),
+    ("llm", {}, []),
+    ("llm_flaky", {}, []),
+    ("llm_broken", {}, []),
+    ("ask", {}, [("respond", "y")]),
+    ("ask_no_prompt", {}, []),
+    ("wait_event", {}, [("emit", ("evt:go", {"v": 1}))]),
+    ("wait_event_no_key", {}, []),
+    ("wait_past", {}, []),
+    ("agent", {"context": {"task": "ship"}}, [("respond", "yes")]),
+    ("parent_async", {}, []),
+    ("parent_unknown_child", {}, []),
+]
+
+
 def in_process() -> Runtime:
     """A ``Runtime`` with the workers' registry: its workflows, handlers and effect policy."""
     return Runtime(run_store=InMemoryRunStore(), ledger_store=HashChainedLedgerStore(InMemoryLedgerStore()),
