@@ -21,7 +21,7 @@ from workers.registry import registry
 
 import support.celery_scenarios  # noqa: F401  (registers the workflows in this process too)
 from support.celery_workers import WorkerGroup
-from support.driver_compare import SCENARIOS, comparable, in_process, play_in_process
+from support.driver_compare import SCENARIOS, check_sync_child_parent, comparable, in_process, play_in_process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -133,16 +133,7 @@ def test_d6_a_sync_child_parks_the_parent_which_resumes_when_the_child_ends(clie
     play_in_process(rt, "parent_sync", run_id, {}, [])
     client.start("parent_sync", run_id=run_id)
     state = client.wait_for(run_id, TERMINAL, timeout=30)
-    exp_state, exp_ledger = comparable(rt.get_state(run_id), rt.get_ledger(run_id))
-    got_state, got_ledger = comparable(state, client.get_ledger(run_id))
-    assert got_state == exp_state  # same output, same vars (the child's output at result_key)
-    child_id = state.vars["child"]["sub_run_id"]
-    assert state.output["child"] == {"sub_run_id": child_id, "output": {"visited": 3}}
-    # The one difference: the effect's record is `waiting` on the child, not `completed`.
-    assert [r["status"] for r in exp_ledger] == ["started", "completed", "completed"]
-    assert [r["status"] for r in got_ledger] == ["started", "waiting", "completed"]
-    assert got_ledger[1]["result"]["wait"]["wait_key"] == f"subworkflow:{child_id}"
-    assert got_ledger[0] == exp_ledger[0] and got_ledger[2] == exp_ledger[2]
+    child_id = check_sync_child_parent(state, client.get_ledger(run_id), rt)
     assert client.get_state(child_id).parent_run_id == run_id
     assert comparable(client.get_state(child_id), client.get_ledger(child_id)) == \
         comparable(rt.get_state(child_id), rt.get_ledger(child_id))

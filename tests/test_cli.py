@@ -18,6 +18,7 @@ import pytest
 
 from runtime import RunStatus
 
+from support.cli import ok, refused
 from support.redis_server import free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -31,19 +32,6 @@ def run(group, *args: str, env: dict[str, str] | None = None, timeout: float = 6
     full_env.update(group.env if env is None else env)
     full_env["PYTHONPATH"] = str(Path(__file__).parent)
     return subprocess.run([CLI, *args], env=full_env, capture_output=True, text=True, timeout=timeout)
-
-
-def ok(proc: subprocess.CompletedProcess) -> object:
-    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}"
-    return json.loads(proc.stdout)
-
-
-def refused(proc: subprocess.CompletedProcess, code: int, *words: str) -> None:
-    assert proc.returncode == code, f"exit {proc.returncode}, wanted {code}: {proc.stdout} {proc.stderr}"
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def snapshot(client) -> tuple:

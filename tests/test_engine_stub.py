@@ -31,7 +31,7 @@ from workers.testing import DrainLimitReached, StubDispatcher, make_stub_engine
 
 import support.celery_scenarios  # noqa: F401  (registers the workflows with the process-wide registry)
 from support.backends import redis_backend
-from support.driver_compare import SCENARIOS, comparable, in_process, play_in_process
+from support.driver_compare import SCENARIOS, check_sync_child_parent, comparable, in_process, play_in_process
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -172,16 +172,7 @@ def test_d6_a_sync_child_parks_the_parent_which_resumes_when_the_child_ends(stor
     play_in_process(rt, "parent_sync", run_id, {}, [])
     engine, stub = stub_engine(store)
     state = play_stub(engine, stub, "parent_sync", run_id, {}, [])
-    exp_state, exp_ledger = comparable(rt.get_state(run_id), rt.get_ledger(run_id))
-    got_state, got_ledger = comparable(state, store.ledger.list(run_id))
-    assert got_state == exp_state
-    child_id = state.vars["child"]["sub_run_id"]
-    assert state.output["child"] == {"sub_run_id": child_id, "output": {"visited": 3}}
-    # The one difference: the effect's record is `waiting` on the child, not `completed`.
-    assert [r["status"] for r in exp_ledger] == ["started", "completed", "completed"]
-    assert [r["status"] for r in got_ledger] == ["started", "waiting", "completed"]
-    assert got_ledger[1]["result"]["wait"]["wait_key"] == f"subworkflow:{child_id}"
-    assert got_ledger[0] == exp_ledger[0] and got_ledger[2] == exp_ledger[2]
+    child_id = check_sync_child_parent(state, store.ledger.list(run_id), rt)
     assert comparable(state_of(store, child_id), store.ledger.list(child_id)) == \
         comparable(rt.get_state(child_id), rt.get_ledger(child_id))
     # The child was ticked on its own message, and told its parent when it ended.

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from support.cli import ok, refused
+
 pytestmark = pytest.mark.timeout(180)
 
 CLI = str(Path(sys.executable).with_name("abstractruntime"))
@@ -34,20 +36,6 @@ def run(group, *args: str, cwd: Path | None = None, extra: dict[str, str] | None
         env["PYTHONPATH"] = str(TESTS_DIR)
     env.update(extra or {})
     return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=60, cwd=cwd)
-
-
-def ok(proc: subprocess.CompletedProcess) -> object:
-    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr}"
-    return json.loads(proc.stdout)
-
-
-def refused(proc: subprocess.CompletedProcess, code: int, *words: str) -> str:
-    assert proc.returncode == code, f"exit {proc.returncode}, wanted {code}: {proc.stdout} {proc.stderr}"
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 def stored(client, run_id: str) -> tuple:

@@ -65,3 +65,19 @@ def play_in_process(rt: Runtime, workflow_id: str, run_id: str, vars: dict[str, 
             state = rt.resume(workflow=wf, run_id=run_id, wait_key=state.waiting.wait_key, payload=arg)
         elif action == "emit":
             state = rt.resume(workflow=wf, run_id=run_id, wait_key=arg[0], payload=arg[1])
+
+
+def check_sync_child_parent(state: Any, ledger: list[dict[str, Any]], rt: Runtime) -> str:
+    """The ``parent_sync`` run a driver ended (``state``, ``ledger``) against the in-process one
+    of the same id: same state, and the one intended difference (D6) in the ledger: the
+    effect's record is ``waiting`` on the child, not ``completed``. Returns the child's id."""
+    exp_state, exp_ledger = comparable(rt.get_state(state.run_id), rt.get_ledger(state.run_id))
+    got_state, got_ledger = comparable(state, ledger)
+    assert got_state == exp_state  # same output, same vars (the child's output at result_key)
+    child_id = str(state.vars["child"]["sub_run_id"])
+    assert state.output["child"] == {"sub_run_id": child_id, "output": {"visited": 3}}
+    assert [r["status"] for r in exp_ledger] == ["started", "completed", "completed"]
+    assert [r["status"] for r in got_ledger] == ["started", "waiting", "completed"]
+    assert got_ledger[1]["result"]["wait"]["wait_key"] == f"subworkflow:{child_id}"
+    assert got_ledger[0] == exp_ledger[0] and got_ledger[2] == exp_ledger[2]
+    return child_id

@@ -14,12 +14,9 @@ before).
 
 from __future__ import annotations
 
-from typing import Any
-
-from runtime import RunState, RunStatus, StepRecord, WaitReason, WaitState
+from runtime import RunState, RunStatus, WaitReason, WaitState
 from runtime.errors import RunNotFailed, RunNotFound, UnknownNodeError
 
-from .base import iso
 from .producer import ProducerOperations, _Change
 
 __all__ = ["OperatorActions"]
@@ -104,15 +101,6 @@ class OperatorActions(ProducerOperations):
             return None
         child = self.backend.load_for_driver(_child_of(w))
         return child.run.run_id if child is not None and child.run.status == RunStatus.FAILED else None
-
-    def _operator_record(self, run: RunState, action: str, reason: str, actor: str,
-                         result: dict[str, Any]) -> StepRecord:
-        """An operator's record (who, why, when) for the run's hash chain, signed by ``actor``."""
-        record = StepRecord.start(run=run, node_id=run.current_node or "", effect=None)
-        record.effect = {"type": action, "payload": {"reason": reason}, "result_key": None}
-        record.actor_id = actor
-        record.finish_success({**result, "by": actor, "reason": reason, "at": iso(self.backend.time_ms())})
-        return record
 
     def _retry_one(self, run_id: str, reason: str, actor: str, from_node: str | None) -> RunState:
         def change(run: RunState, v: int) -> _Change:

@@ -103,6 +103,15 @@ class ProducerOperations(EngineBase):
             resumed.append(rid)
         return resumed
 
+    def _operator_record(self, run: RunState, action: str, reason: str | None, actor: str,
+                         result: dict[str, Any]) -> StepRecord:
+        """An operator's record (who, why, when) for the run's hash chain, signed by ``actor``."""
+        record = StepRecord.start(run=run, node_id=run.current_node or "", effect=None)
+        record.effect = {"type": action, "payload": {"reason": reason}, "result_key": None}
+        record.actor_id = actor
+        record.finish_success({**result, "by": actor, "reason": reason, "at": iso(self.backend.time_ms())})
+        return record
+
     def force_wake(self, run_id: str, *, reason: str, actor: str) -> RunState:
         """Wake a run sleeping until a time now, before its time: an operator's recorded decision.
 
@@ -114,11 +123,8 @@ class ProducerOperations(EngineBase):
 
         def change(run: RunState, v: int) -> _Change:
             w = check_wait_ends(run, "wake")
-            record = StepRecord.start(run=run, node_id=run.current_node or "", effect=None)
-            record.effect = {"type": "operator_wake", "payload": {"reason": reason.strip()}, "result_key": None}
-            record.actor_id = actor
-            record.finish_success({"woken": True, "until": w.until, "by": actor, "reason": reason.strip(),
-                                   "at": iso(self.backend.time_ms())})
+            record = self._operator_record(run, "operator_wake", reason.strip(), actor,
+                                           {"woken": True, "until": w.until})
             run.status = RunStatus.RUNNING
             run.waiting = None
             if w.resume_to_node:
@@ -133,17 +139,11 @@ class ProducerOperations(EngineBase):
 
         def change(run: RunState, v: int) -> _Change | None:
             nonlocal cancelled
-            node = run.current_node or ""
             cancelled = apply_cancel(run, reason)
             if not cancelled:
                 return None
             # The operator's decision goes into the hash chain (who, why, when), signed by ``actor``.
-            record = StepRecord.start(run=run, node_id=node, effect=None)
-            record.effect = {"type": "operator_cancel", "payload": {"reason": reason}, "result_key": None}
-            record.actor_id = actor
-            record.finish_success({"cancelled": True, "by": actor, "reason": reason,
-                                   "at": iso(self.backend.time_ms())})
-            return run, "none", [record]
+            return run, "none", [self._operator_record(run, "operator_cancel", reason, actor, {"cancelled": True})]
 
         return self._retrying(run_id, change), cancelled
 
