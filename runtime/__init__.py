@@ -29,6 +29,7 @@ from .errors import (
     RunNotFound,
     RunNotWaiting,
     SchedulerAlreadyRunning,
+    StaleLease,
     StoreError,
     UnknownNodeError,
     VersionConflict,
@@ -37,6 +38,7 @@ from .errors import (
     WorkflowAlreadyRegistered,
     WorkflowNotRegistered,
 )
+from .execution import Execution, current_execution
 from .identity import ActorFingerprint
 from .limits import LimitWarning, RuntimeConfig
 from .memory import InMemoryLedgerStore, InMemoryRunStore
@@ -121,6 +123,9 @@ __all__ = [
     "compute_artifact_id",
     # Identity
     "ActorFingerprint",
+    # What is executing now (the driver sets it)
+    "Execution",
+    "current_execution",
     # Errors
     "AbstractRuntimeError",
     "CorruptRecordError",
@@ -134,6 +139,7 @@ __all__ = [
     "RunNotFailed",
     "RunNotWaiting",
     "SchedulerAlreadyRunning",
+    "StaleLease",
     "StoreError",
     "UnknownNodeError",
     "VersionConflict",

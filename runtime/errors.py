@@ -10,7 +10,9 @@ them (module in brackets) and join the tree through its branches::
     │   ├── UnknownNodeError            (KeyError)   node id not in the workflow
     │   ├── InvalidPlanError            (ValueError) a plan that goes nowhere
     │   ├── WorkflowNotRegistered       (KeyError)   registry lookup failed
-    │   └── WorkflowAlreadyRegistered   (ValueError)
+    │   ├── WorkflowAlreadyRegistered   (ValueError)
+    │   └── InvalidSlaRule              (ValueError) an SLA rule refused at registration,
+    │                                                  naming the field [workers.sla]
     ├── RunError
     │   ├── RunNotFound                 (KeyError)
     │   ├── RunAlreadyExists            (ValueError) explicit run id taken (D7)
@@ -34,6 +36,7 @@ them (module in brackets) and join the tree through its branches::
     │   ├── CorruptRecordError          (ValueError) names the file or key
     │   ├── InvalidArtifactId           (ValueError)
     │   ├── VersionConflict                          another writer moved the run
+    │   │   └── StaleLease                           the writer's lease was granted again since
     │   ├── ValueTooLarge               (ValueError) over max_value_bytes [stores.redis.codec]
     │   ├── SigningError                (ValueError) a key that cannot be read or used
     │   │                                              [stores.signing]
@@ -273,3 +276,27 @@ class VersionConflict(StoreError):
             f"Run '{run_id}' was moved by another writer: expected version {expected_version}, "
             f"found {actual_version}"
         )
+
+
+class StaleLease(VersionConflict):
+    """Raised when a writer holding a lease commits after the lease was granted to another.
+
+    Every grant of a run's lease (a dispatch, a re-send by the recovery sweep) adds one to the
+    run's fencing token; a worker carries the token it was given and the commit is refused
+    when the run's is newer: a worker paused past its lease (a GC pause, SIGSTOP, a slow
+    network) cannot apply its work over the one that took over. ``token`` is the one the
+    writer held, ``current`` the run's. A subclass of :class:`VersionConflict`, since the run
+    moved on without this writer, and the same handling (drop the work) applies. A store
+    outside the runtime can raise it too, with the token a tool read from
+    :func:`runtime.current_execution`.
+    """
+
+    def __init__(self, *, run_id: str, token: int, current: int) -> None:
+        self.token = token
+        self.current = current
+        StoreError.__init__(
+            self, f"Run '{run_id}': stale lease: this writer holds fencing token {token}, the run's is {current} "
+                  "(its lease was granted to another since)")
+        self.run_id = run_id
+        self.expected_version = -1
+        self.actual_version = None

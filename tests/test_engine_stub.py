@@ -115,7 +115,8 @@ def test_d5_a_raising_node_is_retried_with_backoff_then_fails_the_run(store):
     # The first attempt asks for a second one, in a second on the stub clock
     assert results(stub.drain(engine)) == ["retry"]
     [retry] = stub.pending
-    assert (retry.task, retry.args, retry.countdown, retry.due) == ("abstractruntime.tick", (run_id, 1, 2), 1.0, 1.0)
+    # (run, version, attempt, fencing token): the retry keeps the lease the first attempt held
+    assert (retry.task, retry.args, retry.countdown, retry.due) == ("abstractruntime.tick", (run_id, 1, 2, 1), 1.0, 1.0)
     # Nothing is delivered before its time
     stub.advance(0.5)
     assert stub.drain(engine) == []
@@ -279,11 +280,12 @@ def test_messages_are_recorded_in_order_with_their_task_queue_and_labels(store):
     assert {m.workflow for m in stub.sent} == {"agent"}
     assert [d.message for d in deliveries] == stub.sent
     assert results(deliveries) == ["execute", "next", "execute", "next", "park"]
-    # Task arguments as the Celery message carries them: (run, version, attempt) and
-    # (run, version, idempotency key, attempt).
-    assert stub.sent[0].args == (run_id, 1, 1)
+    # Task arguments as the Celery message carries them: (run, version, attempt, fencing token)
+    # and (run, version, idempotency key, attempt, fencing token); each commit that asks for a
+    # message grants the run's lease again, one more token each time.
+    assert stub.sent[0].args == (run_id, 1, 1, 1)
     key = store.ledger.list(run_id)[0]["idempotency_key"]
-    assert stub.sent[1].args == (run_id, 2, key, 1)
+    assert stub.sent[1].args == (run_id, 2, key, 1, 2)
 
 
 def test_runs_are_served_first_in_first_out(store):

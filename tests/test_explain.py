@@ -88,10 +88,16 @@ def test_running_codes():
     assert d.code is Code.NO_CONSUMER and d.sentence == "no worker consumes queue `llm`"
     d = diagnose(facts(**{**moving, "queue_depth": 412, "queue": "tools"}))
     assert d.code is Code.BACKLOG and d.sentence == "412 messages ahead in `tools`" and 412 >= BACKLOG_MIN
-    d = diagnose(facts(**{**moving, "lease_ms": NOW - 60_000, "queue": "llm"}))
-    assert d.code is Code.LEASE_EXPIRED and d.sentence == "lease expired 10:52:20, no recovery sweep has run"
-    d = diagnose(facts(**{**moving, "lease_ms": NOW - 1000, "queue": "llm", "last_sweep_ms": NOW - 200}))
-    assert d.sentence == "lease expired 10:53:19, the next sweep re-dispatches it to queue `llm`"
+    d = diagnose(facts(**{**moving, "lease_ms": NOW - 60_000, "queue": "llm", "token": 6}))
+    assert d.code is Code.LEASE_EXPIRED
+    assert d.sentence == "lease expired 10:52:20 (fencing token 6), no recovery sweep has run"
+    d = diagnose(facts(**{**moving, "lease_ms": NOW - 1000, "queue": "llm", "last_sweep_ms": NOW - 200, "token": 6}))
+    assert d.sentence == "lease expired 10:53:19 (fencing token 6), the next sweep re-dispatches it with token 7 " \
+                         "to queue `llm`"
+    # The sweep sent it again; until the new holder commits, the run is recovering.
+    d = diagnose(facts(**{**moving, "queue": "llm", "token": 7, "regranted_ms": NOW - 1000}))
+    assert d.code is Code.LEASE_EXPIRED and d.evidence["token"] == 7
+    assert d.sentence == "lease expired 10:53:19, re-dispatched with token 7 to queue `llm`"
     d = diagnose(facts(**{**moving, "dispatch": "effect", "queue": "llm", "attempt": 4, "max_attempts": 5,
                           "attempt_started": False, "lease_ms": NOW + 600_000 + 30_000, "effect_lease_ms": 600_000,
                           "last_error": "TimeoutError"}))

@@ -74,12 +74,14 @@ def test_malformed_messages_are_in_the_dead_letter_list_with_their_reason(deploy
     _g, client, runs = deployment
     app = client.app
     cases = [
-        ("abstractruntime.tick", (), "0 arguments, expected 1 to 3"),
+        ("abstractruntime.tick", (), "0 arguments, expected 1 to 4"),
         ("abstractruntime.tick", (42,), "run id of type int"),
         ("abstractruntime.tick", ("../../etc/passwd",), "../../etc/passwd"),
         ("abstractruntime.tick", (runs[0], "v1"), "version 'v1' is not a whole number"),
         ("abstractruntime.effect.llm", (runs[0], 1, "", 1), "idempotency key"),
         ("abstractruntime.effect.llm", (runs[0], 1, "k", 10**6), "attempt 1000000"),
+        ("abstractruntime.tick", (runs[0], 1, 1, "7"), "fencing token '7' is not a whole number"),
+        ("abstractruntime.effect.llm", (runs[0], 1, "k", 1, -1), "fencing token -1 is not a whole number"),
         ("abstractruntime.wake", ("a" * 500,), "Invalid run_id"),
     ]
     for name, args, reason in cases:

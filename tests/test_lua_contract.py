@@ -119,7 +119,8 @@ def test_commit_sends_the_keys_and_argv_its_header_lists(backend):
         "mode": "all", "expected_version": "1", "expected_head": "", "run_id": "r1", "updated": updated_us(run),
         "status_new": "running", "status_old": "waiting", "reason_new": "", "reason_old": "event", "wait_new": "",
         "wait_old": "old-key", "until_ms": "", "has_parent": "1", "events_maxlen": backend.events_maxlen,
-        "new_head": records[-1].record_hash, "dispatch": msgpack.packb({"k": "tick"}), "lease_ms": "1000"}
+        "new_head": records[-1].record_hash, "dispatch": msgpack.packb({"k": "tick"}), "lease_ms": "1000",
+        "fence": ""}
 
 
 def test_append_sends_the_keys_and_argv_its_header_lists(backend):
@@ -136,7 +137,8 @@ def test_append_sends_the_keys_and_argv_its_header_lists(backend):
                                                    "results": k.results("r2")}
     sent = dict(zip(AppendArgs._fields, argv))
     assert isinstance(sent.pop("token"), str)
-    assert sent == {"expected_head": "", "new_head": records[-1].record_hash, "lookup_key": "k0", "dispatch": ""}
+    assert sent == {"expected_head": "", "new_head": records[-1].record_hash, "lookup_key": "k0", "dispatch": "",
+                    "fence": ""}
     assert len(argv) == len(AppendArgs._fields) + 1 + 2 + 1 + 2 and argv[len(AppendArgs._fields)] == 2
 
 
@@ -160,7 +162,7 @@ def declared_codes(script: str) -> dict[str, int]:
     return dict(zip((n.strip() for n in m[1].split(",")), (int(v) for v in m[2].split(","))))
 
 
-@pytest.mark.parametrize("script", ["commit", "append"])
+@pytest.mark.parametrize("script", ["commit", "append", "fence"])
 def test_every_reply_code_is_named_the_same_in_lua_and_python(script):
     codes = declared_codes(script)
     assert codes == {name: Reply[name].value for name in codes}
@@ -183,7 +185,7 @@ def test_a_failure_is_kept_only_for_a_run_that_exists(redis_server):
 
 
 def test_python_reads_reply_codes_only_by_name():
-    used = {name for script in ("commit", "append", "failure") for name in declared_codes(script)}
+    used = {name for script in ("commit", "append", "failure", "fence") for name in declared_codes(script)}
     assert used == {r.name for r in Reply}
     backend_py = (LUA.parent / "backend.py").read_text(encoding="utf-8")
     assert not re.search(r"code\s*[!=]=\s*\d", backend_py)

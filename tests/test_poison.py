@@ -74,7 +74,8 @@ def test_a_run_whose_worker_is_always_lost_is_failed_as_poisoned_and_retry_reope
     engine, stub = stub_engine(store)
     run_id = engine.create(registry.workflows.get_or_raise("poison"))
     # Given its first tick lost: the sweep sends it again and counts one lost delivery
-    assert lose_and_sweep(engine, stub, store, run_id) == {"leases": 1, "timers": 0, "poisoned": 0}
+    counts = lose_and_sweep(engine, stub, store, run_id)
+    assert (counts["leases"], counts["timers"], counts["poisoned"]) == (1, 0, 0)
     assert lost(store, run_id) == 1
     d = explain_run(store, engine.settings, run_id)
     assert d.code in (Code.MOVING, Code.LEASE_EXPIRED, Code.NO_CONSUMER), d

@@ -125,10 +125,10 @@ class CeleryDispatcher:
         self._q_timers = settings.queue("timers")
 
     def _send(self, name: str, args: list[Any], queue: str, countdown: float, *, workflow: str | None,
-              node: str | None, attempt: int = 1) -> None:
+              node: str | None, attempt: int = 1, token: int | None = None) -> None:
         try:
             self.app.send_task(name, args=args, queue=queue, countdown=countdown or None,
-                               argsrepr=_argsrepr(args[0], workflow, node, args[1], attempt))
+                               argsrepr=_argsrepr(args[0], workflow, node, args[1], attempt, token))
         except Exception as exc:
             if not self.tolerant:
                 raise
@@ -137,23 +137,29 @@ class CeleryDispatcher:
 
     # ``workflow`` and ``node`` only label the message for Flower and ``celery inspect``
     # (its ``argsrepr``); the task reads the run from Redis.
+    # The fencing token goes last, and only when known, so that a message without one (sent
+    # by an older producer) keeps its shape.
     def tick(self, run_id: str, version: int | None, *, countdown: float = 0.0, attempt: int = 1,
-             workflow: str | None = None, node: str | None = None) -> None:
-        self._send(TASK_NAMES["tick"], [run_id, version, attempt], self._q_ticks, countdown,
-                   workflow=workflow, node=node, attempt=attempt)
+             workflow: str | None = None, node: str | None = None, token: int | None = None) -> None:
+        args: list[Any] = [run_id, version, attempt] if token is None else [run_id, version, attempt, token]
+        self._send(TASK_NAMES["tick"], args, self._q_ticks, countdown, workflow=workflow, node=node, attempt=attempt,
+                   token=token)
 
     def effect(self, kind: str, run_id: str, version: int | None, key: str, attempt: int, *,
-               countdown: float = 0.0, workflow: str | None = None, node: str | None = None) -> None:
-        self._send(effect_task_name(kind), [run_id, version, key, attempt], self.settings.queue(kind), countdown,
-                   workflow=workflow, node=node, attempt=attempt)
+               countdown: float = 0.0, workflow: str | None = None, node: str | None = None,
+               token: int | None = None) -> None:
+        args: list[Any] = [run_id, version, key, attempt] if token is None else [run_id, version, key, attempt, token]
+        self._send(effect_task_name(kind), args, self.settings.queue(kind), countdown, workflow=workflow, node=node,
+                   attempt=attempt, token=token)
 
     def wake(self, run_id: str, version: int | None, *, countdown: float = 0.0, workflow: str | None = None,
              node: str | None = None) -> None:
         self._send(TASK_NAMES["wake"], [run_id, version], self._q_timers, countdown, workflow=workflow, node=node)
 
 
-def _argsrepr(run_id: str, workflow: str | None, node: str | None, version: int | None, attempt: int) -> str:
-    """What Flower and ``celery inspect`` show for a message: ``run=f8f5ae60 wf=deploy node=ask v=4``."""
+def _argsrepr(run_id: str, workflow: str | None, node: str | None, version: int | None, attempt: int,
+              token: int | None = None) -> str:
+    """What Flower and ``celery inspect`` show for a message: ``run=f8f5ae60 wf=deploy node=ask v=4 t=5``."""
     parts = [f"run={logs.short_run_id(run_id)}"]
     if workflow:
         parts.append(f"wf={workflow}")
@@ -161,6 +167,8 @@ def _argsrepr(run_id: str, workflow: str | None, node: str | None, version: int 
         parts.append(f"node={node}")
     if version is not None:
         parts.append(f"v={version}")
+    if token is not None:
+        parts.append(f"t={token}")
     if attempt > 1:
         parts.append(f"attempt={attempt}")
     return " ".join(parts)
@@ -247,7 +255,7 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
     # being sent again by the sweep forever.
     @app.task(name=TASK_NAMES["tick"], shared=False)
     def tick(*args: Any) -> Any:
-        return _traced(holder, "tick", args, (1, 3), lambda e: e.tick(*_padded(args, (None, 1))))
+        return _traced(holder, "tick", args, (1, 4), lambda e: e.tick(*_padded(args, (None, 1))))
 
     @app.task(name=TASK_NAMES["wake"], shared=False)
     def wake(*args: Any) -> Any:
@@ -261,7 +269,7 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
         label = name.removeprefix("abstractruntime.")
 
         def effect(*args: Any) -> Any:
-            return _traced(holder, "effect", args, (4, 4), lambda e: e.effect(*args), label=label)
+            return _traced(holder, "effect", args, (4, 5), lambda e: e.effect(*args), label=label)
 
         return effect
 
@@ -274,7 +282,8 @@ def _traced(holder: _Holder, task: str, args: tuple[Any, ...], arity: tuple[int,
             label: str | None = None) -> Any:
     """Run a task with its run id in the logging context, and log its one outcome line."""
     run_id = logs.run_id_of(args)
-    attempt = args[-1] if task in ("tick", "effect") and len(args) == arity[1] and type(args[-1]) is int else 1
+    at = {"tick": 2, "effect": 3}.get(task)
+    attempt = args[at] if at is not None and len(args) > at and type(args[at]) is int else 1
     with logs.task_outcome(logger, label or task, run_id, attempt=attempt) as outcome:
         outcome.result = _guarded(holder.get(), task, args, arity, call)
         return outcome.result
@@ -308,6 +317,9 @@ def _check_args(task: str, args: tuple[Any, ...], arity: tuple[int, int]) -> str
             return f"idempotency key {args[2]!r:.60} is not a text of 1 to 200 characters"
         if type(args[3]) is not int or not 1 <= args[3] <= 1000:
             return f"attempt {args[3]!r} is not a whole number from 1 to 1000"
+    at = {"tick": 3, "effect": 4}.get(task)
+    if at is not None and len(args) > at and args[at] is not None and (type(args[at]) is not int or args[at] < 0):
+        return f"fencing token {args[at]!r:.60} is not a whole number"
     return None
 
 

@@ -100,6 +100,14 @@ def run_checks(settings: WorkerSettings, env: dict[str, str]) -> list[dict[str, 
     checks.append(_check("runs", "ok" if not stuck else "warn",
                          f"{stuck} run(s) whose lease expired (a message lost or a worker gone)",
                          "the sweep sends their message again; if this stays, check the workers' logs"))
+    from .stuck import stuck_counts  # the stuck detector's own count (workers/stuck.py), by cause
+
+    by_cause = stuck_counts(backend)
+    total = sum(by_cause.values())
+    checks.append(_check("stuck runs", "ok" if not total else "warn",
+                         f"{total} run(s) stuck" + (": " + ", ".join(f"{n} {c}" for c, n in by_cause.items())
+                                                    if total else ""),
+                         "list them: abstractruntime stuck; why and what to do: abstractruntime explain RUN_ID"))
     dead = backend.count_dead_letters()
     key = backend.keys.dead_letters()
     checks.append(_check("dead letters", "ok" if not dead else "warn", f"{dead} refused message(s) in {key}",

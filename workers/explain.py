@@ -107,6 +107,10 @@ class Facts:
     #: how many the sweep fails the run as poisoned (0: never).
     lost: int = 0
     poison_after: int = 0
+    #: The run's fencing token, and when its lease expired before the sweep granted it again
+    #: (if it did since the last commit).
+    token: int = 0
+    regranted_ms: int | None = None
 
 
 def _at(ms: int | None) -> str:
@@ -226,6 +230,11 @@ def _child_phrase(d: Diagnosis) -> str:
     return s if d.code in (Code.COMPLETED, Code.FAILED, Code.CANCELLED) else f"{d.code.value}: {s}"
 
 
+def _lost(f: Facts) -> str:
+    of = f" of {f.poison_after}" if f.poison_after else ""
+    return f"; {f.lost}{of} deliveries lost" if f.lost > 0 else ""
+
+
 def _running(f: Facts, since: str, ev: dict[str, Any]) -> Diagnosis:
     last = _ms(since)
     ev = {**ev, "dispatch": f.dispatch, "queue": f.queue, "lease_ms": f.lease_ms, "consumers": f.consumers,
@@ -244,13 +253,18 @@ def _running(f: Facts, since: str, ev: dict[str, Any]) -> Diagnosis:
     if f.lease_ms is not None and f.lease_ms <= f.now_ms:
         late = f.last_sweep_ms is None or f.now_ms - f.last_sweep_ms > OVERDUE_GRACE_MS
         beat = (f"no recovery sweep since {_at(f.last_sweep_ms)}" if f.last_sweep_ms is not None
-                else "no recovery sweep has run") if late else f"the next sweep re-dispatches it to queue `{q}`"
-        of = f" of {f.poison_after}" if f.poison_after else ""
-        lost = f"; {f.lost}{of} deliveries lost" if f.lost > 0 else ""
-        return Diagnosis(Code.LEASE_EXPIRED, f"lease expired {_at(f.lease_ms)}, {beat}{lost}", _iso(f.lease_ms),
-                         {**ev, "lost": f.lost, "poison_after": f.poison_after},
+                else "no recovery sweep has run") if late else \
+            f"the next sweep re-dispatches it with token {f.token + 1} to queue `{q}`"
+        return Diagnosis(Code.LEASE_EXPIRED, f"lease expired {_at(f.lease_ms)} (fencing token {f.token}), "
+                         f"{beat}{_lost(f)}", _iso(f.lease_ms), {**ev, "lost": f.lost, "poison_after": f.poison_after,
+                                                                "token": f.token},
                          "start exactly one beat: abstractruntime beat" if late
                          else "if this stays, read the workers' logs")
+    if f.regranted_ms is not None:  # recovering: the sweep sent it again, no commit since
+        return Diagnosis(Code.LEASE_EXPIRED, f"lease expired {_at(f.regranted_ms)}, re-dispatched with token "
+                         f"{f.token} to queue `{q}`{_lost(f)}", _iso(f.regranted_ms),
+                         {**ev, "lost": f.lost, "poison_after": f.poison_after, "token": f.token},
+                         "nothing: a worker takes it over; if this stays, read the workers' logs")
     if f.dispatch == "effect" and not f.attempt_started and f.lease_ms is not None:
         next_ms = f.lease_ms - f.effect_lease_ms
         why = f" ({f.last_error})" if f.last_error else ""

@@ -125,7 +125,8 @@ def gather(backend: Any, settings: WorkerSettings, run_id: str, *, broker: Broke
                     pass
     elif status == "running":
         facts["lease_ms"] = backend.lease_ms(run_id)
-        facts.update(lost=loaded.lost, poison_after=settings.poison_after)
+        facts.update(lost=loaded.lost, poison_after=settings.poison_after, token=loaded.token,
+                     regranted_ms=loaded.regranted_ms)
         if d is not None:
             facts["dispatch"] = d.kind
             facts["queue"] = _queue_of(settings, d)

@@ -31,6 +31,8 @@ from runtime.models import EffectOutcome
 from runtime.policies import DefaultEffectPolicy, EffectPolicy
 from runtime.step import EffectHandler
 
+from .sla import InvalidSlaRule, SlaRule
+
 __all__ = [
     "Registry",
     "registry",
@@ -40,6 +42,7 @@ __all__ = [
     "register_effect_handler",
     "set_effect_policy",
     "import_modules",
+    "register_sla",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,6 +59,7 @@ class Registry:
         self.effect_policy: EffectPolicy = DefaultEffectPolicy()
         self.context: Any = None
         self._imported: set[str] = set()
+        self._sla: dict[str, dict[str, SlaRule]] = {}
 
     def register_workflow(self, workflow: WorkflowSpec, *, replace: bool = False) -> WorkflowSpec:
         """Register ``workflow`` under its id (``replace=True`` to swap a registered one)."""
@@ -66,6 +70,34 @@ class Registry:
                 self.workflows.unregister(workflow.workflow_id)
             self.workflows.register(workflow)
         return workflow
+
+    def register_sla(self, workflow_id: str, rule: SlaRule | Mapping[str, Any], *, replace: bool = False) -> SlaRule:
+        """Declare an SLA rule on the runs of ``workflow_id`` (``workers/sla.py``); a rule of the
+        same name is refused unless ``replace``. :class:`~workers.sla.InvalidSlaRule` names the field."""
+        if not isinstance(workflow_id, str) or not workflow_id:
+            raise InvalidSlaRule("workflow_id", f"must be a non-empty text, got {workflow_id!r}")
+        try:
+            rule = rule if isinstance(rule, SlaRule) else SlaRule.from_dict(rule)
+        except InvalidSlaRule as exc:
+            raise InvalidSlaRule(exc.field, exc.problem, rule=exc.rule, workflow_id=workflow_id) from None
+        except TypeError as exc:  # SlaRule(**data) with a missing or extra argument
+            raise InvalidSlaRule("rule", str(exc), workflow_id=workflow_id) from None
+        with self._lock:
+            rules = self._sla.setdefault(workflow_id, {})
+            if rule.name in rules and rules[rule.name] != rule and not replace:
+                raise InvalidSlaRule("name", "a rule of this name is registered already", rule=rule.name,
+                                     workflow_id=workflow_id)
+            rules[rule.name] = rule
+        return rule
+
+    def sla_rules(self, workflow_id: str) -> tuple[SlaRule, ...]:
+        """The SLA rules declared on ``workflow_id`` (none when the workflow is unknown here)."""
+        return tuple(self._sla.get(workflow_id, {}).values())
+
+    @property
+    def all_sla_rules(self) -> tuple[SlaRule, ...]:
+        """Every SLA rule declared in this process, of any workflow."""
+        return tuple(rule for rules in list(self._sla.values()) for rule in rules.values())
 
     def register_tool(self, name: str, fn: Callable[..., Any]) -> None:
         """Register ``fn`` as the tool ``name``; ValueError if another function has the name.
@@ -164,3 +196,8 @@ def set_effect_policy(policy: EffectPolicy) -> None:
 
 def import_modules(names: Iterable[str]) -> None:
     registry.import_modules(names)
+
+
+def register_sla(workflow_id: str, rule: SlaRule | Mapping[str, Any], *, replace: bool = False) -> SlaRule:
+    """Declare an SLA rule on a workflow's runs in the process-wide registry (``workers/sla.py``)."""
+    return registry.register_sla(workflow_id, rule, replace=replace)

@@ -32,6 +32,13 @@ ENV_VARS = {f"ABSTRACTRUNTIME_{name.upper()}": name for name in (
     "tick_lease_s", "effect_lease_s", "sweep_period_s", "sweep_batch", "timer_hold_s", "poison_after", "nodes_per_tick",
     "tick_max_attempts", "tick_backoff_s", "prefetch", "ack_emulation", "visibility_timeout_s",
 )}
+#: The stuck-run detector's thresholds (seconds without progress, per ``explain`` cause) and the
+#: SLA webhooks' settings (``workers/stuck.py``, ``workers/sla.py``).
+STUCK_FIELDS = ("stuck_no_consumer_s", "stuck_lease_expired_s", "stuck_orphaned_s", "stuck_running_s",
+                "stuck_timer_overdue_s", "stuck_waiting_user_s", "stuck_waiting_event_s", "stuck_waiting_child_s",
+                "stuck_waiting_job_s", "stuck_recheck_s")
+ENV_VARS.update({f"ABSTRACTRUNTIME_{name.upper()}": name for name in (
+    *STUCK_FIELDS, "sla_webhook_secret", "sla_webhook_timeout_s", "sla_webhook_attempts")})
 
 
 @dataclass(frozen=True)
@@ -56,8 +63,9 @@ class WorkerSettings:
     #: the sweep sends it again. Short: a lost tick costs this long. Too short: a slow node is
     #: run twice (only one of the two commits wins).
     tick_lease_s: float = 30.0
-    #: The same for an effect task (an LLM call, tool calls): as long as the slowest effect,
-    #: or a slow effect is executed a second time while the first still runs.
+    #: The same for an effect task (an LLM call, tool calls). A running effect renews it every
+    #: third of it, so it covers the time an effect message waits in its queue, not the
+    #: effect's own duration; a worker that dies or stops mid-effect is replaced after it.
     effect_lease_s: float = 600.0
     #: Seconds between two recovery sweeps (beat): due timers are woken and expired leases
     #: re-dispatched. The worst lateness of a wake whose countdown was lost.
@@ -89,6 +97,31 @@ class WorkerSettings:
     visibility_timeout_s: float = 3600.0
     #: Keys that sign ledger records and verify them (none by default).
     signing: SigningSettings = field(default_factory=SigningSettings)
+    #: The stuck-run detector (run by the sweep): seconds a run may go without progress, per
+    #: cause (the ``explain`` code), before it is listed as stuck; 0: never for that cause.
+    #: ``NO_CONSUMER``: nobody consumes the queue of its message.
+    stuck_no_consumer_s: float = 60.0
+    #: ``LEASE_EXPIRED``: its lease expired and was not sent again (no sweep), counted from the expiry.
+    stuck_lease_expired_s: float = 60.0
+    #: ``ORPHANED``: running, but no message expected and no lease held.
+    stuck_orphaned_s: float = 60.0
+    #: Any other cause of a running run (``MOVING`` with no commit, ``RETRY_BACKOFF``...).
+    stuck_running_s: float = 3600.0
+    #: ``TIMER_OVERDUE``: a sleeping run this long past its wake time.
+    stuck_timer_overdue_s: float = 60.0
+    #: ``WAITING_USER``, ``WAITING_EVENT``, ``WAITING_CHILD``, ``WAITING_JOB``: waiting this long.
+    stuck_waiting_user_s: float = 86400.0
+    stuck_waiting_event_s: float = 86400.0
+    stuck_waiting_child_s: float = 86400.0
+    stuck_waiting_job_s: float = 86400.0
+    #: Seconds between two looks at a stuck run (has it moved?).
+    stuck_recheck_s: float = 30.0
+    #: The key SLA webhooks are signed with (HMAC-SHA256 of the body); a webhook is not sent without one.
+    sla_webhook_secret: str | None = field(default=None, repr=False)
+    #: Seconds one webhook request may take.
+    sla_webhook_timeout_s: float = 5.0
+    #: Attempts of one webhook (the backoff doubles from 1 s) before it is given up.
+    sla_webhook_attempts: int = 5
 
     def __post_init__(self) -> None:
         if self.broker_url is not None and (not isinstance(self.broker_url, str) or "://" not in self.broker_url):
@@ -106,6 +139,14 @@ class WorkerSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"WorkerSettings.{name} must be a whole number of 1 or more, got {value!r}")
+
+        for name in STUCK_FIELDS:
+            _check(name, getattr(self, name), positive=name == "stuck_recheck_s")
+        _check("sla_webhook_timeout_s", self.sla_webhook_timeout_s, positive=True)
+        attempts = self.sla_webhook_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"WorkerSettings.sla_webhook_attempts must be a whole number of 1 or more, "
+                             f"got {attempts!r}")
 
         poison = self.poison_after
         if isinstance(poison, bool) or not isinstance(poison, int) or poison < 0:

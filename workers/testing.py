@@ -121,13 +121,17 @@ class StubDispatcher:
 
     # -- the Dispatcher protocol -----------------------------------------------------------------
 
+    # The arguments are the ones the Celery message carries (the fencing token last, when known).
     def tick(self, run_id: str, version: int | None, *, countdown: float = 0.0, attempt: int = 1,
-             workflow: str | None = None, node: str | None = None) -> None:
-        self._put("tick", TASK_NAMES["tick"], (run_id, version, attempt), "ticks", countdown, workflow, node)
+             workflow: str | None = None, node: str | None = None, token: int | None = None) -> None:
+        args = (run_id, version, attempt) if token is None else (run_id, version, attempt, token)
+        self._put("tick", TASK_NAMES["tick"], args, "ticks", countdown, workflow, node)
 
     def effect(self, kind: str, run_id: str, version: int | None, key: str, attempt: int, *,
-               countdown: float = 0.0, workflow: str | None = None, node: str | None = None) -> None:
-        self._put("effect", effect_task_name(kind), (run_id, version, key, attempt), kind, countdown, workflow, node)
+               countdown: float = 0.0, workflow: str | None = None, node: str | None = None,
+               token: int | None = None) -> None:
+        args = (run_id, version, key, attempt) if token is None else (run_id, version, key, attempt, token)
+        self._put("effect", effect_task_name(kind), args, kind, countdown, workflow, node)
 
     def wake(self, run_id: str, version: int | None, *, countdown: float = 0.0, workflow: str | None = None,
              node: str | None = None) -> None:
@@ -231,7 +235,8 @@ class StubDispatcher:
 
     def _deliver(self, engine: Engine, message: StubMessage) -> Delivery:
         """Run one message as its Celery task does (workers.app), with its outcome log line."""
-        attempt = message.args[-1] if message.kind in ("tick", "effect") else 1
+        at = {"tick": 2, "effect": 3}.get(message.kind)
+        attempt = message.args[at] if at is not None else 1
         label = message.task.removeprefix("abstractruntime.")
         with logs.task_outcome(logger, label, message.run_id, attempt=attempt) as outcome:
             if message.kind == "tick":

@@ -4,7 +4,7 @@
 this thread last read or wrote of each run (its version, chain head and index entries). It
 loads a run (:meth:`~RedisBackend.load_for_driver`: state, version, dispatch and the Redis
 clock in one round trip) and commits it (:meth:`~RedisBackend.commit`: one ``commit.lua``
-call, whose KEYS and ARGV are built here, by :class:`CommitKeys` and :class:`CommitArgs`).
+call, whose KEYS and ARGV are built here, as :class:`CommitKeys` and :class:`CommitArgs`).
 What it reads and writes in the cross-run keys (leases, timers, dead letters, events,
 counts) is :class:`~stores.redis.indexes.RedisIndexes`; the store views the kernel knows
 are :class:`~stores.redis.runs.RedisRunStore` and :class:`~stores.redis.ledger.RedisLedgerStore`.
@@ -21,9 +21,10 @@ import redis
 from runtime import RunState, RunStatus, StepRecord, VersionConflict, WaitReason
 from runtime._clock import epoch_ms, parse_iso
 from runtime._ids import new_id
-from runtime.errors import CorruptRecordError, RunAlreadyExists
+from runtime.errors import CorruptRecordError, RunAlreadyExists, StaleLease
 from runtime.models import validate_run_id
 
+from .argv import AppendArgs, AppendKeys, CommitArgs, CommitKeys
 from .codec import DEFAULT_MAX_VALUE_BYTES, decode, decode_state, encode
 from .dispatch import Dispatch
 from .errors import RedisUnavailable
@@ -33,6 +34,7 @@ from .ledger import RedisLedgerStore, chain_records
 from .runs import RedisRunStore
 from .scripts import SOURCES, Reply
 from .settings import RedisSettings, connect, mask_url
+from .stuck import RedisStuck
 
 __all__ = ["RedisBackend", "Loaded", "CommitKeys", "CommitArgs", "AppendKeys", "AppendArgs"]
 
@@ -56,68 +58,12 @@ class Loaded(NamedTuple):
     now_ms: int
     #: Leases of the dispatch that expired with no commit since (field ``n``; lost deliveries).
     lost: int = 0
-
-
-class CommitKeys(NamedTuple):
-    """The KEYS of ``commit.lua``, in the order its header lists them."""
-
-    run: str
-    ledger: str
-    results: str
-    updated: str
-    workflow: str
-    status_old: str
-    status_new: str
-    reason_old: str
-    reason_new: str
-    wait_old: str
-    wait_new: str
-    timers: str
-    children: str
-    events: str
-    leases: str
-
-
-class CommitArgs(NamedTuple):
-    """The ARGV of ``commit.lua`` before its records, in the order its header lists them."""
-
-    mode: str
-    expected_version: str
-    expected_head: str
-    run_id: str
-    state: bytes
-    updated: str
-    status_new: str
-    status_old: str
-    reason_new: str
-    reason_old: str
-    wait_new: str
-    wait_old: str
-    until_ms: str
-    has_parent: str
-    events_maxlen: int
-    new_head: str
-    token: str
-    dispatch: bytes | str
-    lease_ms: str
-
-
-class AppendKeys(NamedTuple):
-    """The KEYS of ``append.lua``, in the order its header lists them."""
-
-    run: str
-    ledger: str
-    results: str
-
-
-class AppendArgs(NamedTuple):
-    """The ARGV of ``append.lua`` before its records, in the order its header lists them."""
-
-    expected_head: str
-    new_head: str
-    token: str
-    lookup_key: str
-    dispatch: bytes | str
+    #: The run's fencing token (field ``g``): how many times a lease was granted on it. A message
+    #: carrying an older one was sent for an earlier grant.
+    token: int = 0
+    #: When the lease expired before the sweep granted it again, if it did since the last
+    #: commit (field ``x``, epoch ms); None otherwise.
+    regranted_ms: int | None = None
 
 
 class _Index(NamedTuple):
@@ -147,6 +93,8 @@ class _Known(NamedTuple):
     version: int
     head: str
     entries: _Index
+    #: The fencing token as this thread last read it or got it back from a commit.
+    fence: int = 0
 
 
 def _describe(client: Any) -> str:
@@ -157,7 +105,7 @@ def _describe(client: Any) -> str:
     return mask_url(f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}")
 
 
-class RedisBackend(RedisIndexes):
+class RedisBackend(RedisIndexes, RedisStuck):
     """One Redis connection's view of runs and ledgers under a key prefix."""
 
     def __init__(
@@ -193,6 +141,7 @@ class RedisBackend(RedisIndexes):
         self._index_script = client.register_script(SOURCES["index"])
         self._claim_script = client.register_script(SOURCES["claim"])
         self._set_failure_script = client.register_script(SOURCES["failure"])
+        self._fence_script = client.register_script(SOURCES["fence"])
         self.runs = RedisRunStore(self)
         self.ledger = RedisLedgerStore(self)
 
@@ -213,10 +162,11 @@ class RedisBackend(RedisIndexes):
             known = self._local.known = {}
         return known
 
-    def _remember(self, run_id: str, raw: bytes, version: Any, head: bytes | None) -> RunState:
-        """Decode a loaded state and remember its version, head and index entries."""
+    def _remember(self, run_id: str, raw: bytes, version: Any, head: bytes | None, fence: Any = None
+                  ) -> RunState:
+        """Decode a loaded state and remember its version, head, index entries and fencing token."""
         run = decode_state(raw, key=self.keys.run(run_id), run_id=run_id, limit=self.max_value_bytes)
-        self._keep(run_id, _Known(int(version or 0), (head or b"").decode(), _index_of(run)))
+        self._keep(run_id, _Known(int(version or 0), (head or b"").decode(), _index_of(run), int(fence or 0)))
         return run
 
     def _keep(self, run_id: str, known: _Known) -> None:
@@ -235,22 +185,29 @@ class RedisBackend(RedisIndexes):
 
     def load_versioned(self, run_id: str) -> tuple[RunState, int] | None:
         """The stored state and its version, or None; remembers both for the next commit."""
-        raw, version, head = self.client.hmget(self.keys.run(validate_run_id(run_id)), "s", "v", "h")
+        raw, version, head, fence = self.client.hmget(self.keys.run(validate_run_id(run_id)), "s", "v", "h", "g")
         if raw is None:
             return None
-        return self._remember(run_id, raw, version, head), int(version or 0)
+        return self._remember(run_id, raw, version, head, fence), int(version or 0)
+
+    def fence_of(self, run_id: str) -> int | None:
+        """The fencing token of a run as this thread last loaded it or got it back from its own
+        commit (the token to send with the message a commit's lease is for), or None when this
+        thread knows nothing of the run."""
+        known = self._known.get(run_id)
+        return known.fence if known is not None else None
 
     def load_for_driver(self, run_id: str) -> Loaded | None:
         """The state, its version, its dispatch and the Redis clock in one round trip; None when
         the run does not exist."""
         k = self.keys.run(validate_run_id(run_id))
         pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(k, "s", "v", "h", "d", "n")
+        pipe.hmget(k, "s", "v", "h", "d", "n", "g", "x")
         pipe.time()
-        (raw, version, head, wire, lost), (sec, usec) = pipe.execute()
+        (raw, version, head, wire, lost, fence, expired), (sec, usec) = pipe.execute()
         if raw is None:
             return None
-        run = self._remember(run_id, raw, version, head)
+        run = self._remember(run_id, raw, version, head, fence)
         dispatch = None
         if wire:
             try:
@@ -258,7 +215,8 @@ class RedisBackend(RedisIndexes):
                                                      limit=self.max_value_bytes))
             except ValueError as exc:
                 raise CorruptRecordError(location=f"Redis key {k} field d", run_id=run_id, reason=str(exc)) from None
-        return Loaded(run, int(version or 0), dispatch, int(sec) * 1000 + int(usec) // 1000, int(lost or 0))
+        return Loaded(run, int(version or 0), dispatch, int(sec) * 1000 + int(usec) // 1000, int(lost or 0),
+                      int(fence or 0), int(expired) if expired else None)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -272,10 +230,13 @@ class RedisBackend(RedisIndexes):
             raise RedisUnavailable(url=_describe(self.client), reason=f"{type(exc).__name__} during a write to "
                                    f"run {rid}; all of it or none of it was written") from None
 
-    def _refused(self, rid: str, code: int, value: Any, known: _Known | None, records: list[StepRecord]) -> None:
+    def _refused(self, rid: str, code: int, value: Any, known: _Known | None, records: list[StepRecord],
+                 fence: int | None = None) -> None:
         self._forget(rid, records)
         if code == Reply.EXISTS:
             raise RunAlreadyExists(rid)
+        if code == Reply.STALE:
+            raise StaleLease(run_id=rid, token=fence if fence is not None else -1, current=int(value))
         actual = int(value) if code == Reply.CONFLICT else None
         raise VersionConflict(run_id=rid, expected_version=known.version if known else -1,
                               actual_version=actual if actual is None or actual >= 0 else None)
@@ -284,13 +245,14 @@ class RedisBackend(RedisIndexes):
         return "" if dispatch is None else encode(dispatch.to_wire(), what="dispatch", limit=self.max_value_bytes)
 
     def append(self, records: list[StepRecord], *, run_id: str, lookup_key: str | None = None,
-               dispatch: Dispatch | None = None) -> Any:
+               dispatch: Dispatch | None = None, fence: int | None = None) -> Any:
         """Chain and append ``records`` to a run's ledger without touching its state.
 
         With ``lookup_key``, a result already recorded under that idempotency key is
         returned instead, and nothing is appended (one round trip for both). Returns None
         after an append. :class:`VersionConflict` if the chain head moved. ``dispatch``
-        replaces the run's dispatch field in the same call.
+        replaces the run's dispatch field in the same call. ``fence``: the fencing token the
+        caller holds (:class:`~runtime.errors.StaleLease` when the run's is newer).
         """
         rid = validate_run_id(run_id)
         known = self._known.get(rid)
@@ -298,7 +260,8 @@ class RedisBackend(RedisIndexes):
         encoded, results, new_head = chain_records(records, head, signer=self.signer, limit=self.max_value_bytes)
         k = self.keys
         keys = AppendKeys(k.run(rid), k.ledger(rid), k.results(rid))  # in the order of append.lua's header
-        args = AppendArgs(head, new_head, new_id()[:23], lookup_key or "", self._encode_dispatch(dispatch))
+        args = AppendArgs(head, new_head, new_id()[:23], lookup_key or "", self._encode_dispatch(dispatch),
+                          "" if fence is None else str(int(fence)))
         code, value = self._call(self._append_script, rid, keys,
                                  (*args, len(encoded), *encoded, len(results) // 2, *results), records)
         if code == Reply.FOUND:
@@ -306,7 +269,7 @@ class RedisBackend(RedisIndexes):
                 record.prev_hash = record.record_hash = None
             return decode(value, key=f"{keys.results} field {lookup_key}", run_id=rid, limit=self.max_value_bytes)
         if code != Reply.OK:
-            self._refused(rid, code, value, known, records)
+            self._refused(rid, code, value, known, records, fence)
         if known is not None:
             self._keep(rid, known._replace(head=new_head))
         return None
@@ -320,6 +283,7 @@ class RedisBackend(RedisIndexes):
         create: bool = False,
         dispatch: Dispatch | None = None,
         lease_ms: int | None = None,
+        fence: int | None = None,
     ) -> int:
         """Write ``run`` and append ``records`` to its ledger in one atomic script call.
 
@@ -331,6 +295,9 @@ class RedisBackend(RedisIndexes):
         ``dispatch`` says what the run expects next (kept in the run hash); ``lease_ms`` puts
         the run in the lease index until that many milliseconds from now by the Redis clock.
         Without them the commit removes both (the Celery driver sets them; ``workers/engine``).
+        A lease is a grant: the run's fencing token goes up by one (:meth:`fence_of` gives it
+        after the commit). ``fence`` is the token the writer holds, if it holds a lease:
+        :class:`~runtime.errors.StaleLease` when the lease was granted to another since.
         """
         rid = validate_run_id(run.run_id)
         known = self._known.get(rid)
@@ -366,12 +333,13 @@ class RedisBackend(RedisIndexes):
             encode(run.to_dict(), what="run", limit=self.max_value_bytes), updated,
             new.status, old.status, new.reason, old.reason, new.wait_key, old.wait_key, new.until_ms,
             "1" if new.parent_run_id else "0", self.events_maxlen, new_head or head, new_id()[:23],
-            self._encode_dispatch(dispatch), lease)
-        code, value = self._call(self._commit_script, rid, keys[:3] if self.cluster else keys,
-                                 (*args, len(encoded), *encoded, len(results) // 2, *results), records)
+            self._encode_dispatch(dispatch), lease, "" if fence is None else str(int(fence)))
+        reply = self._call(self._commit_script, rid, keys[:3] if self.cluster else keys,
+                           (*args, len(encoded), *encoded, len(results) // 2, *results), records)
+        code, value = reply[0], reply[1]
         if code != Reply.OK:
-            self._refused(rid, code, value, known, records)
-        self._keep(rid, _Known(int(value), new_head or head, new))
+            self._refused(rid, code, value, known, records, fence)
+        self._keep(rid, _Known(int(value), new_head or head, new, int(reply[2])))
         if self.cluster:
             # The second step, in the index slot. If this process dies before it, the run's
             # next commit puts every index right again (index.lua rebuilds its entries).

@@ -37,6 +37,7 @@ class RedisIndexes:
     keys: Keys
     _claim_script: Any
     _set_failure_script: Any
+    _fence_script: Any
 
     def time_ms(self) -> int:
         """The Redis server's clock in epoch ms (wake times are judged by it, not by ours)."""
@@ -64,6 +65,32 @@ class RedisIndexes:
         """Push the lease of a run that holds one to ``lease_ms`` from now (nothing if it holds none)."""
         now = self.time_ms() if now_ms is None else now_ms
         self.client.zadd(self.keys.leases(), {validate_run_id(run_id): now + int(lease_ms)}, xx=True)
+
+    def grant_lease(self, run_id: str, version: int, lease_ms: int, now_ms: int) -> int | None:
+        """Grant the expired lease of a run again, for the message the sweep sends next: its
+        fencing token goes up by one (a worker still holding the old one is refused at its
+        commit) and its lease runs ``lease_ms`` from ``now_ms``. Returns the new token, or None
+        when the run moved since it was loaded at ``version`` (nothing is granted then).
+        """
+        rid = validate_run_id(run_id)
+        code, token = self._fence_script(keys=[self.keys.run(rid)], args=["grant", int(version), int(now_ms)])
+        if code != Reply.OK:
+            return None
+        # A separate call (the lease index is in another slot on Cluster); the claim that found
+        # the lease expired already holds it, so a crash in between costs one hold period.
+        self.client.zadd(self.keys.leases(), {rid: int(now_ms) + int(lease_ms)}, xx=True)
+        return int(token)
+
+    def renew_held_lease(self, run_id: str, token: int, lease_ms: int) -> bool:
+        """Push the lease of a run ``lease_ms`` from now if ``token`` is still its fencing token
+        (a long effect renews the lease it holds while it runs); False when the lease was
+        granted to another since (nothing is renewed)."""
+        rid = validate_run_id(run_id)
+        code, _token = self._fence_script(keys=[self.keys.run(rid)], args=["check", int(token), ""])
+        if code != Reply.OK:
+            return False
+        self.renew_lease(rid, lease_ms)
+        return True
 
     def count_leases_expired(self, by_ms: int) -> int:
         """Runs whose lease expired at or before ``by_ms`` (a lost message or a dead worker)."""

@@ -104,8 +104,37 @@ class Keys:
         return f"{self._g}wait:{wait_key}"
 
     def events(self) -> str:
-        """STREAM of every commit (run id, status, version), capped; followed with XREAD BLOCK."""
+        """STREAM of every commit (run id, status, version), capped; followed with XREAD BLOCK.
+        The stuck detector adds its own entries, with an ``event`` field (``run.stuck``,
+        ``run.unstuck``, ``sla.breached``) and no ``status``."""
         return f"{self._g}events"
+
+    # -- the stuck-run detector and SLA alerts (stores/redis/stuck.py, workers/stuck.py) ---------
+
+    def stuck(self, cause: str) -> str:
+        """ZSET run id -> since (epoch ms) of the runs the sweep found stuck for ``cause`` (an
+        ``explain`` code); written and cleared by the sweep only."""
+        return f"{self._g}stuck:{cause}"
+
+    def stuck_runs(self) -> str:
+        """HASH run id -> JSON of a stuck run (cause, since, sentence, workflow, version seen)."""
+        return f"{self._g}stuck:runs"
+
+    def stuck_looks(self) -> str:
+        """ZSET run id -> when the detector looks at the run next (epoch ms, Redis clock)."""
+        return f"{self._g}stuck:looks"
+
+    def stuck_cursors(self) -> str:
+        """HASH index name -> the highest score of it the detector has read (its window cursor)."""
+        return f"{self._g}stuck:cursors"
+
+    def sla_alerts(self) -> str:
+        """HASH alert id (``<run_id> <rule>``) -> JSON of the SLA alert; one field per run and rule."""
+        return f"{self._g}sla:alerts"
+
+    def sla_outbox(self) -> str:
+        """ZSET alert id -> when its action is due (epoch ms): pending and retried alert actions."""
+        return f"{self._g}sla:outbox"
 
     # -- snapshots (stores/redis/snapshots.py) ----------------------------------------------------
 

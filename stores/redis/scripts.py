@@ -20,7 +20,7 @@ _USE_MOVES = ("commit", "index")
 
 class Reply(IntEnum):
     """The first item of a reply of ``commit.lua`` or ``append.lua``, and the whole reply of
-    ``index.lua`` and ``failure.lua`` (the scripts use the same names). ``claim.lua`` replies
+    ``index.lua`` and ``failure.lua``, and of ``fence.lua`` (the scripts use the same names). ``claim.lua`` replies
     with the Redis time and the members it claimed."""
 
     #: commit.lua: the stored version is not the one expected; second item: that version (-1: no run).
@@ -35,6 +35,9 @@ class Reply(IntEnum):
     FOUND = 4
     #: failure.lua: there is no such run; nothing was written.
     MISSING = 5
+    #: commit.lua, append.lua, fence.lua: the writer's lease was granted again since it loaded the run
+    #: (its fencing token is older than the run's); second item: the run's token. Nothing was written.
+    STALE = 6
 
 
 def source(name: str) -> str:
@@ -46,4 +49,4 @@ def source(name: str) -> str:
 
 
 #: Every script by name, as sent to Redis (``register_script``: EVALSHA, reloaded after NOSCRIPT).
-SOURCES = {name: source(name) for name in ("commit", "append", "index", "claim", "failure")}
+SOURCES = {name: source(name) for name in ("commit", "append", "index", "claim", "failure", "fence")}

@@ -327,3 +327,159 @@ def _poison() -> WorkflowSpec:
 
 
 WORKFLOWS.append(_wf(_poison()))
+
+
+# -- the fault table and retry under a crash (issue 13 acceptance) ---------------------------------------
+
+def _retry_of(effect: Effect) -> dict[str, Any] | None:
+    retry = effect.payload.get("retry") if isinstance(effect.payload, dict) else None
+    return retry if isinstance(retry, dict) else None
+
+
+class _PayloadRetryPolicy:
+    """:data:`POLICY`, except for an effect whose payload carries ``retry``:
+    ``{"max_attempts": N, "backoff_s": [after attempt 1, after attempt 2, ...]}`` (the last
+    value repeats), so that one test can see a backoff long enough to look at."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+
+    def max_attempts(self, effect: Effect) -> int:
+        retry = _retry_of(effect)
+        return int(retry["max_attempts"]) if retry else int(self.base.max_attempts(effect))
+
+    def backoff_seconds(self, *, effect: Effect, attempt: int) -> float:
+        retry = _retry_of(effect)
+        if not retry:
+            return float(self.base.backoff_seconds(effect=effect, attempt=attempt))
+        steps = list(retry["backoff_s"])
+        return float(steps[min(max(attempt, 1), len(steps)) - 1])
+
+    def idempotency_key(self, *, run: Any, node_id: str, effect: Effect) -> str:
+        return str(self.base.idempotency_key(run=run, node_id=node_id, effect=effect))
+
+
+set_effect_policy(_PayloadRetryPolicy(POLICY))
+
+
+def _tool_calls_failing_for_retry() -> Any:
+    """The TOOL_CALLS handler workers use anyway (the registered tools), except that in an
+    effect whose payload carries ``retry`` a failed call fails the effect (a retryable
+    failure), where normally a tool's error is data for the agent."""
+    from runtime.integrations.abstractcore import make_tool_calls_handler
+    from workers.registry import registry
+
+    plain = make_tool_calls_handler(tools=registry.live_tools())
+
+    def handle(run: Any, effect: Effect, default_next_node: str | None) -> EffectOutcome:
+        outcome = plain(run, effect, default_next_node)
+        if _retry_of(effect) and outcome.status == "completed":
+            for result in (outcome.result or {}).get("results", []):
+                if not result.get("success"):
+                    return EffectOutcome.failed(f"{result.get('name')}: {result.get('error')}")
+        return outcome
+
+    return handle
+
+
+register_effect_handler(EffectType.TOOL_CALLS, _tool_calls_failing_for_retry())
+
+
+@tool
+def fail_until_fixed(path: str, fixed: str) -> int:
+    """Appends a line to ``path`` per call; raises TimeoutError while the file ``fixed`` is
+    missing, then takes as many seconds as that file says (none if empty) and succeeds."""
+    with open(path, "a") as f:
+        f.write("call\n")
+    if not os.path.exists(fixed):
+        raise TimeoutError("the service timed out")
+    with open(fixed) as f:
+        time.sleep(float(f.read().strip() or 0))
+    with open(path) as f:
+        return len(f.read().splitlines())
+
+
+@tool
+def slow_once(path: str, node: str, started: str, seconds: float) -> str:
+    """Appends ``node`` to ``path``; the first call (no file ``started`` yet) creates that file
+    and then sleeps ``seconds`` (long enough for a test to kill the worker running it)."""
+    with open(path, "a") as f:
+        f.write(node + "\n")
+    if not os.path.exists(started):
+        open(started, "w").close()
+        time.sleep(seconds)
+    return node
+
+
+def _wait_on_key() -> WorkflowSpec:
+    """Waits for the event named by ``vars["key"]``, then completes with its payload."""
+
+    def wait(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="wait", effect=Effect(type=EffectType.WAIT_EVENT, payload={"wait_key": run.vars["key"]},
+                                                      result_key="evt"), next_node="done")
+
+    def done(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="done", complete_output={"evt": run.vars["evt"]})
+
+    return WorkflowSpec(workflow_id="wait_on_key", entry_node="wait", nodes={"wait": wait, "done": done})
+
+
+def _tool_retry() -> WorkflowSpec:
+    """One call of ``fail_until_fixed`` (files ``vars["counter"]``, ``vars["fixed"]``), retried
+    up to 5 attempts: 0.2 s after the first failure, ``vars["backoff_s"]`` (6) after later ones."""
+
+    def call(run: Any, ctx: Any) -> StepPlan:
+        backoff = float(run.vars.get("backoff_s", 6))
+        calls = [{"name": "fail_until_fixed", "arguments": {"path": run.vars["counter"], "fixed": run.vars["fixed"]},
+                  "call_id": "f"}]
+        return StepPlan(node_id="call", effect=Effect(type=EffectType.TOOL_CALLS, payload={
+            "tool_calls": calls, "retry": {"max_attempts": 5, "backoff_s": [0.2, backoff]}}, result_key="tools"),
+            next_node="done")
+
+    def done(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="done", complete_output={"calls": run.vars["tools"]["results"][0]["output"]})
+
+    return WorkflowSpec(workflow_id="tool_retry", entry_node="call", nodes={"call": call, "done": done})
+
+
+def _slow_call(node: str, next_node: str) -> Any:
+    """A node calling ``slow_once`` with the run's files (``counter``, ``started``, ``seconds``)."""
+
+    def handler(run: Any, ctx: Any) -> StepPlan:
+        args = {"path": run.vars["counter"], "node": node, "started": run.vars["started"],
+                "seconds": float(run.vars.get("seconds", 60))}
+        return StepPlan(node_id=node, effect=Effect(type=EffectType.TOOL_CALLS, payload={"tool_calls": [
+            {"name": "slow_once", "arguments": args, "call_id": node}]}, result_key=f"slow.{node}"),
+            next_node=next_node)
+
+    return handler
+
+
+def _slow_tool_once() -> WorkflowSpec:
+    """``work`` calls ``slow_once`` (slow the first time only), then ``done`` completes."""
+
+    def done(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="done", complete_output={"slow": run.vars["slow"]})
+
+    return WorkflowSpec(workflow_id="slow_tool_once", entry_node="work",
+                        nodes={"work": _slow_call("work", "done"), "done": done})
+
+
+def _fix_me_then_slow() -> WorkflowSpec:
+    """``fix_me`` with a slow step after the broken one: a1 and a2 call ``count_call``, a3
+    raises until the file ``vars["fixed"]`` exists, a4 calls ``slow_once`` (all three tools
+    write to ``vars["counter"]``), a5 completes."""
+    base = _fix_me()
+    nodes = dict(base.nodes)
+
+    def a5(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="a5", complete_output={"calls": run.vars["calls"], "slow": run.vars["slow"]})
+
+    nodes.update(a4=_slow_call("a4", "a5"), a5=a5)
+    return WorkflowSpec(workflow_id="fix_me_then_slow", entry_node="a1", nodes=nodes)
+
+
+WORKFLOWS.append(_wf(_wait_on_key()))
+WORKFLOWS.append(_wf(_tool_retry()))
+WORKFLOWS.append(_wf(_slow_tool_once()))
+WORKFLOWS.append(_wf(_fix_me_then_slow()))

@@ -39,7 +39,7 @@ from runtime.errors import (
 )
 from stores.redis.errors import RedisUnavailable
 
-from . import explain, processes, runs
+from . import explain, processes, runs, stuck
 from ._common import (
     EXIT_CONFLICT,
     EXIT_FAILURE,
@@ -67,6 +67,7 @@ Examples:
   abstractruntime status RUN_ID --json
   abstractruntime wake RUN_ID --now --reason "skip the cool-down for the hotfix"
   abstractruntime retry RUN_ID --reason "fixed in 1.4.2"       a failed run again, after a fix
+  abstractruntime stuck --older-than 10m               runs without progress, grouped by cause
 
 \b
 Exit codes: 0 ok; 1 failed (also a run that ended failed or cancelled under start --wait);
@@ -115,7 +116,8 @@ def cli(ctx: click.Context, redis_url: str | None, broker_url: str | None, prefi
 for _command in (processes.worker, processes.beat,
                  runs.start, runs.status, runs.ledger, runs.verify, runs.resume, runs.respond, runs.wake, runs.emit,
                  runs.cancel, runs.retry, runs.runs, runs.waiting,
-                 processes.doctor, processes.demo, processes.dev, processes.stop, explain.explain):
+                 processes.doctor, processes.demo, processes.dev, processes.stop, explain.explain,
+                 stuck.stuck):
     cli.add_command(_command)
 del _command
 

@@ -49,11 +49,14 @@ class Dispatcher(Protocol):
     """Sends the follow-up messages (the Celery one lives in ``workers.app``)."""
 
     # ``workflow`` and ``node`` label the message (Flower shows them); the task never reads them.
+    # ``token`` is the run's fencing token the commit just granted (a message carrying an older
+    # one is dropped by the task; None: not checked).
     def tick(self, run_id: str, version: int | None, *, countdown: float = 0.0, attempt: int = 1,
-             workflow: str | None = None, node: str | None = None) -> None: ...
+             workflow: str | None = None, node: str | None = None, token: int | None = None) -> None: ...
 
     def effect(self, kind: str, run_id: str, version: int | None, key: str, attempt: int, *,
-               countdown: float = 0.0, workflow: str | None = None, node: str | None = None) -> None: ...
+               countdown: float = 0.0, workflow: str | None = None, node: str | None = None,
+               token: int | None = None) -> None: ...
 
     def wake(self, run_id: str, version: int | None, *, countdown: float = 0.0, workflow: str | None = None,
              node: str | None = None) -> None: ...
@@ -86,22 +89,37 @@ class EngineBase:
         return spec
 
     def _commit(self, run: RunState, records: list[StepRecord], version: int, *,
-                dispatch: Dispatch | None = None, lease_ms: int | None = None) -> int:
-        """One version-checked commit (``VersionConflict``: another writer moved the run first)."""
-        v = self.backend.commit(run, records, expected_version=version, dispatch=dispatch, lease_ms=lease_ms)
+                dispatch: Dispatch | None = None, lease_ms: int | None = None, fenced: bool = True) -> int:
+        """One version-checked commit (``VersionConflict``: another writer moved the run first).
+
+        ``fenced``: the writer holds the run's lease (a tick or effect task, with the fencing
+        token it loaded or its last commit granted): ``StaleLease`` when the lease was granted
+        to another since. Producers, operators, a child telling its parent and the sweep hold
+        none and commit with the version check alone.
+        """
+        fence = self.backend.fence_of(run.run_id) if fenced else None
+        v = self.backend.commit(run, records, expected_version=version, dispatch=dispatch, lease_ms=lease_ms,
+                                fence=fence)
         logs.note(run.run_id, version=v)  # the version the task's outcome line shows
         return v
 
-    def _commit_tick(self, run: RunState, records: list[StepRecord], version: int) -> int:
-        """Commit and expect a tick (under a tick lease); the caller sends it."""
-        return self._commit(run, records, version, dispatch=Dispatch.tick(), lease_ms=self._tick_lease)
+    def _token(self, run_id: str) -> int | None:
+        """The fencing token to send with the message of the lease this thread's last commit
+        of ``run_id`` granted."""
+        return self.backend.fence_of(run_id)
 
-    def _commit_end(self, run: RunState, records: list[StepRecord], version: int) -> int:
+    def _commit_tick(self, run: RunState, records: list[StepRecord], version: int, *, fenced: bool = True) -> int:
+        """Commit and expect a tick (under a tick lease); the caller sends it."""
+        return self._commit(run, records, version, dispatch=Dispatch.tick(), lease_ms=self._tick_lease,
+                            fenced=fenced)
+
+    def _commit_end(self, run: RunState, records: list[StepRecord], version: int, *, fenced: bool = True) -> int:
         """Commit a run that ended: one with a parent expects to tell it (under a lease, so the
         sweep tells it if this process dies first); one without expects nothing."""
         if run.parent_run_id:
-            return self._commit(run, records, version, dispatch=Dispatch.notify(), lease_ms=self._tick_lease)
-        return self._commit(run, records, version)
+            return self._commit(run, records, version, dispatch=Dispatch.notify(), lease_ms=self._tick_lease,
+                                fenced=fenced)
+        return self._commit(run, records, version, fenced=fenced)
 
     @staticmethod
     def _fail(run: RunState, records: list[StepRecord], message: str) -> None:

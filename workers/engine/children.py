@@ -67,7 +67,7 @@ class Subworkflows(EngineBase):
         """Send the first tick of the children this thread's effect made (its commit is in)."""
         children, self._local.children = self._local.__dict__.get("children", []), []
         for child_id in children:
-            self.dispatcher.tick(child_id, None)
+            self.dispatcher.tick(child_id, None, token=self._token(child_id))
 
     def _after_end(self, run: RunState) -> None:
         """A run ended: its children made in this attempt are not ticked; its parent is told."""
@@ -91,15 +91,15 @@ class Subworkflows(EngineBase):
                 if child.status == RunStatus.COMPLETED:
                     apply_resume(parent, wait_key=wait_key, payload={"sub_run_id": child.run_id,
                                                                      "output": child.output})
-                    pv = self._commit_tick(parent, [], pv)
+                    pv = self._commit_tick(parent, [], pv, fenced=False)
                     self.dispatcher.tick(parent.run_id, pv, workflow=parent.workflow_id,
-                                         node=parent.current_node)
+                                         node=parent.current_node, token=self._token(parent.run_id))
                 else:
                     record = StepRecord.start(run=parent, node_id=parent.current_node or "", effect=None)
                     ended = "was cancelled" if child.status == RunStatus.CANCELLED else "failed"
                     self._fail(parent, [record], f"Subworkflow '{child.workflow_id}' {ended}: {child.error}")
                     parent.waiting = None
-                    self._commit_end(parent, [record], pv)
+                    self._commit_end(parent, [record], pv, fenced=False)
                     if parent.parent_run_id:
                         self._notify_parent(parent)
                 break

@@ -3,11 +3,15 @@ handlers the driver runs (the waits inside the tick, subworkflows, the registere
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from runtime import EffectType, RunState, RunStatus, StepRecord, VersionConflict, WaitReason, WaitState
 from runtime._clock import epoch_ms
-from runtime.errors import InvalidTimeError
+from runtime.errors import InvalidTimeError, StaleLease
+from runtime.execution import Execution, executing
 from runtime.models import EffectOutcome
 from runtime.step import PendingEffect, apply_outcome, execute_effect, start_attempt
 
@@ -40,28 +44,36 @@ def _wait_until_by(now_ms: int) -> Any:
 class Effects(EngineBase):
     """``Engine.effect`` and the handlers every effect runs through."""
 
-    def effect(self, run_id: str, version: int | None, key: str, attempt: int) -> str:
-        """Execute one attempt of a run's pending effect and commit its outcome."""
+    def effect(self, run_id: str, version: int | None, key: str, attempt: int, token: int | None = None) -> str:
+        """Execute one attempt of a run's pending effect and commit its outcome.
+
+        ``token``: the fencing token the message was sent with (older than the run's: dropped,
+        as in :meth:`tick`). While the effect runs its lease is renewed, as long as this worker
+        still holds it; its commit is refused if the lease was granted to another meanwhile.
+        """
         loaded = self.backend.load_for_driver(run_id)
         if loaded is None:
             return "missing"
-        run, v, d, now_ms, _lost = loaded
+        run, v, d, now_ms = loaded.run, loaded.version, loaded.dispatch, loaded.now_ms
         logs.note(run_id, workflow=run.workflow_id, node=run.current_node, version=v)
         pending = d.pending if d is not None and d.kind == "effect" else None
         if (run.status != RunStatus.RUNNING or d is None or pending is None or pending.idempotency_key != key
-                or pending.attempt != attempt or (version is not None and version != v)):
-            return "stale"  # cancelled, landed already, or another attempt's message
+                or pending.attempt != attempt or (version is not None and version != v)
+                or (token is not None and token < loaded.token)):
+            return "stale"  # cancelled, landed already, another attempt's message, or granted again
+        held = loaded.token
         record = d.started_record()
         if record is None:  # a retry: its `started` record goes in now, and is remembered in the dispatch
             record = start_attempt(run, pending)
             try:
                 self.backend.append([StepRecord.from_dict(record.to_dict())], run_id=run.run_id,
-                                    dispatch=d.with_started(record))
+                                    dispatch=d.with_started(record), fence=held)
             except VersionConflict:
                 return "stale"
         self._local.children = []
         started = record.to_dict()
-        outcome = self._run_effect(run, pending, self._handlers())
+        with self._renewing(run_id, held), executing(Execution(run_id, pending.node_id, held, key, attempt)):
+            outcome = self._run_effect(run, pending, self._handlers())
         tr = apply_outcome(run, pending, outcome, record=record, policy=self.registry.effect_policy)
         try:
             try:
@@ -71,16 +83,44 @@ class Effects(EngineBase):
                 # it was before this attempt.
                 logger.warning("effect: run %s: the result of %s was refused: %s", run_id, key, exc)
                 reloaded = self.backend.load_for_driver(run_id)
-                if reloaded is None or reloaded.version != v:
+                if reloaded is None or reloaded.version != v or reloaded.token != held:
                     return "stale"
                 run = reloaded.run
                 failed = EffectOutcome.failed(f"Effect result refused by the store: {exc}")
                 tr = apply_outcome(run, pending, failed, record=StepRecord.from_dict(started),
                                    policy=self.registry.effect_policy)
                 return self._land(run, v, tr, tr.records, now_ms)
+        except StaleLease as exc:
+            logger.warning("effect: run %s: %s; the outcome of %s is dropped", run_id, exc, key)
+            return "stale"
         except VersionConflict:
             logger.info("effect: run %s moved while effect %s ran; its outcome is dropped", run_id, key)
             return "stale"
+
+    @contextmanager
+    def _renewing(self, run_id: str, token: int) -> Iterator[None]:
+        """Renew the lease of ``run_id`` every third of ``effect_lease_s`` while the block runs,
+        as long as ``token`` is still the run's: a long effect keeps its lease without a lease
+        as long as the slowest effect, and a dead worker's lease still expires."""
+        done = threading.Event()
+        period = max(self._effect_lease / 3000, 0.05)
+
+        def renew() -> None:
+            while not done.wait(period):
+                try:
+                    if not self.backend.renew_held_lease(run_id, token, self._effect_lease):
+                        logger.warning("effect: run %s: lease granted to another (token %d is stale); "
+                                       "this attempt's outcome will be refused", run_id, token)
+                        return
+                except Exception as exc:  # Redis away for a moment: try again next period
+                    logger.warning("effect: run %s: could not renew the lease: %s", run_id, exc)
+
+        keeper = threading.Thread(target=renew, name=f"lease-{run_id[:8]}", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            done.set()
 
     def _handlers(self, now_ms: int | None = None) -> dict[Any, Any]:
         """The effect handlers: the built-in waits (WAIT_UNTIL by the Redis clock when ``now_ms``

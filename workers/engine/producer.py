@@ -47,7 +47,8 @@ class ProducerOperations(EngineBase):
                            session_id=session_id, vars=run_vars, parent_run_id=parent_run_id, run_id=run_id)
         v = self.backend.commit(run, [], create=True, dispatch=Dispatch.tick(), lease_ms=self._tick_lease)
         if dispatch:
-            self.dispatcher.tick(run.run_id, v, workflow=workflow.workflow_id, node=workflow.entry_node)
+            self.dispatcher.tick(run.run_id, v, workflow=workflow.workflow_id, node=workflow.entry_node,
+                                 token=self._token(run.run_id))
         return run.run_id
 
     def _retrying(self, run_id: str, change: Callable[[RunState, int], _Change | None]) -> RunState:
@@ -66,10 +67,11 @@ class ProducerOperations(EngineBase):
                 changed, what = result[0], result[1]
                 records = list(result[2]) if len(result) > 2 else []  # type: ignore[misc]
                 if what == "tick":
-                    v = self._commit_tick(changed, records, v)
-                    self.dispatcher.tick(run_id, v, workflow=changed.workflow_id, node=changed.current_node)
+                    v = self._commit_tick(changed, records, v, fenced=False)
+                    self.dispatcher.tick(run_id, v, workflow=changed.workflow_id, node=changed.current_node,
+                                         token=self._token(run_id))
                 else:
-                    self._commit(changed, records, v)
+                    self._commit(changed, records, v, fenced=False)
                 return changed
             except VersionConflict:
                 time.sleep(0.001)

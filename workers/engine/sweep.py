@@ -16,6 +16,7 @@ from typing import Any
 from runtime import RunState, RunStatus, StepRecord, VersionConflict
 from stores.redis.dispatch import Dispatch
 
+from ..stuck import detect_stuck
 from .base import EngineBase, iso, logger
 
 __all__ = ["Recovery", "DEAD_LETTERS_MAX"]
@@ -47,18 +48,25 @@ class Recovery(EngineBase):
             counts["leases"] += 1
             if self._poisoned(run, v, d, counts):
                 continue
-            if d.kind == "effect" and d.pending is not None:
-                self.backend.renew_lease(rid, self._effect_lease)
+            # A new grant: a worker still holding the old token (paused past its lease, say)
+            # is refused at its commit, and its message, if still queued, is dropped.
+            effect = d.kind == "effect" and d.pending is not None
+            token = self.backend.grant_lease(rid, v, self._effect_lease if effect else self._tick_lease, now)
+            if token is None:
+                continue  # it moved since it was loaded: its commit sent what is next
+            if effect:
+                assert d.pending is not None
                 self.dispatcher.effect(d.queue or "ticks", rid, v, d.pending.idempotency_key, d.pending.attempt,
-                                       workflow=run.workflow_id, node=run.current_node)
+                                       workflow=run.workflow_id, node=run.current_node, token=token)
             else:
-                self.dispatcher.tick(rid, v, workflow=run.workflow_id, node=run.current_node)
-            logger.info("sweep: lease of run %s expired; %s sent again", rid, d.kind)
+                self.dispatcher.tick(rid, v, workflow=run.workflow_id, node=run.current_node, token=token)
+            logger.info("sweep: lease of run %s expired; %s sent again with fencing token %d", rid, d.kind, token)
         _now, ids = self.backend.claim_due(k.timers(), limit=self.settings.sweep_batch,
                                            hold_ms=int(self.settings.timer_hold_s * 1000))
         for rid in ids:
             counts["timers"] += 1
             self.dispatcher.wake(rid, None)
+        counts.update(detect_stuck(self))  # stuck runs and SLA rules (workers/stuck.py)
         return counts
 
     def _poisoned(self, run: RunState, v: int, d: Dispatch, counts: dict[str, int]) -> bool:
@@ -82,7 +90,7 @@ class Recovery(EngineBase):
         records: list[StepRecord] = [started] if started is not None else []
         self._fail(run, records, message)
         try:
-            self._commit_end(run, records, v)
+            self._commit_end(run, records, v, fenced=False)
         except VersionConflict:  # a worker committed meanwhile: the run moved, its commit sends what is next
             return True
         counts["poisoned"] += 1

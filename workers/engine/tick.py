@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from runtime import EffectType, RunState, RunStatus, StepRecord, VersionConflict, WaitReason
 from runtime._clock import epoch_ms
+from runtime.execution import Execution, executing
 from runtime.step import Action, PendingEffect, Transition, apply_outcome, start_attempt, step, wake_if_due
 from stores.redis.dispatch import Dispatch
 
@@ -21,17 +22,21 @@ __all__ = ["Ticks"]
 class Ticks(EngineBase):
     """``Engine.tick`` and ``Engine.wake``, and the landing of a transition both use."""
 
-    def tick(self, run_id: str, version: int | None = None, attempt: int = 1) -> str:
+    def tick(self, run_id: str, version: int | None = None, attempt: int = 1, token: int | None = None) -> str:
         """Run the current node of a run (up to ``nodes_per_tick`` effect-free nodes).
 
+        ``token`` is the fencing token the message was sent with: older than the run's, the
+        lease was granted again since (the sweep sent another message) and this one is dropped.
         Returns what happened, for logs and tests: ``"missing"``, ``"stale"``, or the action.
         """
         loaded = self.backend.load_for_driver(run_id)
         if loaded is None:
             logger.warning("tick: run %s does not exist", run_id)
             return "missing"
-        run, v, d, now_ms, _lost = loaded
+        run, v, d, now_ms = loaded.run, loaded.version, loaded.dispatch, loaded.now_ms
         logs.note(run_id, workflow=run.workflow_id, node=run.current_node, version=v)
+        if token is not None and token < loaded.token:
+            return "stale"
         if d is not None and d.kind == "notify":
             self._notify_parent(run)
             return "notified"
@@ -45,7 +50,7 @@ class Ticks(EngineBase):
         loaded = self.backend.load_for_driver(run_id)
         if loaded is None:
             return "missing"
-        run, v, _d, now_ms, _lost = loaded
+        run, v, now_ms = loaded.run, loaded.version, loaded.now_ms
         logs.note(run_id, workflow=run.workflow_id, node=run.current_node, version=v)
         w = run.waiting
         # No version check: whether the run waits and is due is the whole question, and two
@@ -59,7 +64,7 @@ class Ticks(EngineBase):
             return "early"
         wake_if_due(run, iso(now_ms))
         try:
-            v = self._commit_tick(run, [], v)
+            v = self._commit_tick(run, [], v, fenced=False)  # a wake holds no lease: this commit grants one
         except VersionConflict:
             return "stale"
         return self._advance(run, v, now_ms)
@@ -71,7 +76,8 @@ class Ticks(EngineBase):
             logs.note(rid, node=node)
             try:
                 workflow = self._workflow(run.workflow_id)
-                tr = step(run, workflow, ctx=self.registry.context, policy=self.registry.effect_policy)
+                with executing(Execution(rid, node, self._token(rid) or 0)):
+                    tr = step(run, workflow, ctx=self.registry.context, policy=self.registry.effect_policy)
             except Exception as exc:  # D5: the tick policy decides, then the run fails
                 return self._node_failed(rid, v, node, exc, attempt)
             try:
@@ -80,7 +86,8 @@ class Ticks(EngineBase):
                     attempt = 1  # the next node's attempts are counted afresh
                     if n + 1 < self.settings.nodes_per_tick:
                         continue
-                    self.dispatcher.tick(rid, v, workflow=run.workflow_id, node=run.current_node)
+                    self.dispatcher.tick(rid, v, workflow=run.workflow_id, node=run.current_node,
+                                         token=self._token(rid))
                     return "next"
                 if tr.action is Action.EXECUTE:
                     assert tr.pending is not None
@@ -105,7 +112,7 @@ class Ticks(EngineBase):
         dispatch = Dispatch.effect(pending, queue=kind, started=record)
         v = self._commit(run, [record], v, dispatch=dispatch, lease_ms=self._effect_lease)
         self.dispatcher.effect(kind, run.run_id, v, pending.idempotency_key, pending.attempt,
-                               workflow=run.workflow_id, node=run.current_node)
+                               workflow=run.workflow_id, node=run.current_node, token=self._token(run.run_id))
         return "execute"
 
     def _land(self, run: RunState, v: int, tr: Transition, records: list[StepRecord], now_ms: int) -> str:
@@ -119,7 +126,7 @@ class Ticks(EngineBase):
         if tr.action is Action.NEXT:
             v = self._commit_tick(run, records, v)
             self._tick_children()
-            self.dispatcher.tick(rid, v, workflow=run.workflow_id, node=run.current_node)
+            self.dispatcher.tick(rid, v, workflow=run.workflow_id, node=run.current_node, token=self._token(rid))
             return "next"
         if tr.action is Action.PARK:
             v = self._commit(run, records, v)
@@ -135,7 +142,8 @@ class Ticks(EngineBase):
             v = self._commit(run, records, v, dispatch=Dispatch.effect(tr.pending, queue=kind),
                              lease_ms=int(tr.retry_in_s * 1000) + self._effect_lease)
             self.dispatcher.effect(kind, rid, v, tr.pending.idempotency_key, tr.pending.attempt,
-                                   countdown=tr.retry_in_s, workflow=run.workflow_id, node=run.current_node)
+                                   countdown=tr.retry_in_s, workflow=run.workflow_id, node=run.current_node,
+                                   token=self._token(rid))
             return "retry"
         self._commit_end(run, records, v)
         self._after_end(run)
@@ -144,15 +152,17 @@ class Ticks(EngineBase):
     def _node_failed(self, rid: str, v: int, node: str | None, exc: Exception, attempt: int) -> str:
         """A node handler raised: retry the tick with backoff, then fail the run with a record (D5)."""
         self._keep_failure(rid, exc, where="node", node=node, attempt=attempt)
+        held = self._token(rid)
         if attempt < self.settings.tick_max_attempts:
             delay = self.settings.tick_backoff_s * (2 ** (attempt - 1))
             logger.warning("run %s: node %s raised %s (attempt %d of %d); retrying in %.1fs", rid, node,
                            type(exc).__name__, attempt, self.settings.tick_max_attempts, delay, exc_info=exc)
-            self.backend.renew_lease(rid, int(delay * 1000) + self._tick_lease)
-            self.dispatcher.tick(rid, v, countdown=delay, attempt=attempt + 1, node=node)
+            if held is not None and not self.backend.renew_held_lease(rid, held, int(delay * 1000) + self._tick_lease):
+                return "stale"  # the lease was granted to another: its holder runs the node again
+            self.dispatcher.tick(rid, v, countdown=delay, attempt=attempt + 1, node=node, token=held)
             return "retry"
         loaded = self.backend.load_for_driver(rid)
-        if loaded is None or loaded.version != v:
+        if loaded is None or loaded.version != v or (held is not None and loaded.token != held):
             return "stale"
         run = loaded.run
         record = StepRecord.start(run=run, node_id=node or "", effect=None)

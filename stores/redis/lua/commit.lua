@@ -2,10 +2,12 @@
 -- append its ledger records, record effect results, and move every index.
 -- (Appending records without a state, before an effect runs, is append.lua.)
 --
--- KEYS, in this order (CommitKeys in stores/redis/backend.py):
+-- KEYS, in this order (CommitKeys in stores/redis/argv.py):
 -- KEYS[1]      run          run hash {s: msgpack state, v: version, h: chain head, t: token, d: dispatch,
---                            n: expired leases of the dispatch (the sweep counts them; removed here)}
--- KEYS[2]      ledger       ledger stream (field r: msgpack record)
+--                            n: expired leases of the dispatch (the sweep counts them; removed here),
+--                            g: fencing token (each lease grant adds one),
+--                            x: when the lease expired before the sweep granted it again (removed here)}
+-- KEYS[2]      ledger       ledger stream (field r: msgpack record, g: fencing token of its writer)
 -- KEYS[3]      results      results hash (idempotency key -> msgpack result; the first write wins)
 -- KEYS[4]      updated      idx of every run by updated_at
 -- KEYS[5]      workflow     idx of the run's workflow
@@ -20,7 +22,7 @@
 -- KEYS[14]     events       events stream
 -- KEYS[15]     leases       leases (run id -> lease expiry, epoch ms by the Redis clock)
 --
--- ARGV, in this order (CommitArgs in stores/redis/backend.py, then the records):
+-- ARGV, in this order (CommitArgs in stores/redis/argv.py, then the records):
 -- ARGV[1]      mode              "all": also move the indexes (one Redis: one call does everything);
 --                                "run": only the run's own keys (Redis Cluster: index.lua follows,
 --                                and KEYS[4..] may be omitted)
@@ -41,21 +43,33 @@
 -- ARGV[16]     new_head          chain head after the records ("" if no records)
 -- ARGV[17]     token             unique per call, kept in field t
 -- ARGV[18]     dispatch          what the run expects next (msgpack, kept in field d), "" to remove it
--- ARGV[19]     lease_ms          lease in ms from now (Redis TIME) for the follow-up the dispatch names, "" for none
--- ARGV[20..]   records           n, then n msgpack records, then m, then m pairs (idempotency key, msgpack result)
+-- ARGV[19]     lease_ms          lease in ms from now (Redis TIME) for the follow-up the dispatch names, "" for none;
+--                                a lease is a grant: the fencing token goes up by one
+-- ARGV[20]     fence             the fencing token the writer holds ("" for a writer holding no lease: a
+--                                producer, an operator); older than field g: refused
+-- ARGV[21..]   records           n, then n msgpack records, then m, then m pairs (idempotency key, msgpack result)
 --
--- Returns {OK, new version}; {CONFLICT, stored version} (-1 when the run does not exist);
--- {HEAD_MOVED, stored head}; {EXISTS, version} when a "new" run already exists. Nothing is
--- written unless it returns OK. A call whose token is already stored was applied before
--- (the reply was lost and the client retried): it returns {OK, version} again and writes nothing.
+-- Returns {OK, new version, fencing token}; {CONFLICT, stored version} (-1 when the run does not
+-- exist); {HEAD_MOVED, stored head}; {EXISTS, version} when a "new" run already exists;
+-- {STALE, fencing token} when the writer's lease was granted again since. Nothing is written
+-- unless it returns OK. A call whose token is already stored was applied before (the reply
+-- was lost and the client retried): it returns OK again and writes nothing.
 
-local CONFLICT, OK, HEAD_MOVED, EXISTS = 0, 1, 2, 3  -- Reply in stores/redis/scripts.py
+local CONFLICT, OK, HEAD_MOVED, EXISTS, STALE = 0, 1, 2, 3, 6  -- Reply in stores/redis/scripts.py
 
 local expected = ARGV[2]
-local stored = redis.call('HMGET', KEYS[1], 'v', 'h', 't', 'd', 'n')
+local stored = redis.call('HMGET', KEYS[1], 'v', 'h', 't', 'd', 'n', 'g', 'x')
 local version = tonumber(stored[1])
 local head = stored[2] or ''
-if stored[3] == ARGV[17] then return {OK, version or 0} end
+local fence = tonumber(stored[6]) or 0
+if stored[3] == ARGV[17] then return {OK, version or 0, fence} end
+-- A writer whose lease was granted to another since it loaded is refused first, so that it
+-- is told why even when the version it expects is still the stored one.
+local held = fence
+if ARGV[20] ~= '' then
+  held = tonumber(ARGV[20])
+  if held < fence then return {STALE, fence} end
+end
 
 if expected == 'new' then
   if version then return {EXISTS, version} end
@@ -64,11 +78,11 @@ elseif expected ~= 'any' then
 end
 if head ~= ARGV[3] then return {HEAD_MOVED, head} end
 
-local n = tonumber(ARGV[20])
+local n = tonumber(ARGV[21])
 for i = 1, n do
-  redis.call('XADD', KEYS[2], '*', 'r', ARGV[20 + i])
+  redis.call('XADD', KEYS[2], '*', 'r', ARGV[21 + i], 'g', held)
 end
-local at = 21 + n
+local at = 22 + n
 local m = tonumber(ARGV[at])
 for i = 1, m do
   redis.call('HSETNX', KEYS[3], ARGV[at + 2 * i - 1], ARGV[at + 2 * i])
@@ -77,15 +91,17 @@ local new_head = head
 if n > 0 then new_head = ARGV[16] end
 
 local new_version = (version or 0) + 1
+if ARGV[19] ~= '' then fence = fence + 1 end
 if ARGV[18] ~= '' then
-  redis.call('HSET', KEYS[1], 's', ARGV[5], 'v', new_version, 'h', new_head, 't', ARGV[17], 'd', ARGV[18])
+  redis.call('HSET', KEYS[1], 's', ARGV[5], 'v', new_version, 'h', new_head, 't', ARGV[17], 'g', fence,
+             'd', ARGV[18])
 else
-  redis.call('HSET', KEYS[1], 's', ARGV[5], 'v', new_version, 'h', new_head, 't', ARGV[17])
+  redis.call('HSET', KEYS[1], 's', ARGV[5], 'v', new_version, 'h', new_head, 't', ARGV[17], 'g', fence)
   if stored[4] then redis.call('HDEL', KEYS[1], 'd') end
 end
 -- A commit is progress: the count of lost deliveries of the old dispatch starts again.
-if stored[5] then redis.call('HDEL', KEYS[1], 'n') end
-if ARGV[1] == 'run' then return {OK, new_version} end
+if stored[5] or stored[7] then redis.call('HDEL', KEYS[1], 'n', 'x') end
+if ARGV[1] == 'run' then return {OK, new_version, fence} end
 
 -- The loaded state's entries are the stored ones (the version check proves it): move only
 -- what changed. index.lua, which cannot know them, clears every other status and reason.
@@ -100,4 +116,4 @@ move_entries(
   {run_id = run_id, updated = updated, status = ARGV[7], wait_old = ARGV[12], wait_new = ARGV[11],
    until_ms = ARGV[13], has_parent = ARGV[14], events_maxlen = ARGV[15], version = new_version,
    lease_ms = ARGV[19]})
-return {OK, new_version}
+return {OK, new_version, fence}
