@@ -101,3 +101,33 @@ def group(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
 def client(group: Any) -> Any:
     """A producer of that module's deployment."""
     return group.client()
+
+
+@pytest.fixture(params=["redis", "fakeredis"])
+def store(request: pytest.FixtureRequest) -> Any:
+    """A driver's ``RedisBackend`` under a fresh prefix, on the session's redis-server and on fakeredis."""
+    from support.backends import redis_backend
+
+    if request.param == "redis":
+        return redis_backend(request.getfixturevalue("redis_server").client())
+    import fakeredis
+
+    return redis_backend(fakeredis.FakeRedis(server=request.getfixturevalue("fake_redis_server")))
+
+
+@pytest.fixture
+def fresh(redis_server: Any, tmp_path: Path) -> Any:
+    """Makes deployments of this test alone (``fresh(**settings)``: its own prefix and broker
+    database, real worker and beat processes started by the test), closed after it."""
+    from support.celery_workers import WorkerGroup
+
+    groups: list[Any] = []
+
+    def make(**settings: Any) -> Any:
+        g = WorkerGroup(redis_server.url, tmp_path / f"g{len(groups)}", **settings)
+        groups.append(g)
+        return g
+
+    yield make
+    for g in groups:
+        g.close()

@@ -12,12 +12,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from workers.explain import BACKLOG_MIN, Code, Facts, diagnose
+
+from support.processes import until
 
 NOW = 1_764_500_000_000  # 2025-11-30 10:53:20 UTC, epoch ms
 AT = "2025-11-30T10:50:00+00:00"
@@ -128,15 +129,6 @@ def run(group, *args: str, **extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=60)
 
 
-def until(check, timeout: float = 20.0, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every)
-
-
 def code_becomes(client, rid: str, code: Code, timeout: float = 20.0):
     seen = []
 
@@ -185,22 +177,6 @@ def test_waiting_event_and_child(group, client, monkeypatch):
 
     with pytest.raises(RunNotFound):
         client.explain("no-such-run")
-
-
-@pytest.fixture
-def fresh(redis_server, tmp_path):
-    from support.celery_workers import WorkerGroup
-
-    groups = []
-
-    def make(**settings):
-        g = WorkerGroup(redis_server.url, tmp_path / f"g{len(groups)}", **settings)
-        groups.append(g)
-        return g
-
-    yield make
-    for g in groups:
-        g.close()
 
 
 def count_commands(monkeypatch) -> list[str]:

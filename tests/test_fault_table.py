@@ -33,6 +33,8 @@ import pytest
 
 from runtime import RunStatus
 
+from support.processes import until
+
 TESTS_DIR = Path(__file__).resolve().parent
 CLI = str(Path(sys.executable).with_name("abstractruntime"))
 #: Every queue kind but the one a row takes away.
@@ -85,15 +87,6 @@ def moves_on(group: Any, client: Any, run_id: str, timeout: float = 30.0) -> Any
     return done
 
 
-def until(check: Any, timeout: float = 20.0, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every)
-
-
 def hms(ms: int) -> str:
     """A Redis-clock time as ``explain`` writes it."""
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%H:%M:%S")
@@ -101,23 +94,6 @@ def hms(ms: int) -> str:
 
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
-
-
-@pytest.fixture
-def fresh(redis_server: Any, tmp_path: Path) -> Any:
-    """Deployments of this test alone (its own prefix and broker database), closed after it."""
-    from support.celery_workers import WorkerGroup
-
-    groups: list[Any] = []
-
-    def make(**settings: Any) -> Any:
-        g = WorkerGroup(redis_server.url, tmp_path / f"g{len(groups)}", **settings)
-        groups.append(g)
-        return g
-
-    yield make
-    for g in groups:
-        g.close()
 
 
 # -- the table -----------------------------------------------------------------------------------

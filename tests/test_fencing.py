@@ -27,20 +27,11 @@ from workers.settings import WorkerSettings
 from workers.testing import DrainLimitReached, StubDispatcher, make_stub_engine
 
 import support.celery_scenarios  # noqa: F401  (registers the workflows)
-from support.backends import redis_backend
 from support.celery_workers import WorkerGroup
 from support.fencing_scenarios import TokenStore, started
+from support.processes import until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(params=["redis", "fakeredis"])
-def store(request: pytest.FixtureRequest) -> RedisBackend:
-    if request.param == "redis":
-        return redis_backend(request.getfixturevalue("redis_server").client())
-    import fakeredis
-
-    return redis_backend(fakeredis.FakeRedis(server=request.getfixturevalue("fake_redis_server")))
 
 
 def token_of(store: RedisBackend, run_id: str) -> int:
@@ -64,9 +55,10 @@ def test_each_lease_grant_adds_one_and_an_older_token_is_refused_with_nothing_wr
     store.commit(run, [], create=True, dispatch=Dispatch.tick(), lease_ms=1000)
     assert token_of(store, "f1") == store.fence_of("f1") == 1
     # The sweep grants the expired lease again: the token goes up, the version does not.
-    assert store.grant_lease("f1", 1, 1000, store.time_ms()) == 2
-    assert store.grant_lease("f1", 7, 1000, store.time_ms()) is None  # not at that version: nothing granted
+    assert store.grant_lease("f1", 1, 1000, 1_000) == 2
+    assert store.grant_lease("f1", 7, 1000, 2_000) is None  # not at that version: nothing granted
     assert token_of(store, "f1") == 2
+    assert store.load_for_driver("f1").regranted_ms == 1_000  # when the lease first expired
 
     # The first holder (token 1) commits: refused, and told which tokens.
     record = StepRecord.start(run=run, node_id="a", effect=None)
@@ -81,15 +73,17 @@ def test_each_lease_grant_adds_one_and_an_older_token_is_refused_with_nothing_wr
         store.append([StepRecord.start(run=run, node_id="a", effect=None)], run_id="f1", fence=1)
     assert store.client.xlen(store.keys.ledger("f1")) == 0
 
-    # The holder of token 2 commits; its records carry its token beside them, outside the hash.
-    store.load_for_driver("f1")
+    # The holder of the newest token commits; its records carry it beside them, outside the hash.
+    assert store.grant_lease("f1", 1, 1000, 3_000) == 3  # expired again: the first expiry is kept
+    assert store.load_for_driver("f1").regranted_ms == 1_000
     store.commit(run, [StepRecord.start(run=run, node_id="a", effect=None)], expected_version=1,
-                 dispatch=Dispatch.tick(), lease_ms=1000, fence=2)
-    assert token_of(store, "f1") == store.fence_of("f1") == 3  # its lease was a grant too
-    store.append([StepRecord.start(run=run, node_id="a", effect=None)], run_id="f1", fence=3)
+                 dispatch=Dispatch.tick(), lease_ms=1000, fence=3)
+    assert token_of(store, "f1") == store.fence_of("f1") == 4  # its lease was a grant too
+    assert store.load_for_driver("f1").regranted_ms is None  # a commit is progress
+    store.append([StepRecord.start(run=run, node_id="a", effect=None)], run_id="f1", fence=4)
     # A writer holding no lease (a producer, an operator) is checked by version only.
     store.commit(run, [StepRecord.start(run=run, node_id="a", effect=None)])
-    assert ledger_tokens(store, "f1") == [2, 3, 3]
+    assert ledger_tokens(store, "f1") == [3, 4, 4]
     assert store.ledger.verify("f1")["ok"]
 
 
@@ -192,16 +186,6 @@ def test_node_handlers_see_their_execution(store):
 # -- the acceptance, on real workers -----------------------------------------------------------
 
 
-def wait_for(what: str, check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.timeout(180)
 def test_a_worker_paused_past_its_lease_cannot_commit_or_write_downstream(redis_server, tmp_path):
     g = WorkerGroup(redis_server.url, tmp_path / "g", tick_lease_s=2, effect_lease_s=2, sweep_period_s=0.5,
@@ -213,7 +197,9 @@ def test_a_worker_paused_past_its_lease_cannot_commit_or_write_downstream(redis_
         gate, db = tmp_path / "gate", tmp_path / "db"
         Path(f"{gate}.hold").write_text("")
         run_id = client.start("fenced", vars={"store": str(db), "gate": str(gate)})
-        [first] = wait_for("worker A to start the tool", lambda: started(gate))
+        marks = until(lambda: started(gate), timeout=30)
+        assert marks, "worker A never started the tool"
+        [first] = marks
         assert first["pid"] == a.pid and first["token"] == 2
         os.killpg(a.pid, signal.SIGSTOP)
         try:
@@ -225,9 +211,9 @@ def test_a_worker_paused_past_its_lease_cannot_commit_or_write_downstream(redis_
         finally:
             Path(f"{gate}.hold").unlink()
             os.killpg(a.pid, signal.SIGCONT)
-        entries = wait_for("worker A's write", lambda: [e for e in TokenStore(db).entries() if e["pid"] == a.pid])
+        entries = until(lambda: [e for e in TokenStore(db).entries() if e["pid"] == a.pid], timeout=30)
         assert [(e["token"], e["ok"]) for e in entries] == [(2, False)]  # the downstream store refused it
-        wait_for("worker A's refused commit", lambda: "stale lease" in g.log("a"))
+        assert until(lambda: "stale lease" in g.log("a"), timeout=30), "worker A's commit was not refused"
         # (the run's token is past 3 by then: B's commit granted the lease of the next tick)
         assert re.search(r"holds fencing token 2, the run's is [3-9]", g.log("a"))
         ledger = client.get_ledger(run_id)

@@ -28,21 +28,11 @@ from workers.settings import WorkerSettings
 from workers.testing import DrainLimitReached, StubDispatcher, make_stub_engine
 
 import support.celery_scenarios  # noqa: F401  (registers the workflows)
-from support.backends import redis_backend
 from support.celery_workers import WorkerGroup
 
 pytestmark = pytest.mark.timeout(60)
 
 MESSAGE = "Node 'start' lost its worker 2 times (the process died while running it); the run is failed as poisoned"
-
-
-@pytest.fixture(params=["redis", "fakeredis"])
-def store(request: pytest.FixtureRequest) -> RedisBackend:
-    if request.param == "redis":
-        return redis_backend(request.getfixturevalue("redis_server").client())
-    import fakeredis
-
-    return redis_backend(fakeredis.FakeRedis(server=request.getfixturevalue("fake_redis_server")))
 
 
 def stub_engine(store: RedisBackend, poison_after: int = 2) -> tuple[Any, StubDispatcher]:

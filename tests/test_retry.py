@@ -28,15 +28,6 @@ from support.backends import redis_backend
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(params=["redis", "fakeredis"])
-def store(request: pytest.FixtureRequest) -> RedisBackend:
-    if request.param == "redis":
-        return redis_backend(request.getfixturevalue("redis_server").client())
-    import fakeredis
-
-    return redis_backend(fakeredis.FakeRedis(server=request.getfixturevalue("fake_redis_server")))
-
-
 def stub_engine(store: RedisBackend) -> tuple[Any, StubDispatcher]:
     return make_stub_engine(store, registry, WorkerSettings(tick_max_attempts=2, tick_backoff_s=0.1))
 

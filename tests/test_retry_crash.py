@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import pytest
 from runtime import RunStatus
 
 from support.celery_workers import WorkerGroup
+from support.processes import until
 
 TESTS_DIR = Path(__file__).resolve().parent
 CLI = str(Path(sys.executable).with_name("abstractruntime"))
@@ -36,13 +36,6 @@ def cli(group: WorkerGroup, *args: str, actor: str) -> subprocess.CompletedProce
     env = {k: v for k, v in os.environ.items() if not k.startswith("ABSTRACTRUNTIME_") and k != "PYTHONPATH"}
     env.update(group.env, PYTHONPATH=str(TESTS_DIR), ABSTRACTRUNTIME_ACTOR=actor)
     return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=60)
-
-
-def until(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return value
 
 
 @pytest.fixture

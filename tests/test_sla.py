@@ -31,7 +31,7 @@ from workers.sla import InvalidSlaRule, SlaRule
 from workers.testing import make_stub_engine
 
 from support import sla_scenarios
-from support.backends import redis_backend
+from support.processes import until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -152,26 +152,6 @@ def receiver():
     yield make
     for r in made:
         r.close()
-
-
-@pytest.fixture(params=["redis", "fakeredis"])
-def store(request: pytest.FixtureRequest) -> Any:
-    if request.param == "redis":
-        client = request.getfixturevalue("redis_server").client()
-    else:
-        import fakeredis
-
-        client = fakeredis.FakeRedis(server=request.getfixturevalue("fake_redis_server"))
-    return redis_backend(client)
-
-
-def until(check: Any, timeout: float = 20.0, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every)
 
 
 # -- the sweep, through the stub dispatcher ------------------------------------------------------------

@@ -77,17 +77,6 @@ def test_waits_are_judged_from_the_commit_that_parked_them():
 # -- the detector, through the stub dispatcher --------------------------------------------------------
 
 
-@pytest.fixture(params=["redis", "fakeredis"])
-def store(request: pytest.FixtureRequest) -> Any:
-    if request.param == "redis":
-        client = request.getfixturevalue("redis_server").client()
-    else:
-        import fakeredis
-
-        client = fakeredis.FakeRedis(server=request.getfixturevalue("fake_redis_server"))
-    return redis_backend(client)
-
-
 def asking_registry() -> Registry:
     reg = Registry()
     reg.register_workflow(one_effect(Effect(type=EffectType.ASK_USER, payload={"prompt": "Ship it?"},

@@ -107,8 +107,8 @@ class Facts:
     #: how many the sweep fails the run as poisoned (0: never).
     lost: int = 0
     poison_after: int = 0
-    #: The run's fencing token, and when its lease expired before the sweep granted it again
-    #: (if it did since the last commit).
+    #: The run's fencing token, and when its lease first expired since the last commit, if the
+    #: sweep granted it again since.
     token: int = 0
     regranted_ms: int | None = None
 
@@ -255,8 +255,9 @@ def _running(f: Facts, since: str, ev: dict[str, Any]) -> Diagnosis:
         beat = (f"no recovery sweep since {_at(f.last_sweep_ms)}" if f.last_sweep_ms is not None
                 else "no recovery sweep has run") if late else \
             f"the next sweep re-dispatches it with token {f.token + 1} to queue `{q}`"
+        first = f.regranted_ms if f.regranted_ms is not None else f.lease_ms  # the clock of a stuck run
         return Diagnosis(Code.LEASE_EXPIRED, f"lease expired {_at(f.lease_ms)} (fencing token {f.token}), "
-                         f"{beat}{_lost(f)}", _iso(f.lease_ms), {**ev, "lost": f.lost, "poison_after": f.poison_after,
+                         f"{beat}{_lost(f)}", _iso(first), {**ev, "lost": f.lost, "poison_after": f.poison_after,
                                                                 "token": f.token},
                          "start exactly one beat: abstractruntime beat" if late
                          else "if this stays, read the workers' logs")

@@ -57,12 +57,14 @@ class InvalidSlaRule(WorkflowError, ValueError):
         super().__init__(f"{where}: {field}: {problem}")
 
 
-def _seconds(value: Any, name: str, rule: str) -> float | None:
-    if value is None:
-        return None
+def _positive(value: Any, name: str, rule: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise InvalidSlaRule(name, f"must be a finite number of seconds above 0, got {value!r}", rule=rule)
     return float(value)
+
+
+def _seconds(value: Any, name: str, rule: str) -> float | None:
+    return None if value is None else _positive(value, name, rule)
 
 
 @dataclass(frozen=True)
@@ -93,14 +95,13 @@ class SlaRule:
         waits: dict[str, float] = {}
         w = self.max_waiting_s
         if isinstance(w, Mapping):
-            for reason, limit in w.items():
+            for reason, value in w.items():
                 if reason not in WAIT_REASONS:
                     raise InvalidSlaRule(f"max_waiting_s[{reason!r}]", "unknown wait reason; one of "
                                          + ", ".join(WAIT_REASONS), rule=name)
-                waits[reason] = _seconds(limit, f"max_waiting_s[{reason!r}]", name)  # type: ignore[assignment]
+                waits[reason] = _positive(value, f"max_waiting_s[{reason!r}]", name)
         elif w is not None:
-            limit = _seconds(w, "max_waiting_s", name)
-            waits = {reason: limit for reason in WAIT_REASONS}  # type: ignore[misc]
+            waits = dict.fromkeys(WAIT_REASONS, _positive(w, "max_waiting_s", name))
         object.__setattr__(self, "_waits", waits)
         if self.max_running_s is None and self.max_total_s is None and not waits:
             raise InvalidSlaRule("max_running_s", "a rule needs a limit: max_running_s, max_waiting_s or "

@@ -61,8 +61,8 @@ class Loaded(NamedTuple):
     #: The run's fencing token (field ``g``): how many times a lease was granted on it. A message
     #: carrying an older one was sent for an earlier grant.
     token: int = 0
-    #: When the lease expired before the sweep granted it again, if it did since the last
-    #: commit (field ``x``, epoch ms); None otherwise.
+    #: When the lease first expired since the last commit, if the sweep granted it again
+    #: since (field ``x``, epoch ms); None otherwise.
     regranted_ms: int | None = None
 
 

@@ -18,12 +18,24 @@ from runtime.models import validate_run_id
 from .keys import Keys
 from .scripts import Reply
 
-__all__ = ["RedisIndexes", "LAST_FAILURE_MAX_CHARS"]
+__all__ = ["RedisIndexes", "LAST_FAILURE_MAX_CHARS", "json_map"]
 
 #: Characters of traceback kept with a run's last failure (the end is kept).
 LAST_FAILURE_MAX_CHARS = 8000
 #: Milliseconds a silent process's heartbeat entry is kept (the heartbeat's details expire sooner).
 HEARTBEATS_KEPT_MS = 3_600_000
+
+
+def json_map(raw: Any) -> dict[str, Any] | None:
+    """A JSON object kept beside the runs (a last failure, a stuck run's details), or None when
+    absent or not a JSON object (such a field is a courtesy: unreadable means absent)."""
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _ids(members: Any) -> list[str]:
@@ -196,14 +208,7 @@ class RedisIndexes:
 
     def last_failure(self, run_id: str) -> dict[str, Any] | None:
         """The newest failure kept by :meth:`set_last_failure`, or None."""
-        raw = self.client.hget(self.keys.run(validate_run_id(run_id)), "f")
-        if not raw:
-            return None
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
+        return json_map(self.client.hget(self.keys.run(validate_run_id(run_id)), "f"))
 
     def add_dead_letter(self, entry: dict[str, Any], *, keep: int) -> None:
         """Put a refused message first in the dead-letter list, which keeps the newest ``keep``."""

@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from .indexes import json_map
 from .keys import Keys
 
 __all__ = ["RedisStuck"]
@@ -28,16 +29,6 @@ __all__ = ["RedisStuck"]
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _json(raw: Any) -> dict[str, Any] | None:
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 class RedisStuck:
@@ -85,7 +76,7 @@ class RedisStuck:
         if not run_ids:
             return {}
         raws = self.client.hmget(self.keys.stuck_runs(), list(run_ids))
-        return {rid: entry for rid, raw in zip(run_ids, raws) if (entry := _json(raw)) is not None}
+        return {rid: entry for rid, raw in zip(run_ids, raws) if (entry := json_map(raw)) is not None}
 
     def _event(self, pipe: Any, fields: Mapping[str, Any]) -> None:
         pipe.xadd(self.keys.events(), {k: "" if v is None else str(v) for k, v in fields.items()},
@@ -174,13 +165,13 @@ class RedisStuck:
         return [_text(i) for i in ids]
 
     def sla_alert(self, alert_id: str) -> dict[str, Any] | None:
-        return _json(self.client.hget(self.keys.sla_alerts(), alert_id))
+        return json_map(self.client.hget(self.keys.sla_alerts(), alert_id))
 
     def sla_alerts_of(self, alert_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         if not alert_ids:
             return {}
         raws = self.client.hmget(self.keys.sla_alerts(), list(alert_ids))
-        return {a: alert for a, raw in zip(alert_ids, raws) if (alert := _json(raw)) is not None}
+        return {a: alert for a, raw in zip(alert_ids, raws) if (alert := json_map(raw)) is not None}
 
     def update_alert(self, alert_id: str, alert: Mapping[str, Any], *, retry_at_ms: int | None = None) -> None:
         """Store the alert's new state; its action is due again at ``retry_at_ms``, or done (None)."""

@@ -1,5 +1,6 @@
-"""Watching real processes from the tests: a background command read line by line, and
-what is left running afterwards (read from /proc, so the checks need Linux)."""
+"""Watching real processes from the tests: a background command read line by line, what is
+left running afterwards (read from /proc, so the checks need Linux), and waiting for a
+condition they bring about (:func:`until`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import os
 import signal
 import subprocess
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 #: Skip reason for tests that look for leftover processes.
 NEEDS_PROC = "needs /proc to look for leftover processes"
@@ -102,3 +106,14 @@ class Background:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+def until(check: Callable[[], Any], timeout: float = 20.0, every: float = 0.1) -> Any:
+    """Call ``check`` every ``every`` seconds until it returns something true or ``timeout``
+    seconds passed; returns its last value (a test asserts it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)

@@ -6,7 +6,7 @@
 -- KEYS[1]      run          run hash {s: msgpack state, v: version, h: chain head, t: token, d: dispatch,
 --                            n: expired leases of the dispatch (the sweep counts them; removed here),
 --                            g: fencing token (each lease grant adds one),
---                            x: when the lease expired before the sweep granted it again (removed here)}
+--                            x: when the lease first expired before the sweep granted it again (removed here)}
 -- KEYS[2]      ledger       ledger stream (field r: msgpack record, g: fencing token of its writer)
 -- KEYS[3]      results      results hash (idempotency key -> msgpack result; the first write wins)
 -- KEYS[4]      updated      idx of every run by updated_at
