@@ -96,7 +96,7 @@ class Faults:
         loaded = backend.load_for_driver(rid)
         if loaded is None:
             return
-        _run, v, d, _now, _lost = loaded
+        v, d = loaded.version, loaded.dispatch
         dispatcher = self.client.engine.dispatcher
         if d is not None and d.kind == "effect" and d.pending is not None:
             dispatcher.effect(d.queue or "ticks", rid, v, d.pending.idempotency_key, d.pending.attempt)
