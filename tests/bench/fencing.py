@@ -205,6 +205,7 @@ def measure_tree(side: str, tree: Path, server: Any, folder: Path, args: argpars
         group.close()
     return {"one": args.nodes / one["seconds"], "many": args.runs * args.per_run / many["seconds"],
             "tokens": one["tokens"] + many["tokens"], "workers_file": one["workers_file"],
+            "script_us": one["script_us"],
             "commands_per_tick": {k: v / args.nodes for k, v in sorted(one["commands"].items())}}
 
 
@@ -237,16 +238,23 @@ def driver(workflow: str, runs: int, warm: bool) -> int:
     def stats() -> dict[str, int]:
         return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in r.info("commandstats").items()}
 
+    def script_usec() -> tuple[int, int]:
+        """Calls and server time (µs) of EVALSHA: the commit and claim scripts, the fencing in them."""
+        row = r.info("commandstats").get("cmdstat_evalsha", {})
+        return int(row.get("calls", 0)), int(row.get("usec", 0))
+
     if warm:
         go(chain_id(20), 5)
-    before = stats()
+    before, (calls0, usec0) = stats(), script_usec()
     secs, ids = go(workflow, runs)
-    after = stats()
+    after, (calls1, usec1) = stats(), script_usec()
     # Every command of the server (runs in db 0, broker in db 1) over the timed runs, but this
     # driver's polling (ZSCORE) and INFO: what the workers, the broker and the starts cost.
     cmds = {k: v - before.get(k, 0) for k, v in after.items() if k not in ("zscore", "info") and v - before.get(k, 0)}
     tokens = sum(1 for rid in ids if r.hget(client.backend.keys.run(rid), "g") is not None)
-    print(json.dumps({"seconds": secs, "tokens": tokens, "workers_file": workers.__file__, "commands": cmds}))
+    script_us = (usec1 - usec0) / max(1, calls1 - calls0)
+    print(json.dumps({"seconds": secs, "tokens": tokens, "workers_file": workers.__file__, "commands": cmds,
+                      "script_us": script_us}))
     client.close()
     return 0
 
@@ -273,6 +281,10 @@ def table(out: dict[str, Any], args: argparse.Namespace) -> str:
         per = out["rounds"][-1][side]["commands_per_tick"]
         lines.append(f"Redis commands per tick, 1 run, {side} ({sum(per.values()):.2f}): "
                      + ", ".join(f"{k} {v:.2f}" for k, v in per.items() if v >= 0.01))
+    us = {side: statistics.median(r[side]["script_us"] for r in out["rounds"]) for side in ("current", "baseline")}
+    lines.append(f"Redis server time per EVALSHA (the commit script), median of rounds: "
+                 f"current {us['current']:.1f} µs, baseline {us['baseline']:.1f} µs "
+                 f"({us['current'] / us['baseline']:.2f}x)")
     lines.append(f"runs carrying a fencing token (field g): current {out['tokens_current']}, "
                  f"baseline {out['tokens_baseline']}")
     lines.append(f"workers imported from: current {out['files']['current']}; baseline {out['files']['baseline']}")
