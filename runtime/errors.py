@@ -47,6 +47,10 @@ them (module in brackets) and join the tree through its branches::
     │       └── ChosenRedisServerNotFound            not the one ABSTRACTRUNTIME_REDIS_SERVER names
     ├── AbstractCoreMissing             (ImportError) the local LLM mode needs abstractcore
     │                                                  [runtime.integrations.abstractcore]
+    ├── InvalidLimitRule                (ValueError) a flow-control key or rule, naming the field
+    │                                                  [workers.flow.rules]
+    ├── BudgetExceeded                               a flow-control rule refused an admission for good
+    │                                                  [workers.flow.rules]
     └── DrainLimitReached               (RuntimeError) a stub drain whose runs never rest
                                                        [workers.testing]
 
