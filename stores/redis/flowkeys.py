@@ -1,0 +1,69 @@
+"""Key names of flow control (issue 14): the limits registry, the price table, and the state of
+each rule on each concrete key (its slot holders, its rate bucket, its budget window).
+
+Every key carries one hash tag, ``{<prefix>-flow}``, so that one admission, which checks the
+rules of every key on a run's path at once, touches a single Redis Cluster slot: one script
+call, atomic. The consequence on Cluster: all flow control lives on one node (its load is one
+small script per admission and per release; ``docs/redis-layout.md``).
+
+A *rule id* names one rule on one concrete key: ``<key>|<scope>|<name>`` (``tenant:acme|*|limit``).
+A pattern rule (``tenant:*``) is stored once under its pattern id and counted per concrete key:
+its state keys use the concrete key's id (``tenant:acme|*|limit``, ``tenant:beta|*|limit``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["FlowKeys", "rule_id"]
+
+
+def rule_id(key: str, scope: str, name: str) -> str:
+    """``tenant:acme|*|limit``: one rule on one key (or pattern)."""
+    return f"{key}|{scope}|{name}"
+
+
+class FlowKeys:
+    """Flow-control key names under one prefix (default ``ar``)."""
+
+    def __init__(self, prefix: str = "ar") -> None:
+        self.prefix = prefix
+        self._t = f"{prefix}:{{{prefix}-flow}}:"
+
+    def limits(self) -> str:
+        """HASH: rule id -> the rule's JSON (``LimitRule.to_dict``); the registry, editable at runtime."""
+        return self._t + "limits"
+
+    def prices(self) -> str:
+        """HASH: model name -> JSON ``{"input_usd_per_mtok", "output_usd_per_mtok"}``; field ``*``:
+        the price of a model not listed."""
+        return self._t + "prices"
+
+    def slots(self, rid: str) -> str:
+        """ZSET: holder id -> lease expiry (epoch ms, Redis clock); the holders of a concurrency rule."""
+        return self._t + "slots:" + rid
+
+    def rate(self, rid: str) -> str:
+        """STRING: the GCRA theoretical arrival time (epoch ms) of a rate rule."""
+        return self._t + "rate:" + rid
+
+    def budget(self, rid: str) -> str:
+        """HASH: ``w`` window start (epoch ms), ``t`` tokens and ``c`` cost (micro-dollars) spent or
+        reserved in that window; ``r:<holder>`` the holder's open reservation ``"tokens,micro-dollars"``."""
+        return self._t + "budget:" + rid
+
+    def deferred(self, key: str) -> str:
+        """ZSET: deferred work of one concrete key (member: a JSON item), scored by priority then
+        arrival (``priority * 1e13 + arrival ms``)."""
+        return self._t + "deferred:" + key
+
+    def ready(self) -> str:
+        """ZSET: keys with deferred work, scored by when their head may be admitted (epoch ms)."""
+        return self._t + "ready"
+
+    def holders(self) -> str:
+        """ZSET: holder id -> lease expiry, across every rule: what the sweep reclaims when expired
+        (the holder's rule ids are in :meth:`held`)."""
+        return self._t + "holders"
+
+    def held(self, holder: str) -> str:
+        """SET: the rule ids a holder holds a slot or a reservation of (released together)."""
+        return self._t + "held:" + holder
