@@ -27,6 +27,7 @@ from stores.redis import RedisBackend
 
 from .app import CeleryDispatcher, create_app
 from .engine import Dispatcher, Engine
+from .flow.rules import AdmissionKeys
 from .registry import Registry, registry
 from .settings import WorkerSettings
 
@@ -103,10 +104,14 @@ class Client:
     # -- starting --------------------------------------------------------------------------------
 
     def start(self, workflow_id: str, vars: dict[str, Any] | None = None, *, run_id: str | None = None,
-              actor_id: str | None = None, session_id: str | None = None) -> str:
+              actor_id: str | None = None, session_id: str | None = None, tenant: str | None = None,
+              user: str | None = None, agent: str | None = None) -> str:
         """Create a run of ``workflow_id`` and send its first tick; returns the run id.
 
         ``run_id`` picks the id, which must be free (:class:`RunAlreadyExists` otherwise).
+        ``tenant``, ``user`` and ``agent`` are the keys flow control admits the run under
+        (``docs/flow-control.md``; the agent defaults to the workflow id); a malformed one is
+        :class:`~workers.flow.InvalidLimitRule`, and nothing is stored.
         :class:`WorkflowNotRegistered` when no imported module registered the workflow.
         """
         self.import_workflows()
@@ -115,7 +120,9 @@ class Client:
             known = ", ".join(sorted(self.registry.workflows.list_ids())) or "none"
             raise WorkflowNotRegistered(workflow_id, hint=f"registered here: {known}; modules imported from "
                                         f"ABSTRACTRUNTIME_IMPORTS: {', '.join(self.settings.imports) or 'none'}")
-        return self.engine.create(workflow, vars=vars, run_id=run_id, actor_id=actor_id, session_id=session_id)
+        flow = AdmissionKeys(tenant=tenant, user=user, agent=agent)
+        return self.engine.create(workflow, vars=vars, run_id=run_id, actor_id=actor_id, session_id=session_id,
+                                  flow=flow)
 
     # -- reading ---------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from runtime.models import EffectOutcome
 from runtime.runtime import child_run_id
 from runtime.step import apply_resume, current_effect_call
 
+from ..flow.rules import FLOW_VARS, AdmissionKeys
 from .base import EngineBase
 
 __all__ = ["Subworkflows", "CONFLICT_RETRIES"]
@@ -42,8 +43,11 @@ class Subworkflows(EngineBase):
         child = loaded.run if loaded is not None else None
         if child is None:
             try:
+                # A child is admitted under its parent's tenant and user (its agent: its own workflow).
+                keys = AdmissionKeys.from_dict(run.vars.get(FLOW_VARS))
                 self.create(child_wf, vars=payload.get("vars"), run_id=child_id, actor_id=run.actor_id,
-                            session_id=run.session_id, parent_run_id=run.run_id, dispatch=False)
+                            session_id=run.session_id, parent_run_id=run.run_id, dispatch=False,
+                            flow=AdmissionKeys(tenant=keys.tenant, user=keys.user))
             except RunAlreadyExists:  # a duplicate of this task made it a moment ago
                 pass
         to_tick: list[str] = self._local.__dict__.setdefault("children", [])

@@ -17,6 +17,7 @@ from runtime.step import apply_cancel, apply_resume
 from runtime.waits import WaitAction, check_wait_ends
 from stores.redis.dispatch import Dispatch
 
+from ..flow.rules import FLOW_VARS, AdmissionKeys
 from .base import EngineBase, iso
 from .children import CONFLICT_RETRIES
 
@@ -32,8 +33,12 @@ class ProducerOperations(EngineBase):
 
     def create(self, workflow: WorkflowSpec, *, vars: dict[str, Any] | None = None, run_id: str | None = None,
                actor_id: str | None = None, session_id: str | None = None, parent_run_id: str | None = None,
-               dispatch: bool = True) -> str:
-        """Store a new run at the workflow's entry node and send its first tick."""
+               dispatch: bool = True, flow: AdmissionKeys | None = None) -> str:
+        """Store a new run at the workflow's entry node and send its first tick.
+
+        ``flow``: the keys the run is admitted under by flow control (``workers/flow``), kept in
+        ``vars["_flow"]`` (none: the run is counted under ``global`` and its workflow id only).
+        """
         from runtime.limits import RuntimeConfig
 
         workflow.get_node(workflow.entry_node)
@@ -43,6 +48,8 @@ class ProducerOperations(EngineBase):
         ensure_json(run_vars, "vars")
         if "_limits" not in run_vars:
             run_vars["_limits"] = RuntimeConfig().to_limits_dict()
+        if flow is not None and flow.to_dict():
+            run_vars[FLOW_VARS] = flow.to_dict()
         run = RunState.new(workflow_id=workflow.workflow_id, entry_node=workflow.entry_node, actor_id=actor_id,
                            session_id=session_id, vars=run_vars, parent_run_id=parent_run_id, run_id=run_id)
         v = self.backend.commit(run, [], create=True, dispatch=Dispatch.tick(), lease_ms=self._tick_lease)

@@ -38,7 +38,10 @@ from typing import Any
 from runtime.errors import AbstractRuntimeError
 
 __all__ = ["LimitRule", "AdmissionKeys", "InvalidLimitRule", "BudgetExceeded", "LEVELS", "SCOPES_FIXED",
-           "parse_key", "rule_applies"]
+           "FLOW_VARS", "parse_key", "rule_applies"]
+
+#: Where a run keeps its admission keys: ``vars["_flow"]`` (``{"tenant", "user", "agent"}``).
+FLOW_VARS = "_flow"
 
 #: The levels of a key path, outermost first (``global`` has no name).
 LEVELS = ("global", "tenant", "user", "agent")
