@@ -51,6 +51,10 @@ them (module in brackets) and join the tree through its branches::
     │                                                  [workers.flow.rules]
     ├── BudgetExceeded                               a flow-control rule refused an admission for good
     │                                                  [workers.flow.rules]
+    ├── InvalidPrice                    (ValueError) a price-table entry, naming the field
+    │                                                  [stores.redis.limits]
+    ├── UnknownModelPrice               (KeyError)   a model with no price and no `*` default
+    │                                                  [stores.redis.limits]
     └── DrainLimitReached               (RuntimeError) a stub drain whose runs never rest
                                                        [workers.testing]
 

@@ -162,7 +162,8 @@ def declared_codes(script: str) -> dict[str, int]:
     return dict(zip((n.strip() for n in m[1].split(",")), (int(v) for v in m[2].split(","))))
 
 
-@pytest.mark.parametrize("script", ["commit", "append", "fence"])
+@pytest.mark.parametrize("script", ["commit", "append", "fence", "admit", "admit_release", "admit_renew",
+                                    "admit_reconcile"])
 def test_every_reply_code_is_named_the_same_in_lua_and_python(script):
     codes = declared_codes(script)
     assert codes == {name: Reply[name].value for name in codes}
@@ -185,10 +186,58 @@ def test_a_failure_is_kept_only_for_a_run_that_exists(redis_server):
 
 
 def test_python_reads_reply_codes_only_by_name():
-    used = {name for script in ("commit", "append", "failure", "fence") for name in declared_codes(script)}
+    used = {name for script in ("commit", "append", "failure", "fence", "admit", "admit_release", "admit_renew",
+                                "admit_reconcile") for name in declared_codes(script)}
     assert used == {r.name for r in Reply}
-    backend_py = (LUA.parent / "backend.py").read_text(encoding="utf-8")
-    assert not re.search(r"code\s*[!=]=\s*\d", backend_py)
+    for module in ("backend.py", "admission.py"):
+        text = (LUA.parent / module).read_text(encoding="utf-8")
+        assert not re.search(r"code\s*[!=]=\s*\d", text)
+        assert not re.search(r"reply\[0\]\)*\s*[!=]=\s*\d", text)
+
+
+def test_the_admission_scripts_get_the_keys_and_argv_their_headers_list(redis_server):
+    from stores.redis.admission import Admission
+    from stores.redis.flowkeys import FlowKeys, rule_id
+    from workers.flow.rules import LimitRule
+
+    from support.backends import fresh_prefix
+
+    keys = FlowKeys(fresh_prefix())
+    adm = Admission(redis_server.client(), keys)
+    recorders = {name: Recorder(getattr(adm, f"_{name}")) for name in ("admit", "release", "renew", "reconcile")}
+    for name, recorder in recorders.items():
+        setattr(adm, f"_{name}", recorder)
+    rules = [(rule_id("global", "*", "limit"), LimitRule(key="global", concurrency=3, tokens=100)),
+             (rule_id("tenant:a", "*", "limit"), LimitRule(key="tenant:*", rate=5, burst=2))]
+    assert adm.acquire("h", rules, tokens=10, lease_ms=1000).admitted
+    assert adm.renew("h", 1000) and adm.reconcile("h", None, 5) == 1 and adm.release("h") == 1
+
+    def check(script: str, keys_sent: list[str], argv: list, per_key: int, per_arg: int) -> dict[str, str]:
+        items = header(script)
+        k_fixed, a_fixed = len(items["KEYS"]) - 1, len(items["ARGV"]) - 1
+        assert items["KEYS"][-1][1] is None and items["ARGV"][-1][1] is None  # open ranges
+        assert (len(keys_sent) - k_fixed) % per_key == 0 and (len(argv) - a_fixed) % per_arg == 0
+        return dict(zip(names(items["ARGV"]), argv))
+
+    keys_sent, argv = recorders["release"].calls[-1]
+    assert names(header("admit_release")["KEYS"]) == ["holders", "holder_keys"]
+    assert keys_sent == [keys.holders(), keys.held("h"), keys.slots(rules[0][0]), keys.budget(rules[0][0])]
+    assert argv == ["release", "", "h", "1", rules[0][0]]
+    keys_sent, argv = recorders["admit"].calls[-1]
+    assert names(header("admit")["KEYS"]) == ["holders", "held", "rule_keys"]
+    assert keys_sent[:2] == [keys.holders(), keys.held("h")] and len(keys_sent) == 2 + 3 * len(rules)
+    assert keys_sent[2:5] == [keys.slots(rules[0][0]), keys.rate(rules[0][0]), keys.budget(rules[0][0])]
+    sent = check("admit", keys_sent, argv, 3, 8)
+    assert sent == {"holder": "h", "lease_ms": "1000", "tokens": "10", "cost": "0", "now_ms": "",
+                    "rules": rules[0][0]}
+    assert argv[5:] == [rules[0][0], "0", "3", "", "", "100", "", "60000",
+                        rules[1][0], "0", "", "200000", "400000", "", "", ""]
+    keys_sent, argv = recorders["renew"].calls[-1]
+    assert keys_sent == [keys.holders(), keys.slots(rules[0][0])] and argv == ["h", "1000", ""]
+    assert names(header("admit_renew")["ARGV"]) == ["holder", "lease_ms", "now_ms"]
+    keys_sent, argv = recorders["reconcile"].calls[-1]
+    assert keys_sent == [keys.budget(rules[0][0])] and argv == ["h", "5", "0", ""]
+    assert names(header("admit_reconcile")["ARGV"]) == ["holder", "tokens", "cost", "now_ms"]
 
 
 def test_the_index_moves_are_written_once_and_sent_with_both_scripts():

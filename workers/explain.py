@@ -42,6 +42,8 @@ class Code(str, Enum):
     BROKER_UNREACHABLE = "BROKER_UNREACHABLE"
     MOVING = "MOVING"
     POISONED = "POISONED"
+    ADMISSION_DEFERRED = "ADMISSION_DEFERRED"
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,9 @@ class Facts:
     #: sweep granted it again since.
     token: int = 0
     regranted_ms: int | None = None
+    #: Why flow control deferred the run's effect (field ``a``: rule_id, label, kind, until_ms,
+    #: at_ms), when it did since the last commit.
+    deferred: dict[str, Any] | None = None
 
 
 def _at(ms: int | None) -> str:
@@ -230,6 +235,22 @@ def _child_phrase(d: Diagnosis) -> str:
     return s if d.code in (Code.COMPLETED, Code.FAILED, Code.CANCELLED) else f"{d.code.value}: {s}"
 
 
+def _deferred(f: Facts, ev: dict[str, Any]) -> Diagnosis:
+    """A flow-control rule holds the run's effect back (``workers/flow/gate.py``)."""
+    info = f.deferred or {}
+    label, kind, until = info.get("label") or info.get("rule_id"), info.get("kind"), info.get("until_ms")
+    ev = {**ev, "deferred": info}
+    since = _iso(info.get("at_ms")) or _iso(f.now_ms) or ""
+    action = f"abstractruntime limits usage {str(label).split(' ')[0].split('/')[0]}"
+    if kind in ("tokens", "cost_usd"):
+        what = "tokens" if kind == "tokens" else "dollars"
+        return Diagnosis(Code.BUDGET_EXHAUSTED, f"budget `{label}` has no {what} left this window; "
+                         f"refills {_at(until)}", since, ev, action)
+    when = "tries again once a holder gives its slot back" if kind == "concurrency" or not until \
+        else f"tries again at {_at(until)}"
+    return Diagnosis(Code.ADMISSION_DEFERRED, f"deferred by rule `{label}` ({kind}); {when}", since, ev, action)
+
+
 def _lost(f: Facts) -> str:
     of = f" of {f.poison_after}" if f.poison_after else ""
     return f"; {f.lost}{of} deliveries lost" if f.lost > 0 else ""
@@ -261,6 +282,8 @@ def _running(f: Facts, since: str, ev: dict[str, Any]) -> Diagnosis:
                                                                 "token": f.token},
                          "start exactly one beat: abstractruntime beat" if late
                          else "if this stays, read the workers' logs")
+    if f.deferred is not None and f.dispatch == "effect":
+        return _deferred(f, ev)
     if f.regranted_ms is not None:  # recovering: the sweep sent it again, no commit since
         return Diagnosis(Code.LEASE_EXPIRED, f"lease expired {_at(f.regranted_ms)}, re-dispatched with token "
                          f"{f.token} to queue `{q}`{_lost(f)}", _iso(f.regranted_ms),

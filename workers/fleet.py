@@ -14,6 +14,7 @@ from typing import Any
 
 from runtime import RunStatus
 from runtime.errors import RunNotFound
+from stores.redis.indexes import json_map
 
 from .explain import Diagnosis, Facts, diagnose
 from .heartbeat import ALIVE_WITHIN_S
@@ -127,6 +128,8 @@ def gather(backend: Any, settings: WorkerSettings, run_id: str, *, broker: Broke
         facts["lease_ms"] = backend.lease_ms(run_id)
         facts.update(lost=loaded.lost, poison_after=settings.poison_after, token=loaded.token,
                      regranted_ms=loaded.regranted_ms)
+        if d is not None and d.kind == "effect":
+            facts["deferred"] = json_map(backend.client.hget(backend.keys.run(run_id), "a"))
         if d is not None:
             facts["dispatch"] = d.kind
             facts["queue"] = _queue_of(settings, d)

@@ -42,12 +42,13 @@ class FlowKeys:
         return self._t + "slots:" + rid
 
     def rate(self, rid: str) -> str:
-        """STRING: the GCRA theoretical arrival time (epoch ms) of a rate rule."""
+        """STRING: the GCRA theoretical arrival time (epoch µs, Redis clock) of a rate rule."""
         return self._t + "rate:" + rid
 
     def budget(self, rid: str) -> str:
-        """HASH: ``w`` window start (epoch ms), ``t`` tokens and ``c`` cost (micro-dollars) spent or
-        reserved in that window; ``r:<holder>`` the holder's open reservation ``"tokens,micro-dollars"``."""
+        """HASH: ``w`` window start (epoch ms), ``l`` window length (ms), ``t`` tokens and ``c`` cost
+        (micro-dollars) spent or reserved in that window; ``r:<holder>`` the holder's open reservation
+        ``"tokens,micro-dollars,window start"`` (-1: the rule does not count that one)."""
         return self._t + "budget:" + rid
 
     def deferred(self, key: str) -> str:

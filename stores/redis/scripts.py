@@ -21,7 +21,8 @@ _USE_MOVES = ("commit", "index")
 class Reply(IntEnum):
     """The first item of a reply of ``commit.lua`` or ``append.lua``, and the whole reply of
     ``index.lua`` and ``failure.lua``, and of ``fence.lua`` (the scripts use the same names). ``claim.lua`` replies
-    with the Redis time and the members it claimed."""
+    with the Redis time and the members it claimed. The flow-control scripts (``admit*.lua``) reply
+    with a code first too."""
 
     #: commit.lua: the stored version is not the one expected; second item: that version (-1: no run).
     CONFLICT = 0
@@ -33,11 +34,17 @@ class Reply(IntEnum):
     EXISTS = 3
     #: append.lua: a result is recorded under the idempotency key looked up; second item: that result.
     FOUND = 4
-    #: failure.lua: there is no such run; nothing was written.
+    #: failure.lua: there is no such run; nothing was written. admit_renew.lua: the holder holds no live lease.
     MISSING = 5
     #: commit.lua, append.lua, fence.lua: the writer's lease was granted again since it loaded the run
     #: (its fencing token is older than the run's); second item: the run's token. Nothing was written.
     STALE = 6
+    #: admit.lua: everything was taken (or the holder's lease is live: nothing needed taking).
+    ADMITTED = 7
+    #: admit.lua: a rule cannot admit now; nothing was taken. Then: the rule, its kind, until when.
+    DEFERRED = 8
+    #: admit.lua: a rule refuses (its policy is fail, or the reservation exceeds its whole budget).
+    REFUSED = 9
 
 
 def source(name: str) -> str:
@@ -49,4 +56,5 @@ def source(name: str) -> str:
 
 
 #: Every script by name, as sent to Redis (``register_script``: EVALSHA, reloaded after NOSCRIPT).
-SOURCES = {name: source(name) for name in ("commit", "append", "index", "claim", "failure", "fence")}
+SOURCES = {name: source(name) for name in ("commit", "append", "index", "claim", "failure", "fence",
+                                          "admit", "admit_release", "admit_renew", "admit_reconcile")}

@@ -39,7 +39,7 @@ from runtime.errors import (
 )
 from stores.redis.errors import RedisUnavailable
 
-from . import explain, processes, runs, stuck
+from . import explain, limits, processes, runs, stuck
 from ._common import (
     EXIT_CONFLICT,
     EXIT_FAILURE,
@@ -117,7 +117,7 @@ for _command in (processes.worker, processes.beat,
                  runs.start, runs.status, runs.ledger, runs.verify, runs.resume, runs.respond, runs.wake, runs.emit,
                  runs.cancel, runs.retry, runs.runs, runs.waiting,
                  processes.doctor, processes.demo, processes.dev, processes.stop, explain.explain,
-                 stuck.stuck):
+                 stuck.stuck, limits.limits, limits.prices):
     cli.add_command(_command)
 del _command
 

@@ -22,6 +22,7 @@ from stores.redis.codec import ValueTooLarge
 from stores.redis.dispatch import Dispatch
 
 from .. import logs
+from ..flow.gate import FlowGate
 from ..registry import Registry
 from ..settings import WorkerSettings
 
@@ -78,6 +79,8 @@ class EngineBase:
         self.dispatcher = dispatcher
         self._tick_lease = int(settings.tick_lease_s * 1000)
         self._effect_lease = int(settings.effect_lease_s * 1000)
+        #: Flow control (``workers/flow``): admits effect attempts; costs nothing with no rule.
+        self.flow = FlowGate(backend, settings)
         # Children a START_SUBWORKFLOW handler created, ticked once the parent's commit is in
         # (per thread: a threads pool runs several effect tasks at once).
         self._local = threading.local()

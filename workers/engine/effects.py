@@ -14,8 +14,11 @@ from runtime.errors import InvalidTimeError, StaleLease
 from runtime.execution import Execution, executing
 from runtime.models import EffectOutcome
 from runtime.step import PendingEffect, apply_outcome, execute_effect, start_attempt
+from stores.redis.admission import Decision, Verdict
+from stores.redis.dispatch import Dispatch
 
 from .. import logs
+from ..flow.rules import BudgetExceeded
 from .base import REFUSED, EngineBase, logger
 
 __all__ = ["Effects"]
@@ -62,6 +65,23 @@ class Effects(EngineBase):
                 or (token is not None and token < loaded.token)):
             return "stale"  # cancelled, landed already, another attempt's message, or granted again
         held = loaded.token
+        gated = self.flow.admit(run, pending, lease_ms=self._effect_lease)  # None: no rule counts it
+        if gated is not None and gated[0].verdict is Verdict.DEFERRED:
+            return self._defer(run, v, d, held, gated[0], gated[1], now_ms)
+        refused = gated[0] if gated is not None and gated[0].verdict is Verdict.REFUSED else None
+        result, value = self._attempt(run, v, d, pending, held, now_ms, refused, dict(gated[1]) if gated else {})
+        if gated is not None and result != "stale":
+            try:
+                self.flow.settle(run_id, pending, value)
+            except Exception as exc:  # the sweep reclaims the share once its lease expires
+                logger.warning("effect: run %s: could not give back its flow-control share: %s", run_id, exc)
+        return result
+
+    def _attempt(self, run: RunState, v: int, d: Dispatch, pending: PendingEffect, held: int, now_ms: int,
+                 refused: Decision | None, rules: dict[str, Any]) -> tuple[str, Any]:
+        """Run an admitted attempt (or fail a refused one for good) and land its outcome; what
+        happened and the effect's result."""
+        run_id, key, attempt = run.run_id, pending.idempotency_key, pending.attempt
         record = d.started_record()
         if record is None:  # a retry: its `started` record goes in now, and is remembered in the dispatch
             record = start_attempt(run, pending)
@@ -69,36 +89,59 @@ class Effects(EngineBase):
                 self.backend.append([StepRecord.from_dict(record.to_dict())], run_id=run.run_id,
                                     dispatch=d.with_started(record), fence=held)
             except VersionConflict:
-                return "stale"
+                return "stale", None
         self._local.children = []
         started = record.to_dict()
-        with self._renewing(run_id, held), executing(Execution(run_id, pending.node_id, held, key, attempt)):
-            outcome = self._run_effect(run, pending, self._handlers())
+        if refused is not None:
+            rule = rules.get(refused.rule_id or "")
+            why = {"oversize": "the estimate is larger than the whole budget",
+                   "exhausted": f"{refused.kind} exhausted"}.get(refused.reason or "", refused.reason or "refused")
+            outcome = EffectOutcome.failed(str(BudgetExceeded(rule.label if rule else str(refused.rule_id), why)),
+                                           retryable=False)
+        else:
+            with self._renewing(run_id, held, pending), \
+                    executing(Execution(run_id, pending.node_id, held, key, attempt)):
+                outcome = self._run_effect(run, pending, self._handlers())
         tr = apply_outcome(run, pending, outcome, record=record, policy=self.registry.effect_policy)
         try:
             try:
-                return self._land(run, v, tr, tr.records, now_ms)
+                return self._land(run, v, tr, tr.records, now_ms), outcome.result
             except REFUSED as exc:
                 # The result cannot be stored (too large, say): a failed attempt, on the run as
                 # it was before this attempt.
                 logger.warning("effect: run %s: the result of %s was refused: %s", run_id, key, exc)
                 reloaded = self.backend.load_for_driver(run_id)
                 if reloaded is None or reloaded.version != v or reloaded.token != held:
-                    return "stale"
+                    return "stale", None
                 run = reloaded.run
                 failed = EffectOutcome.failed(f"Effect result refused by the store: {exc}")
                 tr = apply_outcome(run, pending, failed, record=StepRecord.from_dict(started),
                                    policy=self.registry.effect_policy)
-                return self._land(run, v, tr, tr.records, now_ms)
+                return self._land(run, v, tr, tr.records, now_ms), None
         except StaleLease as exc:
             logger.warning("effect: run %s: %s; the outcome of %s is dropped", run_id, exc, key)
-            return "stale"
+            return "stale", None
         except VersionConflict:
             logger.info("effect: run %s moved while effect %s ran; its outcome is dropped", run_id, key)
+            return "stale", None
+
+    def _defer(self, run: RunState, v: int, d: Dispatch, held: int, decision: Decision, rules: list[Any],
+               now_ms: int) -> str:
+        """A rule deferred the attempt: send this task again when the rule can admit it, under the
+        lease this worker holds, and keep why with the run (field ``a``, for ``explain``)."""
+        wait_ms = self.flow.retry_in_ms(decision, now_ms)
+        if not self.backend.renew_held_lease(run.run_id, held, wait_ms + self._effect_lease):
             return "stale"
+        self.flow.keep_deferral(run.run_id, decision, rules, now_ms)
+        assert d.pending is not None
+        self.dispatcher.effect(d.queue or "ticks", run.run_id, v, d.pending.idempotency_key, d.pending.attempt,
+                               countdown=wait_ms / 1000, workflow=run.workflow_id, node=run.current_node, token=held)
+        logger.info("effect: run %s deferred by flow-control rule %s (%s) for %.2fs", run.run_id, decision.rule_id,
+                    decision.kind, wait_ms / 1000)
+        return "deferred"
 
     @contextmanager
-    def _renewing(self, run_id: str, token: int) -> Iterator[None]:
+    def _renewing(self, run_id: str, token: int, pending: PendingEffect | None = None) -> Iterator[None]:
         """Renew the lease of ``run_id`` every third of ``effect_lease_s`` while the block runs,
         as long as ``token`` is still the run's: a long effect keeps its lease without a lease
         as long as the slowest effect, and a dead worker's lease still expires."""
@@ -112,6 +155,8 @@ class Effects(EngineBase):
                         logger.warning("effect: run %s: lease granted to another (token %d is stale); "
                                        "this attempt's outcome will be refused", run_id, token)
                         return
+                    if pending is not None and self.flow.active():
+                        self.flow.renew(run_id, pending, self._effect_lease)
                 except Exception as exc:  # Redis away for a moment: try again next period
                     logger.warning("effect: run %s: could not renew the lease: %s", run_id, exc)
 

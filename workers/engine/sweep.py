@@ -66,6 +66,10 @@ class Recovery(EngineBase):
         for rid in ids:
             counts["timers"] += 1
             self.dispatcher.wake(rid, None)
+        try:  # flow-control shares of attempts whose worker died (their lease expired)
+            counts["slots_reclaimed"] = self.flow.admission.reclaim_expired(self.settings.sweep_batch)
+        except Exception as exc:
+            logger.error("sweep: cannot reclaim flow-control shares: %s", exc)
         counts.update(detect_stuck(self))  # stuck runs and SLA rules (workers/stuck.py)
         return counts
 

@@ -6,7 +6,8 @@
 -- KEYS[1]      run          run hash {s: msgpack state, v: version, h: chain head, t: token, d: dispatch,
 --                            n: expired leases of the dispatch (the sweep counts them; removed here),
 --                            g: fencing token (each lease grant adds one),
---                            x: when the lease first expired before the sweep granted it again (removed here)}
+--                            x: when the lease first expired before the sweep granted it again (removed here),
+--                            a: why flow control deferred the run's effect (JSON; removed here)}
 -- KEYS[2]      ledger       ledger stream (field r: msgpack record, g: fencing token of its writer)
 -- KEYS[3]      results      results hash (idempotency key -> msgpack result; the first write wins)
 -- KEYS[4]      updated      idx of every run by updated_at
@@ -58,7 +59,7 @@
 local CONFLICT, OK, HEAD_MOVED, EXISTS, STALE = 0, 1, 2, 3, 6  -- Reply in stores/redis/scripts.py
 
 local expected = ARGV[2]
-local stored = redis.call('HMGET', KEYS[1], 'v', 'h', 't', 'd', 'n', 'g', 'x')
+local stored = redis.call('HMGET', KEYS[1], 'v', 'h', 't', 'd', 'n', 'g', 'x', 'a')
 local version = tonumber(stored[1])
 local head = stored[2] or ''
 local fence = tonumber(stored[6]) or 0
@@ -100,7 +101,7 @@ else
   if stored[4] then redis.call('HDEL', KEYS[1], 'd') end
 end
 -- A commit is progress: the count of lost deliveries of the old dispatch starts again.
-if stored[5] or stored[7] then redis.call('HDEL', KEYS[1], 'n', 'x') end
+if stored[5] or stored[7] or stored[8] then redis.call('HDEL', KEYS[1], 'n', 'x', 'a') end
 if ARGV[1] == 'run' then return {OK, new_version, fence} end
 
 -- The loaded state's entries are the stored ones (the version check proves it): move only

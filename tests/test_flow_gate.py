@@ -1,0 +1,121 @@
+"""Flow control in the engine (issue 14): an effect attempt is admitted when its task starts;
+a rule that is full defers it (the task comes back when the rule can admit it, ``explain``
+says why), a ``fail`` rule fails it for good, its share is given back after its commit, and
+the sweep reclaims the share of an attempt whose worker died.
+
+Stories through ``Engine`` and the stub dispatcher on real Redis and fakeredis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime import RunStatus
+from stores.redis.admission import Verdict
+from workers.explain import Code
+from workers.fleet import explain_run
+from workers.flow import LimitRule
+from workers.flow.resolve import registry as limits_of
+from workers.registry import registry
+from workers.settings import WorkerSettings
+from workers.testing import StubDispatcher, make_stub_engine
+
+import support.celery_scenarios  # noqa: F401  (registers the workflows)
+
+
+def engine_of(store: Any, **settings: Any) -> tuple[Any, StubDispatcher]:
+    base = {"flow_rules_cache_s": 0, "flow_retry_s": 0.5, "effect_lease_s": 30}
+    engine, stub = make_stub_engine(store, registry, WorkerSettings(**{**base, **settings}))
+    # a worker consumes every queue (the stub is it): explain looks past NO_CONSUMER
+    store.write_heartbeat("stub-worker", {"kind": "worker", "hostname": "stub", "pid": 1,
+                                          "queues": list(engine.settings.queues)}, ttl_ms=600_000)
+    return engine, stub
+
+
+def start(engine: Any, workflow_id: str, tenant: str) -> str:
+    from workers.flow import AdmissionKeys
+
+    return engine.create(registry.workflows.get_or_raise(workflow_id), flow=AdmissionKeys(tenant=tenant))
+
+
+def results(deliveries: list[Any]) -> list[str]:
+    return [d.result for d in deliveries]
+
+
+def test_without_rules_nothing_changes(store):
+    engine, stub = engine_of(store)
+    run_id = start(engine, "tools", "acme")
+    assert "deferred" not in results(stub.run_until_quiet(engine))
+    assert store.runs.load(run_id).status == RunStatus.COMPLETED
+    assert store.client.zcard(engine.flow.keys.holders()) == 0
+
+
+def test_a_full_concurrency_rule_defers_the_effect_until_a_slot_is_given_back(store):
+    engine, stub = engine_of(store)
+    limits_of(store).set_rule(LimitRule(key="tenant:*", scope="tool_calls", concurrency=1))
+    # another attempt of tenant acme holds the only slot
+    rule = [("tenant:acme|tool_calls|limit", LimitRule(key="tenant:acme", scope="tool_calls", concurrency=1))]
+    assert engine.flow.admission.acquire("other/k/1", rule, lease_ms=60_000).verdict is Verdict.ADMITTED
+
+    run_id = start(engine, "tools", "acme")
+    other_tenant = start(engine, "tools", "beta")  # a tenant of its own: not held back
+    delivered = results(stub.drain(engine))
+    assert delivered.count("deferred") == 1 and store.runs.load(other_tenant).status == RunStatus.COMPLETED
+    [again] = [m for m in stub.pending if m.run_id == run_id]
+    assert again.kind == "effect" and again.countdown == 0.5  # flow_retry_s: it waits for a release
+    d = explain_run(store, engine.settings, run_id)
+    assert d.code is Code.ADMISSION_DEFERRED, d
+    assert d.sentence == ("deferred by rule `tenant:acme/tool_calls concurrency` (concurrency); "
+                          "tries again once a holder gives its slot back")
+    # still full when it comes back: deferred again, nothing ran
+    stub.advance(0.5)
+    assert results(stub.drain(engine)) == ["deferred"]
+    assert store.ledger.list(run_id)[-1]["status"] == "started"
+
+    engine.flow.admission.release("other/k/1")
+    stub.advance(0.5)
+    assert results(stub.drain(engine)) == ["next", "finish"]
+    assert store.runs.load(run_id).status == RunStatus.COMPLETED
+    assert store.client.zcard(engine.flow.admission.keys.slots("tenant:acme|tool_calls|limit")) == 0  # given back
+    assert store.client.hget(store.keys.run(run_id), "a") is None  # the commit cleared why it waited
+    assert store.ledger.verify(run_id)["ok"]
+
+
+def test_a_token_budget_defers_until_its_window_ends(store):
+    engine, stub = engine_of(store, flow_llm_estimate_tokens=1000)
+    limits_of(store).set_rule(LimitRule(key="tenant:acme", scope="llm_call", tokens=1500, window_s=60))
+    first, second = start(engine, "llm", "acme"), start(engine, "llm", "acme")
+    delivered = results(stub.drain(engine))
+    assert delivered.count("deferred") == 1, delivered
+    assert store.runs.load(first).status == RunStatus.COMPLETED
+    d = explain_run(store, engine.settings, second)
+    assert d.code is Code.BUDGET_EXHAUSTED, d
+    assert d.sentence.startswith("budget `tenant:acme/llm_call tokens` has no tokens left this window; refills ")
+    [again] = [m for m in stub.pending if m.run_id == second]
+    assert 1 < again.countdown <= 60  # the window's end, not a poll
+
+
+def test_a_fail_rule_fails_the_attempt_for_good(store):
+    engine, stub = engine_of(store)
+    limits_of(store).set_rule(LimitRule(key="tenant:acme", scope="tool_calls", concurrency=1, on_exhausted="fail"))
+    rule = [("tenant:acme|tool_calls|limit", LimitRule(key="tenant:acme", scope="tool_calls", concurrency=1))]
+    engine.flow.admission.acquire("other/k/1", rule, lease_ms=60_000)
+    run_id = start(engine, "tools", "acme")
+    stub.run_until_quiet(engine)
+    state = store.runs.load(run_id)
+    assert state.status == RunStatus.FAILED, state
+    assert "refused by flow-control rule `tenant:acme/tool_calls concurrency`: concurrency exhausted" in state.error
+    failed = [r for r in store.ledger.list(run_id) if r["status"] == "failed"]
+    assert len(failed) == 1  # no retry
+
+
+def test_the_sweep_reclaims_the_share_of_an_attempt_whose_worker_died(store):
+    engine, stub = engine_of(store, effect_lease_s=0.2)
+    limits_of(store).set_rule(LimitRule(key="global", scope="tool_calls", concurrency=5))
+    rule = [("global|tool_calls|limit", LimitRule(key="global", scope="tool_calls", concurrency=5))]
+    assert engine.flow.admission.acquire("dead/k/1", rule, lease_ms=200).admitted  # then its worker died
+    deadline = store.time_ms() + 250
+    while store.time_ms() < deadline:
+        pass
+    assert engine.sweep()["slots_reclaimed"] == 1
+    assert store.client.zcard(engine.flow.admission.keys.slots("global|tool_calls|limit")) == 0

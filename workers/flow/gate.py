@@ -1,0 +1,168 @@
+"""Flow control inside the engine: an effect attempt is admitted when its task starts, and gives
+its share back once its outcome is committed.
+
+The check runs at the start of every effect task (``workers/engine/effects.py``), attempt by
+attempt, so a retry is admitted like a first attempt and a backoff holds nothing. Its holder
+is the attempt, ``<run id>/<idempotency key>/<attempt>``: a redelivered or re-sent message of
+the same attempt finds its share taken already (admission is idempotent per holder), and the
+sweep reclaims the share of an attempt whose worker died (its lease, renewed while the
+effect runs, expires). ``docs/flow-control.md`` says why the check is not before the send.
+
+* admitted: the effect runs; after the commit of its outcome, an LLM call's reservation is
+  settled with the response's ``usage`` (tokens, and dollars by the price table), then the
+  share is released;
+* deferred: the task sends itself again, with a countdown to when the blocking rule can
+  admit (a budget window's end, a rate bucket's room; ``flow_retry_s`` when a slot must be
+  released first), under the lease it holds; the run keeps field ``a`` (why, until when), for
+  ``explain``, until its next commit;
+* refused (a rule whose policy is ``fail``, or an estimate larger than a whole budget): the
+  attempt fails for good with :class:`~workers.flow.BudgetExceeded`, no retry.
+
+With no rule in the registry (read once per ``flow_rules_cache_s``), none of this costs a
+Redis command.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from runtime import EffectType, RunState
+from runtime.step import PendingEffect
+from stores.redis.admission import Admission, Decision, Verdict
+from stores.redis.flowkeys import FlowKeys
+
+from .resolve import Applicable, registry, resolver_for
+from .rules import FLOW_VARS, AdmissionKeys
+
+__all__ = ["FlowGate", "holder_of", "llm_usage"]
+
+
+def holder_of(run_id: str, pending: PendingEffect) -> str:
+    """The holder an effect attempt takes its shares as."""
+    return f"{run_id}/{pending.idempotency_key}/{pending.attempt}"
+
+
+def _kind(pending: PendingEffect) -> str:
+    etype = pending.effect.type
+    return etype.value if isinstance(etype, EffectType) else str(etype)
+
+
+def _model_and_tools(pending: PendingEffect) -> tuple[str | None, tuple[str, ...]]:
+    payload = pending.effect.payload if isinstance(pending.effect.payload, dict) else {}
+    model = payload.get("model")
+    calls = payload.get("tool_calls") or []
+    tools = tuple(str(c.get("name")) for c in calls if isinstance(c, dict) and c.get("name"))
+    return (str(model) if model else None), tools
+
+
+def llm_usage(result: Any) -> tuple[int, int]:
+    """(input tokens, output tokens) of an LLM result's ``usage`` (0, 0 when it has none)."""
+    usage = result.get("usage") if isinstance(result, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0
+
+    def pick(*names: str) -> int:
+        for name in names:
+            value = usage.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+        return 0
+
+    given_in, given_out = pick("prompt_tokens", "input_tokens"), pick("completion_tokens", "output_tokens")
+    if not given_in and not given_out:
+        return pick("total_tokens"), 0
+    return given_in, given_out
+
+
+class FlowGate:
+    """The engine's flow control on one backend (one per engine)."""
+
+    def __init__(self, backend: Any, settings: Any) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.keys = FlowKeys(backend.keys.prefix)
+        self.admission = Admission(backend.client, self.keys)
+        self.resolver = resolver_for(backend, settings.flow_rules_cache_s)
+
+    def active(self) -> bool:
+        """Is any rule registered (as last read)?"""
+        return bool(self.resolver.rules())
+
+    def rules_for(self, run: RunState, pending: PendingEffect) -> list[Applicable]:
+        model, tools = _model_and_tools(pending)
+        path = AdmissionKeys.from_dict(run.vars.get(FLOW_VARS)).path(run.workflow_id)
+        return self.resolver.applicable(path, _kind(pending), model=model, tools=tools)
+
+    def admit(self, run: RunState, pending: PendingEffect, *, lease_ms: int
+              ) -> tuple[Decision, list[Applicable]] | None:
+        """Admit an effect attempt; None when no rule counts it."""
+        if not self.active():
+            return None
+        rules = self.rules_for(run, pending)
+        if not rules:
+            return None
+        tokens, cost = 0, 0.0
+        if _kind(pending) == "llm_call" and any(r.tokens is not None or r.cost_usd is not None for _, r in rules):
+            tokens = self._estimate_tokens(pending)
+            costed = [rid for rid, r in rules if r.cost_usd is not None]
+            if costed:
+                model, _tools = _model_and_tools(pending)
+                try:
+                    cost = registry(self.backend).cost_usd(model or "*", 0, tokens)
+                except KeyError:  # UnknownModelPrice: no price for it, no default (docs/flow-control.md)
+                    return Decision(Verdict.REFUSED, costed[0], "cost_usd",
+                                    reason=f"no price for model {model or '(none named)'} and no default price "
+                                           "(abstractruntime prices set)"), rules
+        decision = self.admission.acquire(holder_of(run.run_id, pending), rules, tokens=tokens, cost_usd=cost,
+                                          lease_ms=lease_ms)
+        return decision, rules
+
+    def _estimate_tokens(self, pending: PendingEffect) -> int:
+        payload = pending.effect.payload if isinstance(pending.effect.payload, dict) else {}
+        raw = payload.get("params")
+        params: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        for value in (payload.get("max_tokens"), params.get("max_tokens"), payload.get("max_output_tokens")):
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return int(self.settings.flow_llm_estimate_tokens)
+
+    def settle(self, run_id: str, pending: PendingEffect, result: Any) -> None:
+        """After the outcome's commit: settle an LLM call's reservation with its real usage, then
+        give the attempt's shares back."""
+        holder = holder_of(run_id, pending)
+        if _kind(pending) == "llm_call":
+            tokens_in, tokens_out = llm_usage(result)
+            if tokens_in or tokens_out:
+                model = result.get("model") if isinstance(result, dict) else None
+                model = model or _model_and_tools(pending)[0] or "*"
+                try:
+                    cost = registry(self.backend).cost_usd(str(model), tokens_in, tokens_out)
+                except KeyError:  # no price for it and no default: the tokens still count
+                    cost = 0.0
+                self.admission.reconcile(holder, None, tokens_in + tokens_out, cost)
+        self.admission.release(holder)
+
+    def renew(self, run_id: str, pending: PendingEffect, lease_ms: int) -> None:
+        self.admission.renew(holder_of(run_id, pending), lease_ms)
+
+    def keep_deferral(self, run_id: str, decision: Decision, rules: list[Applicable], now_ms: int) -> None:
+        """Field ``a`` of the run hash: why and until when the run's effect waits (the next commit
+        removes it)."""
+        rule = dict(rules).get(decision.rule_id or "")
+        info = {"rule_id": decision.rule_id, "label": rule.label if rule is not None else decision.rule_id,
+                "kind": decision.kind, "until_ms": decision.until_ms, "at_ms": now_ms}
+        self.backend.client.hset(self.backend.keys.run(run_id), "a", json.dumps(info))
+
+    def retry_in_ms(self, decision: Decision, now_ms: int) -> int:
+        """How long a deferred task waits before trying again (at most a minute): until the rule can
+        admit it, but no longer than ``flow_retry_s`` for a slot (a holder usually gives it back
+        long before its lease expires)."""
+        poll = int(self.settings.flow_retry_s * 1000)
+        if decision.verdict is not Verdict.DEFERRED or decision.until_ms is None:
+            wait = poll
+        else:
+            wait = decision.until_ms - now_ms
+            if decision.kind == "concurrency":
+                wait = min(wait, poll)
+        return max(10, min(wait, 60_000))
