@@ -119,3 +119,46 @@ def test_the_sweep_reclaims_the_share_of_an_attempt_whose_worker_died(store):
         pass
     assert engine.sweep()["slots_reclaimed"] == 1
     assert store.client.zcard(engine.flow.admission.keys.slots("global|tool_calls|limit")) == 0
+
+
+def flow_events(store: Any) -> list[dict[str, str]]:
+    out = []
+    for _id, fields in store.client.xrange(store.keys.events()):
+        f = {k.decode(): v.decode() for k, v in fields.items()}
+        if f.get("event", "").startswith(("admission.", "budget.")):
+            out.append(f)
+    return out
+
+
+def test_a_budget_settles_with_the_real_usage_and_says_when_it_runs_low_or_out(store):
+    """An LLM that reports 800 tokens a call against 1,000 a minute (estimate 200): the first
+    call's settlement leaves the budget at 80 % (one warning), the second is admitted on its
+    estimate and overshoots, the third waits for the window."""
+    from runtime import Effect, EffectType
+    from runtime.models import EffectOutcome
+    from workers.flow import AdmissionKeys
+    from workers.registry import Registry
+
+    from support.scenarios import one_effect
+
+    reg = Registry()
+    reg.register_workflow(one_effect(Effect(type=EffectType.LLM_CALL, payload={"prompt": "hi", "model": "m1"},
+                                            result_key="llm"), workflow_id="llm_usage"))
+    reg.register_effect_handler(EffectType.LLM_CALL, lambda run, effect: EffectOutcome.completed(
+        {"content": "ok", "model": "m1", "usage": {"prompt_tokens": 500, "completion_tokens": 300}}))
+    engine, stub = make_stub_engine(store, reg, WorkerSettings(flow_rules_cache_s=0, flow_llm_estimate_tokens=200))
+    store.write_heartbeat("stub-worker", {"kind": "worker", "hostname": "stub", "pid": 1,
+                                          "queues": list(engine.settings.queues)}, ttl_ms=600_000)
+    rule = LimitRule(key="tenant:acme", scope="llm_call", tokens=1000, window_s=60)
+    limits_of(store).set_rule(rule)
+    wf = reg.workflows.get_or_raise("llm_usage")
+    runs = [engine.create(wf, flow=AdmissionKeys(tenant="acme")) for _ in range(3)]
+    for rid in runs[:2]:
+        stub.drain(engine)
+        assert store.runs.load(rid).status == RunStatus.COMPLETED
+    stub.drain(engine)
+    assert explain_run(store, engine.settings, runs[2]).code is Code.BUDGET_EXHAUSTED
+    usage = engine.flow.admission.usage("tenant:acme|llm_call|limit", rule)["budget"]
+    assert usage["tokens_spent"] == 1600 and usage["open_reservations"] == 0  # settled: 800 + 800
+    events = [(e["event"], e["run_id"]) for e in flow_events(store)]
+    assert events == [("budget.warning", runs[0]), ("admission.deferred", runs[2]), ("budget.exceeded", runs[2])]

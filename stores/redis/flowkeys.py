@@ -65,6 +65,11 @@ class FlowKeys:
         (the holder's rule ids are in :meth:`held`)."""
         return self._t + "holders"
 
+    def warned(self, rid: str, window_start_ms: int) -> str:
+        """STRING, expiring with its window: a ``budget.warning`` event was sent for this rule's
+        window (one per window)."""
+        return self._t + f"warned:{rid}:{window_start_ms}"
+
     def held(self, holder: str) -> str:
         """SET: the rule ids a holder holds a slot or a reservation of (released together)."""
         return self._t + "held:" + holder

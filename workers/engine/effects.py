@@ -69,10 +69,12 @@ class Effects(EngineBase):
         if gated is not None and gated[0].verdict is Verdict.DEFERRED:
             return self._defer(run, v, d, held, gated[0], gated[1], now_ms)
         refused = gated[0] if gated is not None and gated[0].verdict is Verdict.REFUSED else None
+        if refused is not None and gated is not None:
+            self.flow.note_refused(run_id, refused, gated[1])
         result, value = self._attempt(run, v, d, pending, held, now_ms, refused, dict(gated[1]) if gated else {})
         if gated is not None and result != "stale":
             try:
-                self.flow.settle(run_id, pending, value)
+                self.flow.settle(run, pending, value)
             except Exception as exc:  # the sweep reclaims the share once its lease expires
                 logger.warning("effect: run %s: could not give back its flow-control share: %s", run_id, exc)
         return result

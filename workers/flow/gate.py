@@ -18,6 +18,10 @@ effect runs, expires). ``docs/flow-control.md`` says why the check is not before
 * refused (a rule whose policy is ``fail``, or an estimate larger than a whole budget): the
   attempt fails for good with :class:`~workers.flow.BudgetExceeded`, no retry.
 
+Events on the events stream (field ``event``): ``admission.deferred`` at each deferral,
+``budget.exceeded`` when a token or cost budget defers or refuses, and ``budget.warning`` once
+per budget window when an LLM call's settlement leaves it 80 % spent or more.
+
 With no rule in the registry (read once per ``flow_rules_cache_s``), none of this costs a
 Redis command.
 """
@@ -35,7 +39,10 @@ from stores.redis.flowkeys import FlowKeys
 from .resolve import Applicable, registry, resolver_for
 from .rules import FLOW_VARS, AdmissionKeys
 
-__all__ = ["FlowGate", "holder_of", "llm_usage"]
+__all__ = ["FlowGate", "holder_of", "llm_usage", "WARN_AT"]
+
+#: Share of a budget spent at which ``budget.warning`` is sent (once per window).
+WARN_AT = 0.8
 
 
 def holder_of(run_id: str, pending: PendingEffect) -> str:
@@ -127,9 +134,10 @@ class FlowGate:
                 return value
         return int(self.settings.flow_llm_estimate_tokens)
 
-    def settle(self, run_id: str, pending: PendingEffect, result: Any) -> None:
+    def settle(self, run: RunState, pending: PendingEffect, result: Any) -> None:
         """After the outcome's commit: settle an LLM call's reservation with its real usage, then
-        give the attempt's shares back."""
+        give the attempt's shares back (and warn when a budget is 80 % spent)."""
+        run_id = run.run_id
         holder = holder_of(run_id, pending)
         if _kind(pending) == "llm_call":
             tokens_in, tokens_out = llm_usage(result)
@@ -141,7 +149,37 @@ class FlowGate:
                 except KeyError:  # no price for it and no default: the tokens still count
                     cost = 0.0
                 self.admission.reconcile(holder, None, tokens_in + tokens_out, cost)
+                self._warn(run, pending)
         self.admission.release(holder)
+
+    def _warn(self, run: RunState, pending: PendingEffect) -> None:
+        """``budget.warning``, once per window, for each budget of this call 80 % spent or more."""
+        for rid, rule in self.rules_for(run, pending):
+            if rule.tokens is None and rule.cost_usd is None:
+                continue
+            budget = self.admission.usage(rid, rule).get("budget") or {}
+            spent = max(budget.get("tokens_spent", 0) / rule.tokens if rule.tokens else 0.0,
+                        budget.get("cost_usd_spent", 0.0) / rule.cost_usd if rule.cost_usd else 0.0)
+            if spent < WARN_AT:
+                continue
+            window, resets = int(budget.get("window_start_ms", 0)), int(budget.get("resets_ms", 0))
+            if self.backend.client.set(self.keys.warned(rid, window), "1", nx=True,
+                                       px=max(1000, resets - window)):
+                self.event("budget.warning", run.run_id, rule=rule.label, spent_pct=round(spent * 100, 1),
+                           resets_ms=resets)
+
+    def event(self, name: str, run_id: str, **fields: Any) -> None:
+        """One flow-control event on the events stream (beside the commits' and the detector's)."""
+        entry = {"event": name, "run_id": run_id, **{k: "" if v is None else str(v) for k, v in fields.items()}}
+        self.backend.client.xadd(self.backend.keys.events(), entry, maxlen=self.backend.events_maxlen,
+                                 approximate=True)
+
+    def note_refused(self, run_id: str, decision: Decision, rules: list[Applicable]) -> None:
+        """A budget refused the attempt for good: ``budget.exceeded``."""
+        if decision.kind in ("tokens", "cost_usd"):
+            rule = dict(rules).get(decision.rule_id or "")
+            self.event("budget.exceeded", run_id, rule=rule.label if rule else decision.rule_id,
+                       kind=decision.kind, refused=decision.reason)
 
     def renew(self, run_id: str, pending: PendingEffect, lease_ms: int) -> None:
         self.admission.renew(holder_of(run_id, pending), lease_ms)
@@ -153,6 +191,9 @@ class FlowGate:
         info = {"rule_id": decision.rule_id, "label": rule.label if rule is not None else decision.rule_id,
                 "kind": decision.kind, "until_ms": decision.until_ms, "at_ms": now_ms}
         self.backend.client.hset(self.backend.keys.run(run_id), "a", json.dumps(info))
+        self.event("admission.deferred", run_id, rule=info["label"], kind=decision.kind, until_ms=decision.until_ms)
+        if decision.kind in ("tokens", "cost_usd"):
+            self.event("budget.exceeded", run_id, rule=info["label"], kind=decision.kind, until_ms=decision.until_ms)
 
     def retry_in_ms(self, decision: Decision, now_ms: int) -> int:
         """How long a deferred task waits before trying again (at most a minute): until the rule can
