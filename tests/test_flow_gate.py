@@ -151,6 +151,7 @@ def test_a_budget_settles_with_the_real_usage_and_says_when_it_runs_low_or_out(s
                                           "queues": list(engine.settings.queues)}, ttl_ms=600_000)
     rule = LimitRule(key="tenant:acme", scope="llm_call", tokens=1000, window_s=60)
     limits_of(store).set_rule(rule)
+    limits_of(store).set_price("m1", 1.0, 2.0)  # dollars per million input / output tokens
     wf = reg.workflows.get_or_raise("llm_usage")
     runs = [engine.create(wf, flow=AdmissionKeys(tenant="acme")) for _ in range(3)]
     for rid in runs[:2]:
@@ -160,5 +161,9 @@ def test_a_budget_settles_with_the_real_usage_and_says_when_it_runs_low_or_out(s
     assert explain_run(store, engine.settings, runs[2]).code is Code.BUDGET_EXHAUSTED
     usage = engine.flow.admission.usage("tenant:acme|llm_call|limit", rule)["budget"]
     assert usage["tokens_spent"] == 1600 and usage["open_reservations"] == 0  # settled: 800 + 800
+    # the cost is on the step's record and summed in the run: 500 x 1 + 300 x 2 per million
+    [done] = [r for r in store.ledger.list(runs[0]) if r["status"] == "completed" and r["idempotency_key"]]
+    assert done["result"]["cost_usd"] == 0.0011
+    assert store.runs.load(runs[0]).vars["_flow"] == {"tenant": "acme", "cost_usd": 0.0011}
     events = [(e["event"], e["run_id"]) for e in flow_events(store)]
     assert events == [("budget.warning", runs[0]), ("admission.deferred", runs[2]), ("budget.exceeded", runs[2])]

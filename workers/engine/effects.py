@@ -104,6 +104,8 @@ class Effects(EngineBase):
             with self._renewing(run_id, held, pending), \
                     executing(Execution(run_id, pending.node_id, held, key, attempt)):
                 outcome = self._run_effect(run, pending, self._handlers())
+            if outcome.status == "completed":
+                self.flow.price(run, pending, outcome.result)
         tr = apply_outcome(run, pending, outcome, record=record, policy=self.registry.effect_policy)
         try:
             try:

@@ -181,6 +181,27 @@ class FlowGate:
             self.event("budget.exceeded", run_id, rule=rule.label if rule else decision.rule_id,
                        kind=decision.kind, refused=decision.reason)
 
+    def price(self, run: RunState, pending: PendingEffect, result: Any) -> None:
+        """Put the cost of a completed LLM call on its result (``cost_usd``, by the price table;
+        recorded with the step) and add it to the run's total (``vars["_flow"]["cost_usd"]``,
+        committed with it: a run's cost is one read). Nothing when the response has no
+        ``usage`` or the table has no price for the model and no default."""
+        if _kind(pending) != "llm_call" or not isinstance(result, dict):
+            return
+        tokens_in, tokens_out = llm_usage(result)
+        if not tokens_in and not tokens_out:
+            return
+        model = str(result.get("model") or _model_and_tools(pending)[0] or "*")
+        try:
+            cost = registry(self.backend).cost_usd(model, tokens_in, tokens_out)
+        except KeyError:
+            return
+        result["cost_usd"] = round(cost, 8)
+        flow = run.vars.get(FLOW_VARS)
+        flow = dict(flow) if isinstance(flow, dict) else {}
+        flow["cost_usd"] = round(float(flow.get("cost_usd") or 0.0) + cost, 8)
+        run.vars[FLOW_VARS] = flow
+
     def renew(self, run_id: str, pending: PendingEffect, lease_ms: int) -> None:
         self.admission.renew(holder_of(run_id, pending), lease_ms)
 
