@@ -103,7 +103,7 @@ acquires = st.tuples(st.just("acquire"), holders_st, st.sampled_from([0, 10, 40,
                      st.sampled_from([0.0, 0.001, 0.02]), st.integers(100, 4000))
 operations = st.lists(st.one_of(
     acquires, acquires, acquires,
-    st.tuples(st.just("release"), holders_st),
+    st.tuples(st.just("release"), holders_st, st.booleans()),
     st.tuples(st.just("renew"), holders_st, st.integers(100, 3000)),
     st.tuples(st.just("reconcile"), holders_st, st.integers(0, 300), st.sampled_from([0.0, 0.003, 0.03])),
     st.tuples(st.just("expire"), holders_st),
@@ -154,8 +154,8 @@ def test_the_script_and_the_model_agree_on_every_step(kind, redis_server, fake_r
                                  lease_ms=lease)
             assert got == want, op
             event(f"acquire: {got.verdict.value} {got.kind or ''} {got.reason or ''}{' again' if got.again else ''}")
-        elif name == "release":
-            freed = adm.release(args[0])
+        elif name == "release":  # with the holder's rules (one round trip) or not (its held set read)
+            freed = adm.release(args[0], path_rules(rules, args[0]) if args[1] else None)
             assert freed == model.release(now[0], args[0]), op
             event(f"release freed {min(freed, 2)}")
         elif name == "renew":
@@ -421,3 +421,26 @@ def test_on_the_redis_clock_keys_expire_and_decisions_carry_its_time(redis_serve
 
 def test_a_decision_is_a_plain_value():
     assert Decision(Verdict.ADMITTED).admitted and not Decision(Verdict.DEFERRED, "x", "rate", 1).admitted
+
+
+def test_a_release_given_the_rules_takes_one_round_trip_and_still_frees_everything(adm):
+    # Given a holder admitted under a slot rule, a budget rule and a rate rule,
+    slot = (TENANT, LimitRule(key="tenant:acme", concurrency=1))
+    budget = (rule_id("global", "*", "limit"), LimitRule(key="global", tokens=1000, window_s=60))
+    rate = (rule_id("agent:a", "*", "limit"), LimitRule(key="agent:a", rate=5))
+    assert adm.acquire("h", [slot, budget, rate], tokens=10, lease_ms=1000).admitted
+    # when it is released with the rules it was admitted under, the held set is not read first,
+    reads: list[str] = []
+    real = adm._held
+    adm._held = lambda holders: reads.append("held") or real(holders)  # type: ignore[method-assign]
+    assert adm.release("h", [slot, budget, rate]) == 1
+    assert reads == []
+    # and everything is given back: the slot, the reservation, the holder's entries.
+    assert adm.acquire("other", [slot], lease_ms=1000).admitted
+    assert adm.usage(budget[0], budget[1])["budget"]["open_reservations"] == 0
+    assert adm.client.zscore(adm.keys.holders(), "h") is None and not adm.client.exists(adm.keys.held("h"))
+    # A release given fewer rules than the holder holds reads its held set and frees the rest.
+    assert adm.acquire("h2", [budget, (rule_id("user:u", "*", "limit"), LimitRule(key="user:u", concurrency=3))],
+                       lease_ms=1000).admitted
+    assert adm.release("h2", [budget]) == 1 and reads == ["held"]
+    assert adm.client.zscore(adm.keys.holders(), "h2") is None and not adm.client.exists(adm.keys.held("h2"))

@@ -22,8 +22,8 @@ ids), so release and the sweep find what it holds without a scan. The time is th
 clock (``TIME`` in the scripts); ``clock`` (ms) is for tests only.
 
 Round trips: :meth:`~Admission.acquire` and :meth:`~Admission.reconcile` with a rule id are one;
-:meth:`~Admission.release`, :meth:`~Admission.renew` and a reconcile of every rule read the held
-set first (two); a sweep three.
+:meth:`~Admission.release` given the holder's rules is one too; :meth:`~Admission.renew`, a
+reconcile of every rule and a release without its rules read the held set first (two); a sweep three.
 """
 
 from __future__ import annotations
@@ -37,10 +37,12 @@ from typing import Any, Protocol
 from .flowkeys import FlowKeys
 from .scripts import SOURCES, Reply
 
-__all__ = ["Admission", "Decision", "Verdict", "RuleLike", "rule_argv"]
+__all__ = ["Admission", "Decision", "Verdict", "RuleLike", "emission_us", "rule_argv", "rule_keys", "window_ms"]
 
 #: Attempts of a release whose holder was admitted again (by a duplicate) while it was released.
 _RELEASE_ATTEMPTS = 5
+#: Rules whose KEYS and ARGV an ``Admission`` keeps ready (a registry holds far fewer); past it, it starts over.
+_ENCODED_MAX = 4096
 
 
 class RuleLike(Protocol):
@@ -100,18 +102,56 @@ def _micro(usd: float) -> int:
     return int(round(usd * 1_000_000))
 
 
+#: The mask bits ``admit.lua`` reads per rule: the limits a rule has, and its policy.
+_CONCURRENCY, _RATE, _TOKENS, _COST, _FAIL = 1, 2, 4, 8, 16
+
+
+def emission_us(rule: RuleLike) -> int:
+    """The GCRA emission interval of a rate rule (µs between two admissions at the steady rate)."""
+    assert rule.rate is not None
+    return max(1, int(round(rule.per_s * 1_000_000 / rule.rate)))
+
+
+def window_ms(rule: RuleLike) -> int:
+    """The budget window of a token or cost rule (ms)."""
+    return max(1, int(round(rule.window_s * 1000)))
+
+
 def rule_argv(rid: str, rule: RuleLike) -> list[str]:
-    """The eight items ``admit.lua`` reads per rule (all integers: the script and the model agree)."""
-    emit = tau = ""
+    """What ``admit.lua`` reads per rule: its id, its mask, then only the numbers of the limits it
+    has (all integers: the script and the model agree)."""
+    mask = _FAIL if rule.on_exhausted == "fail" else 0
+    out = [rid, ""]
+    if rule.concurrency is not None:
+        mask |= _CONCURRENCY
+        out.append(str(rule.concurrency))
     if rule.rate is not None:
-        interval = max(1, int(round(rule.per_s * 1_000_000 / rule.rate)))
-        emit, tau = str(interval), str(rule.burst * interval)
-    budget = rule.tokens is not None or rule.cost_usd is not None
-    return [rid, "1" if rule.on_exhausted == "fail" else "0",
-            "" if rule.concurrency is None else str(rule.concurrency), emit, tau,
-            "" if rule.tokens is None else str(rule.tokens),
-            "" if rule.cost_usd is None else str(_micro(rule.cost_usd)),
-            str(max(1, int(round(rule.window_s * 1000)))) if budget else ""]
+        mask |= _RATE
+        emit = emission_us(rule)
+        out += [str(emit), str(rule.burst * emit)]
+    if rule.tokens is not None:
+        mask |= _TOKENS
+        out.append(str(rule.tokens))
+    if rule.cost_usd is not None:
+        mask |= _COST
+        out.append(str(_micro(rule.cost_usd)))
+    if rule.tokens is not None or rule.cost_usd is not None:
+        out.append(str(window_ms(rule)))
+    out[1] = str(mask)
+    return out
+
+
+def rule_keys(keys: FlowKeys, rid: str, rule: RuleLike) -> list[str]:
+    """The keys ``admit.lua`` reads per rule, in its order: slots, rate, budget, each only when
+    the rule has that limit."""
+    out = []
+    if rule.concurrency is not None:
+        out.append(keys.slots(rid))
+    if rule.rate is not None:
+        out.append(keys.rate(rid))
+    if rule.tokens is not None or rule.cost_usd is not None:
+        out.append(keys.budget(rid))
+    return out
 
 
 def _text(value: Any) -> str:
@@ -130,6 +170,20 @@ class Admission:
         self._release = client.register_script(SOURCES["admit_release"])
         self._renew = client.register_script(SOURCES["admit_renew"])
         self._reconcile = client.register_script(SOURCES["admit_reconcile"])
+        self._encoded: dict[tuple[str, Any], tuple[list[str], list[str]]] = {}
+
+    def _encode(self, rid: str, rule: RuleLike) -> tuple[list[str], list[str]]:
+        """The rule's KEYS and ARGV for ``admit.lua``, made once per (rule id, rule) (rules are frozen)."""
+        try:
+            return self._encoded[(rid, rule)]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable rule-like: made each time
+            return rule_keys(self.keys, rid, rule), rule_argv(rid, rule)
+        if len(self._encoded) >= _ENCODED_MAX:
+            self._encoded.clear()
+        out = self._encoded[(rid, rule)] = (rule_keys(self.keys, rid, rule), rule_argv(rid, rule))
+        return out
 
     def _now_arg(self) -> str:
         return "" if self.clock is None else str(int(self.clock()))
@@ -153,8 +207,9 @@ class Admission:
         keys = [self.keys.holders(), self.keys.held(holder)]
         argv: list[str] = [holder, str(int(lease_ms)), str(int(tokens)), str(_micro(cost_usd)), self._now_arg()]
         for rid, rule in rules:
-            keys += [self.keys.slots(rid), self.keys.rate(rid), self.keys.budget(rid)]
-            argv += rule_argv(rid, rule)
+            rkeys, rargv = self._encode(rid, rule)
+            keys += rkeys
+            argv += rargv
         reply = self._admit(keys=keys, args=argv)
         code = Reply(int(reply[0]))
         if code is Reply.ADMITTED:
@@ -183,18 +238,25 @@ class Admission:
                 keys += [self.keys.slots(rid), self.keys.budget(rid)]
         return [int(x) for x in self._release(keys=keys, args=argv)]
 
-    def release(self, holder: str) -> int:
+    def release(self, holder: str, rules: Sequence[tuple[str, RuleLike]] | None = None) -> int:
         """Free everything ``holder`` holds (after its result's commit); the slots freed (0 if none).
 
+        ``rules``: the rules it was admitted under, when the caller knows them (the gate does):
+        one round trip instead of two (its held set is read only if it holds more than those).
         An open budget reservation stays spent as reserved (reconcile it before).
         """
-        return self.release_timed(holder)[0]
+        return self.release_timed(holder, rules)[0]
 
-    def release_timed(self, holder: str) -> tuple[int, int]:
+    def release_timed(self, holder: str, rules: Sequence[tuple[str, RuleLike]] | None = None) -> tuple[int, int]:
         """:meth:`release`, and the Redis time (µs) at which the slots were freed."""
         freed = at_us = 0
+        held = None
+        if rules is not None:  # what admit.lua puts in the held set: rules with a slot or a budget
+            held = [(holder, sorted({rid for rid, r in rules if r.concurrency is not None or r.tokens is not None
+                                     or r.cost_usd is not None}))]
         for _ in range(_RELEASE_ATTEMPTS):
-            _ok, slots, _done, left, at_us = self._give_back("release", self._held([holder]))
+            _ok, slots, _done, left, at_us = self._give_back("release", held or self._held([holder]))
+            held = None
             freed += slots
             if not left:
                 break
@@ -254,14 +316,14 @@ def usage_of(rule: RuleLike, now: int, members: list[tuple[str, int]], tat: int 
         out["concurrency"] = {"limit": rule.concurrency, "holders": [{"holder": m, "expires_ms": s} for s, m in live],
                               "expired": len(members) - len(live)}
     if rule.rate is not None:
-        emit = int(rule_argv("", rule)[3])
+        emit = emission_us(rule)
         tau = rule.burst * emit
         level = max(tat or 0, now * 1000) - now * 1000
         room = 0 if level > tau else (tau - level) // emit + 1
         out["rate"] = {"rate": rule.rate, "per_s": rule.per_s, "burst": rule.burst, "available": room,
                        "next_free_ms": now if room else math.ceil((level - tau) / 1000) + now}
     if rule.tokens is not None or rule.cost_usd is not None:
-        win = int(rule_argv("", rule)[7])
+        win = window_ms(rule)
         start = now - now % win
         current = budget.get("w") == str(start)
         spent_t = int(budget.get("t", 0)) if current else 0

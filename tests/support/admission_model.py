@@ -2,8 +2,8 @@
 
 The same semantics as the scripts, written plainly, so that a property test can drive both with
 the same operations and compare every decision and every piece of state (``snapshot``). It
-reads the rules through ``rule_argv``, as the scripts receive them: integers only (µs, ms,
-micro-dollars), so both sides compute exactly the same numbers.
+reads the rules' numbers as the scripts receive them (``emission_us``, ``window_ms``, micro-dollars):
+integers only, so both sides compute exactly the same numbers.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stores.redis.admission import Decision, RuleLike, Verdict, rule_argv, usage_of
+from stores.redis.admission import Decision, RuleLike, Verdict, emission_us, usage_of, window_ms
 
 
 @dataclass
@@ -53,8 +53,7 @@ class AdmissionModel:
 
         plans: list[dict[str, Any]] = []
         for rid, rule in rules:
-            argv = rule_argv(rid, rule)
-            fail = argv[1] == "1"
+            fail = rule.on_exhausted == "fail"
             plan: dict[str, Any] = {}
             plans.append(plan)
             if rule.concurrency is not None:
@@ -62,22 +61,23 @@ class AdmissionModel:
                 if len(live) >= rule.concurrency:
                     block(rid, "concurrency", fail, live[len(live) - rule.concurrency])
             if rule.rate is not None:
-                emit, tau = int(argv[3]), int(argv[4])
+                emit = emission_us(rule)
+                tau = rule.burst * emit
                 tat = max(self.tat.get(rid, at), at)
                 if tat - at > tau:
                     block(rid, "rate", fail, math.ceil((tat - tau) / 1000))
                 else:
                     plan["tat"] = tat + emit
             if rule.tokens is not None or rule.cost_usd is not None:
-                win = int(argv[7])
+                win = window_ms(rule)
                 w = now - now % win
                 b = self.budgets.get(rid, Budget())
                 fresh = b.w != w
                 spent_t, spent_c = (0, 0) if fresh else (b.t, b.c)
                 plan.update(w=w, fresh=fresh, win=win)
+                micro = None if rule.cost_usd is None else int(round(rule.cost_usd * 1_000_000))
                 for limit, want, spent, kind in ((rule.tokens, tokens, spent_t, "tokens"),
-                                                 (None if rule.cost_usd is None else int(argv[6]), want_c, spent_c,
-                                                  "cost_usd")):
+                                                 (micro, want_c, spent_c, "cost_usd")):
                     if limit is None:
                         continue
                     if want > limit:

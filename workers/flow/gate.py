@@ -134,7 +134,8 @@ class FlowGate:
                 return value
         return int(self.settings.flow_llm_estimate_tokens)
 
-    def settle(self, run: RunState, pending: PendingEffect, result: Any) -> None:
+    def settle(self, run: RunState, pending: PendingEffect, result: Any, rules: list[Applicable] | None = None
+               ) -> None:
         """After the outcome's commit: settle an LLM call's reservation with its real usage, then
         give the attempt's shares back (and warn when a budget is 80 % spent)."""
         run_id = run.run_id
@@ -150,7 +151,7 @@ class FlowGate:
                     cost = 0.0
                 self.admission.reconcile(holder, None, tokens_in + tokens_out, cost)
                 self._warn(run, pending)
-        self.admission.release(holder)
+        self.admission.release(holder, rules)  # with its rules: one round trip
 
     def _warn(self, run: RunState, pending: PendingEffect) -> None:
         """``budget.warning``, once per window, for each budget of this call 80 % spent or more."""

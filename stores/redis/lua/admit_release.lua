@@ -41,8 +41,8 @@ while a <= #ARGV do
     for j = 1, n do
       slots = slots + redis.call('ZREM', KEYS[k + 2 * j - 1], holder)
       redis.call('HDEL', KEYS[k + 2 * j], field)
-      redis.call('SREM', KEYS[k], ARGV[a + 1 + j])
     end
+    if n > 0 then redis.call('SREM', KEYS[k], unpack(ARGV, a + 2, a + 1 + n)) end
     if redis.call('SCARD', KEYS[k]) == 0 then
       done = done + redis.call('ZREM', KEYS[1], holder)
     else
