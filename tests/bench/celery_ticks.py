@@ -36,19 +36,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
+from benchlib import log, pct  # noqa: E402
+
 from support.celery_workers import WorkerGroup  # noqa: E402
 from support.redis_server import RedisServer  # noqa: E402
 
 TERMINAL = ("completed", "failed", "cancelled")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
 class Bench:

@@ -43,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent), str(HERE)]
 
 from bench_fill import EXPECTED, fill, log, split  # noqa: E402
+from benchlib import pct  # noqa: E402
 
 from support.redis_server import RedisServer  # noqa: E402
 
@@ -56,11 +57,6 @@ TARGET_P99_MS = 20.0
 _BOOKKEEPING = {"info", "client|setinfo", "hello"}
 #: Heartbeat of the fake worker (it must look alive throughout: ``ALIVE_WITHIN_S``).
 _WORKER = "worker:bench@localhost:1"
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
 def calls(r: Any) -> dict[str, int]:

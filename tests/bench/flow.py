@@ -48,6 +48,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent), str(HERE)]
 
+from benchlib import log, pct  # noqa: E402
+
 from stores.redis.admission import Admission  # noqa: E402
 from stores.redis.flowkeys import FlowKeys, rule_id  # noqa: E402
 from workers.flow import LimitRule  # noqa: E402
@@ -63,15 +65,6 @@ RULES = [LimitRule(key="global", concurrency=100_000),
 RULE_IDS = [rule_id("global", "*", "limit"), rule_id("tenant:bench", "*", "limit"),
             rule_id("agent:flow_tools", "*", "limit")]
 CACHE_S = 0.2
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
 class FlowBench:

@@ -41,17 +41,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent), str(HERE)]
 
+from benchlib import log, pct  # noqa: E402
+
 from support.backends import redis_backend  # noqa: E402
 from support.redis_server import RedisServer  # noqa: E402
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
 def measure(server: RedisServer, args: argparse.Namespace) -> dict[str, Any]:
