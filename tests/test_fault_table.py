@@ -99,6 +99,16 @@ def lines(path: Path) -> list[str]:
 # -- the table -----------------------------------------------------------------------------------
 
 
+def swept_once_then_no_beat(g: Any, client: Any) -> Any:
+    """Start beat, wait for its first sweep, stop it with no sweep left queued; the broker client."""
+    g.start_beat()
+    assert until(lambda: client.backend.last_sweep_ms() is not None), "beat never swept"
+    g.stop("beat")
+    broker = g.broker()
+    assert until(lambda: broker.llen(g.settings().queue("maintenance")) == 0), "a sweep is still queued"
+    return broker
+
+
 def test_no_consumer_when_every_tools_worker_stopped(fresh):
     # Given a deployment whose tools queue has one worker of its own, which did run a tool call
     g = fresh(tick_backoff_s=0.05)
@@ -127,11 +137,7 @@ def test_timer_overdue_when_beat_stopped_and_the_wake_was_lost(fresh):
     g = fresh(tick_backoff_s=0.05, sweep_period_s=SWEEP_S)
     g.start_worker("main", queues=ALL_BUT["timers"])
     client = g.client()
-    g.start_beat()
-    assert until(lambda: client.backend.last_sweep_ms() is not None), "beat never swept"
-    g.stop("beat")
-    broker = g.broker()
-    assert until(lambda: broker.llen(g.settings().queue("maintenance")) == 0), "a sweep is still queued"
+    broker = swept_once_then_no_beat(g, client)
     # If a run sleeps until a second from now, and the countdown message of its wake is lost
     rid = client.start("sleep_until", vars={"until": datetime.fromtimestamp(
         (client.backend.time_ms() + 1000) / 1000, tz=timezone.utc).isoformat()})
@@ -223,11 +229,7 @@ def test_lease_expired_when_the_worker_holding_it_is_killed(fresh, tmp_path):
     g.start_worker("main", queues=ALL_BUT["tools"])
     g.start_worker("tools", queues="tools")
     client = g.client()
-    g.start_beat()
-    assert until(lambda: client.backend.last_sweep_ms() is not None), "beat never swept"
-    g.stop("beat")
-    broker = g.broker()
-    assert until(lambda: broker.llen(g.settings().queue("maintenance")) == 0), "a sweep is still queued"
+    broker = swept_once_then_no_beat(g, client)
     broker.close()
     tools_q = g.settings().queue("tools")
     counter, started = tmp_path / "calls.txt", tmp_path / "started"

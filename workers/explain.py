@@ -241,7 +241,7 @@ def _deferred(f: Facts, ev: dict[str, Any]) -> Diagnosis:
     label, kind, until = info.get("label") or info.get("rule_id"), info.get("kind"), info.get("until_ms")
     ev = {**ev, "deferred": info}
     since = _iso(info.get("at_ms")) or _iso(f.now_ms) or ""
-    action = f"abstractruntime limits usage {str(label).split(' ')[0].split('/')[0]}"
+    action = f"abstractruntime limits usage {str(info.get('rule_id') or '').split('|')[0]}"
     if kind in ("tokens", "cost_usd"):
         what = "tokens" if kind == "tokens" else "dollars"
         return Diagnosis(Code.BUDGET_EXHAUSTED, f"budget `{label}` has no {what} left this window; "

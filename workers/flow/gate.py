@@ -143,19 +143,15 @@ class FlowGate:
         if _kind(pending) == "llm_call":
             tokens_in, tokens_out = llm_usage(result)
             if tokens_in or tokens_out:
-                model = result.get("model") if isinstance(result, dict) else None
-                model = model or _model_and_tools(pending)[0] or "*"
-                try:
-                    cost = registry(self.backend).cost_usd(str(model), tokens_in, tokens_out)
-                except KeyError:  # no price for it and no default: the tokens still count
-                    cost = 0.0
+                # :meth:`price` put the call's cost on the result (absent: no price; the tokens still count)
+                cost = float(result.get("cost_usd") or 0.0) if isinstance(result, dict) else 0.0
                 self.admission.reconcile(holder, None, tokens_in + tokens_out, cost)
-                self._warn(run, pending)
+                self._warn(run, rules if rules is not None else self.rules_for(run, pending))
         self.admission.release(holder, rules)  # with its rules: one round trip
 
-    def _warn(self, run: RunState, pending: PendingEffect) -> None:
+    def _warn(self, run: RunState, rules: list[Applicable]) -> None:
         """``budget.warning``, once per window, for each budget of this call 80 % spent or more."""
-        for rid, rule in self.rules_for(run, pending):
+        for rid, rule in rules:
             if rule.tokens is None and rule.cost_usd is None:
                 continue
             budget = self.admission.usage(rid, rule).get("budget") or {}
