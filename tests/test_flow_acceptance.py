@@ -224,7 +224,7 @@ def _body_args(raw: bytes) -> list[Any]:
 def test_killed_workers_and_a_dropped_message_leave_no_slot_to_a_dead_holder(fresh, tmp_path):
     # Given concurrency 2 on one tenant's tool calls, 3 s tools, leases of 2 s (renewed) and a sweep each 0.5 s
     g = fresh(tick_backoff_s=0.05, tick_lease_s=LEASE_S, effect_lease_s=LEASE_S, sweep_period_s=SWEEP_S,
-              flow_retry_s=0.2, flow_rules_cache_s=0.2, imports="support.flow_scenarios")
+              flow_rules_cache_s=0.2, imports="support.flow_scenarios")
     client = g.client()
     limits_of(client.backend).set_rule(LimitRule(key="tenant:acme", scope="tool_calls", concurrency=2))
     r = client.backend.client
@@ -281,7 +281,8 @@ def test_killed_workers_and_a_dropped_message_leave_no_slot_to_a_dead_holder(fre
     all_complete(client, ids, timeout=60)
     assert r.zcard(slots) == 0 and r.zcard(holders) == 0  # every share given back
     calls = [json.loads(line) for line in probe.read_text().splitlines()]
-    assert most_at_once([(c["start"], c["end"]) for c in calls]) <= 2
+    assert most_at_once([(c["start"], c["end"]) for c in calls]) <= 2, sorted(
+        (round(c["start"] % 1000, 2), round(c["end"] % 1000, 2), c["run_id"][:8], c["pid"]) for c in calls)
     logs = "".join(g.log(name) for name in ("beat", "last", *(f"w{i}" for i in range(started))))
     assert f"sweep: lease of run {dropped} expired; effect sent again" in logs
     reclaimed = sum(int(n) for n in re.findall(r"slots_reclaimed=(\d+)", logs))

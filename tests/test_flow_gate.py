@@ -24,7 +24,7 @@ import support.celery_scenarios  # noqa: F401  (registers the workflows)
 
 
 def engine_of(store: Any, **settings: Any) -> tuple[Any, StubDispatcher]:
-    base = {"flow_rules_cache_s": 0, "flow_retry_s": 0.5, "effect_lease_s": 30}
+    base = {"flow_rules_cache_s": 0, "effect_lease_s": 30}
     engine, stub = make_stub_engine(store, registry, WorkerSettings(**{**base, **settings}))
     # a worker consumes every queue (the stub is it): explain looks past NO_CONSUMER
     store.write_heartbeat("stub-worker", {"kind": "worker", "hostname": "stub", "pid": 1,
@@ -61,20 +61,20 @@ def test_a_full_concurrency_rule_defers_the_effect_until_a_slot_is_given_back(st
     other_tenant = start(engine, "tools", "beta")  # a tenant of its own: not held back
     delivered = results(stub.drain(engine))
     assert delivered.count("deferred") == 1 and store.runs.load(other_tenant).status == RunStatus.COMPLETED
-    [again] = [m for m in stub.pending if m.run_id == run_id]
-    assert again.kind == "effect" and again.countdown == 0.5  # flow_retry_s: it waits for a release
+    # parked in its tenant's queue: no message comes back by itself (no polling)
+    assert [m for m in stub.pending if m.run_id == run_id] == []
+    assert engine.fair.queue.depth("tenant:acme") == 1
     d = explain_run(store, engine.settings, run_id)
     assert d.code is Code.ADMISSION_DEFERRED, d
-    assert d.sentence == ("deferred by rule `tenant:acme/tool_calls concurrency` (concurrency); "
-                          "tries again once a holder gives its slot back")
-    # still full when it comes back: deferred again, nothing ran
-    stub.advance(0.5)
-    assert results(stub.drain(engine)) == ["deferred"]
+    assert d.sentence.startswith("deferred by rule `tenant:acme/tool_calls concurrency`: 1 holder of 1"), d.sentence
+    # a pass while the slot is still held sends nothing, and nothing ran
+    assert engine.flow_dispatch() == 0
     assert store.ledger.list(run_id)[-1]["status"] == "started"
 
     engine.flow.admission.release("other/k/1")
-    stub.advance(0.5)
+    assert engine.flow_dispatch() == 1  # the pass a release runs (this release was made by hand)
     assert results(stub.drain(engine)) == ["next", "finish"]
+    assert engine.fair.queue.depth("tenant:acme") == 0 and engine.fair.queue.queued() == 0
     assert store.runs.load(run_id).status == RunStatus.COMPLETED
     assert store.client.zcard(engine.flow.admission.keys.slots("tenant:acme|tool_calls|limit")) == 0  # given back
     assert store.client.hget(store.keys.run(run_id), "a") is None  # the commit cleared why it waited
@@ -91,8 +91,9 @@ def test_a_token_budget_defers_until_its_window_ends(store):
     d = explain_run(store, engine.settings, second)
     assert d.code is Code.BUDGET_EXHAUSTED, d
     assert d.sentence.startswith("budget `tenant:acme/llm_call tokens` has no tokens left this window; refills ")
-    [again] = [m for m in stub.pending if m.run_id == second]
-    assert 1 < again.countdown <= 60  # the window's end, not a poll
+    assert [m for m in stub.pending if m.run_id == second] == []  # parked, not polling
+    [wake] = [m for m in stub.pending if m.kind == "flow"]
+    assert 1 < wake.countdown <= 60  # one pass at the window's end
 
 
 def test_a_fail_rule_fails_the_attempt_for_good(store):

@@ -23,7 +23,7 @@ from support.flow_scenarios import most_at_once
 
 @pytest.mark.timeout(300)
 def test_three_tenants_never_exceed_their_concurrency_nor_the_global_one(fresh, tmp_path):
-    g = fresh(tick_backoff_s=0.05, effect_lease_s=10, flow_retry_s=0.05, flow_rules_cache_s=0.2,
+    g = fresh(tick_backoff_s=0.05, effect_lease_s=10, flow_rules_cache_s=0.2,
               imports="support.celery_scenarios,support.flow_scenarios")
     client = g.client()
     limits = limits_of(client.backend)

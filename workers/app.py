@@ -47,6 +47,7 @@ TASK_NAMES = _TaskNames({
     "tick": "abstractruntime.tick",
     "wake": "abstractruntime.wake",
     "sweep": "abstractruntime.sweep",
+    "flow": "abstractruntime.flow_dispatch",  # a fair-dispatch pass once a rate or budget refills
     # Effect tasks, one per queue kind an effect is sent to.
     "effect_on_ticks": "abstractruntime.effect",  # an effect retried on the ticks queue (a wait's retry)
     "llm": "abstractruntime.effect.llm",
@@ -156,6 +157,14 @@ class CeleryDispatcher:
              node: str | None = None) -> None:
         self._send(TASK_NAMES["wake"], [run_id, version], self._q_timers, countdown, workflow=workflow, node=node)
 
+    def flow(self, *, countdown: float = 0.0) -> None:
+        try:
+            self.app.send_task(TASK_NAMES["flow"], args=[], queue=self._q_ticks, countdown=countdown or None)
+        except Exception as exc:  # the sweep runs a pass too
+            if not self.tolerant:
+                raise
+            logger.warning("could not send a fair-dispatch pass (%s: %s); the sweep runs one", type(exc).__name__, exc)
+
 
 def _argsrepr(run_id: str, workflow: str | None, node: str | None, version: int | None, attempt: int,
               token: int | None = None) -> str:
@@ -222,6 +231,7 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
             **{TASK_NAMES[key]: {"queue": q(kind)} for kind, key in EFFECT_TASK_KEYS.items()},
             TASK_NAMES["wake"]: {"queue": q("timers")},
             TASK_NAMES["sweep"]: {"queue": q("maintenance")},
+            TASK_NAMES["flow"]: {"queue": q("ticks")},
         },
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
@@ -264,6 +274,10 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
     @app.task(name=TASK_NAMES["sweep"], shared=False)
     def sweep(*args: Any) -> Any:
         return _traced(holder, "sweep", args, (0, 0), lambda e: e.sweep())
+
+    @app.task(name=TASK_NAMES["flow"], shared=False)
+    def flow_dispatch(*args: Any) -> Any:
+        return _traced(holder, "flow", args, (0, 0), lambda e: e.flow_dispatch())
 
     def effect_of(name: str) -> Any:
         label = name.removeprefix("abstractruntime.")

@@ -246,9 +246,34 @@ def _deferred(f: Facts, ev: dict[str, Any]) -> Diagnosis:
         what = "tokens" if kind == "tokens" else "dollars"
         return Diagnosis(Code.BUDGET_EXHAUSTED, f"budget `{label}` has no {what} left this window; "
                          f"refills {_at(until)}", since, ev, action)
-    when = "tries again once a holder gives its slot back" if kind == "concurrency" or not until \
-        else f"tries again at {_at(until)}"
-    return Diagnosis(Code.ADMISSION_DEFERRED, f"deferred by rule `{label}` ({kind}); {when}", since, ev, action)
+    place = ""
+    if info.get("position"):
+        place = f"; {_ordinal(int(info['position']))} of {info.get('depth')} in the queue of `{info.get('queue_key')}`"
+    if kind == "queue":  # parked behind earlier work, no rule tried yet
+        return Diagnosis(Code.ADMISSION_DEFERRED, f"waiting its turn in fair dispatch{place or ''}", since, ev,
+                         f"abstractruntime limits usage {info.get('queue_key') or 'global'}")
+    if kind == "concurrency":
+        held = info.get("holders")
+        limit = info.get("limit")
+        first = info.get("first_holder") or {}
+        who = ""
+        if held is not None:
+            who = f": {held} holder{'' if held == 1 else 's'}" + (f" of {limit}" if limit else "")
+            if first:
+                who += (f", next slot when run {first.get('run_id')}'s {first.get('what')} ends "
+                        f"(its lease runs to {_at(first.get('expires_ms'))})")
+            elif held == 0:
+                who += ", a slot is free: the next dispatcher pass takes it"
+        return Diagnosis(Code.ADMISSION_DEFERRED, f"deferred by rule `{label}`{who or ' (concurrency)'}{place}",
+                         since, ev, action)
+    when = f"tries again at {_at(until)}" if until else "tries again at the next pass"
+    return Diagnosis(Code.ADMISSION_DEFERRED, f"deferred by rule `{label}` ({kind}); {when}{place}", since, ev,
+                     action)
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def _lost(f: Facts) -> str:
@@ -282,7 +307,7 @@ def _running(f: Facts, since: str, ev: dict[str, Any]) -> Diagnosis:
                                                                 "token": f.token},
                          "start exactly one beat: abstractruntime beat" if late
                          else "if this stays, read the workers' logs")
-    if f.deferred is not None and f.dispatch == "effect":
+    if f.deferred is not None and f.dispatch in ("effect", "tick"):
         return _deferred(f, ev)
     if f.regranted_ms is not None:  # recovering: the sweep sent it again, no commit since
         return Diagnosis(Code.LEASE_EXPIRED, f"lease expired {_at(f.regranted_ms)}, re-dispatched with token "

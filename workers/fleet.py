@@ -128,8 +128,9 @@ def gather(backend: Any, settings: WorkerSettings, run_id: str, *, broker: Broke
         facts["lease_ms"] = backend.lease_ms(run_id)
         facts.update(lost=loaded.lost, poison_after=settings.poison_after, token=loaded.token,
                      regranted_ms=loaded.regranted_ms)
-        if d is not None and d.kind == "effect":
-            facts["deferred"] = json_map(backend.client.hget(backend.keys.run(run_id), "a"))
+        if d is not None and d.kind in ("effect", "tick"):
+            deferred = json_map(backend.client.hget(backend.keys.run(run_id), "a"))
+            facts["deferred"] = _deferral_details(backend, deferred) if deferred else None
         if d is not None:
             facts["dispatch"] = d.kind
             facts["queue"] = _queue_of(settings, d)
@@ -143,6 +144,48 @@ def gather(backend: Any, settings: WorkerSettings, run_id: str, *, broker: Broke
         if depth == 0:
             _fleet_facts(backend, settings, facts, broker, now)
     return Facts(**facts)
+
+
+def _deferral_details(backend: Any, info: dict[str, Any]) -> dict[str, Any]:
+    """What ``explain`` says of a deferred run beside its rule: a slot rule's live holders (the
+    one whose lease ends first named, with what it runs), and the run's place in its key's
+    fair-dispatch queue."""
+    from runtime.models import validate_run_id
+    from stores.redis.flowkeys import FlowKeys
+
+    from .flow.resolve import registry, rules_for_key
+
+    keys = FlowKeys(backend.keys.prefix)
+    out = dict(info)
+    rid = str(info.get("rule_id") or "")
+    if info.get("kind") == "concurrency" and rid:
+        concrete = rid.split("|")[0]
+        rule = dict(rules_for_key(registry(backend).rules(), concrete)).get(rid)
+        now = backend.time_ms()
+        live = [(int(s), m.decode() if isinstance(m, bytes) else str(m))
+                for m, s in backend.client.zrangebyscore(keys.slots(rid), f"({now}", "+inf", withscores=True)]
+        out["holders"] = len(live)
+        out["limit"] = rule.concurrency if rule is not None else None
+        if live:
+            expires, holder = live[0]
+            run, _, step = holder.partition("/")
+            what = "start" if step == "start" else "effect"
+            try:
+                loaded = backend.load_for_driver(validate_run_id(run))
+                p = loaded.dispatch.pending if loaded is not None and loaded.dispatch is not None else None
+                if p is not None and step != "start":
+                    what = str(getattr(p.effect.type, "value", p.effect.type)).replace("_", " ").rstrip("s")
+            except ValueError:
+                pass
+            out["first_holder"] = {"run_id": run, "what": what, "expires_ms": expires}
+    fkey = info.get("queue_key")
+    item = info.get("item_id")
+    if fkey and item:
+        rank = backend.client.zrank(keys.deferred(str(fkey)), str(item))
+        if rank is not None:
+            out["position"] = int(rank) + 1
+            out["depth"] = int(backend.client.zcard(keys.deferred(str(fkey))))
+    return out
 
 
 def _fleet_facts(backend: Any, settings: WorkerSettings, facts: dict[str, Any], broker: BrokerProbe | None,

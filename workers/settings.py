@@ -39,7 +39,7 @@ STUCK_FIELDS = ("stuck_no_consumer_s", "stuck_lease_expired_s", "stuck_orphaned_
                 "stuck_waiting_job_s", "stuck_recheck_s")
 ENV_VARS.update({f"ABSTRACTRUNTIME_{name.upper()}": name for name in (
     *STUCK_FIELDS, "sla_webhook_secret", "sla_webhook_timeout_s", "sla_webhook_attempts", "flow_rules_cache_s",
-    "flow_llm_estimate_tokens", "flow_retry_s")})
+    "flow_llm_estimate_tokens")})
 
 
 @dataclass(frozen=True)
@@ -129,9 +129,6 @@ class WorkerSettings:
     #: Flow control: tokens an LLM call reserves on a token or cost budget when its payload names
     #: no ``max_tokens`` (settled with the response's ``usage`` after its commit).
     flow_llm_estimate_tokens: int = 1000
-    #: Flow control: seconds a deferred effect waits before trying again when it waits for a slot
-    #: to be released (a rate or a budget says when it can go, and it waits until then).
-    flow_retry_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.broker_url is not None and (not isinstance(self.broker_url, str) or "://" not in self.broker_url):
@@ -154,7 +151,6 @@ class WorkerSettings:
             _check(name, getattr(self, name), positive=name == "stuck_recheck_s")
         _check("sla_webhook_timeout_s", self.sla_webhook_timeout_s, positive=True)
         _check("flow_rules_cache_s", self.flow_rules_cache_s, positive=False)
-        _check("flow_retry_s", self.flow_retry_s, positive=True)
         estimate = self.flow_llm_estimate_tokens
         if isinstance(estimate, bool) or not isinstance(estimate, int) or estimate < 0:
             raise ValueError(f"WorkerSettings.flow_llm_estimate_tokens must be a whole number of 0 or more, "

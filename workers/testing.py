@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGES = 10_000
 
 #: What a message asks for: a tick of a run's node, an effect attempt, or a timer's wake.
-MessageKind = Literal["tick", "effect", "wake"]
+MessageKind = Literal["tick", "effect", "wake", "flow"]
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class StubMessage:
 
     @property
     def run_id(self) -> str:
-        return str(self.args[0])
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,9 @@ class StubDispatcher:
     def wake(self, run_id: str, version: int | None, *, countdown: float = 0.0, workflow: str | None = None,
              node: str | None = None) -> None:
         self._put("wake", TASK_NAMES["wake"], (run_id, version), "timers", countdown, workflow, node)
+
+    def flow(self, *, countdown: float = 0.0) -> None:
+        self._put("flow", TASK_NAMES["flow"], (), "ticks", countdown, None, None)
 
     def _put(self, kind: MessageKind, task: str, args: tuple[Any, ...], queue: str, countdown: float,
              workflow: str | None, node: str | None) -> None:
@@ -243,6 +246,8 @@ class StubDispatcher:
                 result = engine.tick(*message.args)
             elif message.kind == "effect":
                 result = engine.effect(*message.args)
+            elif message.kind == "flow":
+                result = str(engine.flow_dispatch())
             else:
                 result = engine.wake(*message.args)
             outcome.result = result

@@ -52,13 +52,34 @@ class FlowKeys:
         return self._t + "budget:" + rid
 
     def deferred(self, key: str) -> str:
-        """ZSET: deferred work of one concrete key (member: a JSON item), scored by priority then
-        arrival (``priority * 1e13 + arrival ms``)."""
+        """ZSET: the fair-dispatch queue of one fairness key (member: an item id, its item in
+        :meth:`items`), scored by priority then arrival (``priority * 1e15 + arrival sequence``)."""
         return self._t + "deferred:" + key
 
+    def items(self) -> str:
+        """HASH: item id -> the deferred item's JSON (what the dispatcher admits and sends)."""
+        return self._t + "items"
+
     def ready(self) -> str:
-        """ZSET: keys with deferred work, scored by when their head may be admitted (epoch ms)."""
+        """ZSET: fairness keys with deferred work, scored by when their head may be tried (epoch ms)."""
         return self._t + "ready"
+
+    def passes(self) -> str:
+        """HASH: fairness key -> its pass in weighted round robin (the lowest is served next);
+        field ``""`` the pass last served, ``#seq`` the arrival sequence of parked items."""
+        return self._t + "passes"
+
+    def dispatching(self) -> str:
+        """STRING, expiring: the lock of the one dispatcher pass running in the fleet."""
+        return self._t + "dispatching"
+
+    def dirty(self) -> str:
+        """STRING: work was parked or released while a dispatcher pass ran: run one more."""
+        return self._t + "dirty"
+
+    def wake_at(self) -> str:
+        """STRING, expiring: when the next timed dispatcher pass is already scheduled (epoch ms)."""
+        return self._t + "wake-at"
 
     def holders(self) -> str:
         """ZSET: holder id -> lease expiry, across every rule: what the sweep reclaims when expired

@@ -57,4 +57,5 @@ def source(name: str) -> str:
 
 #: Every script by name, as sent to Redis (``register_script``: EVALSHA, reloaded after NOSCRIPT).
 SOURCES = {name: source(name) for name in ("commit", "append", "index", "claim", "failure", "fence",
-                                          "admit", "admit_release", "admit_renew", "admit_reconcile")}
+                                          "admit", "admit_release", "admit_renew", "admit_reconcile",
+                                          "flow_park", "flow_take")}

@@ -22,6 +22,7 @@ from stores.redis.codec import ValueTooLarge
 from stores.redis.dispatch import Dispatch
 
 from .. import logs
+from ..flow.dispatch import FairDispatch
 from ..flow.gate import FlowGate
 from ..registry import Registry
 from ..settings import WorkerSettings
@@ -62,6 +63,9 @@ class Dispatcher(Protocol):
     def wake(self, run_id: str, version: int | None, *, countdown: float = 0.0, workflow: str | None = None,
              node: str | None = None) -> None: ...
 
+    def flow(self, *, countdown: float = 0.0) -> None:
+        """A fair-dispatch pass (``workers/flow/dispatch.py``) once a rate or budget refills."""
+
 
 def iso(ms: int) -> str:
     """An epoch-ms time as ISO 8601 UTC."""
@@ -81,6 +85,8 @@ class EngineBase:
         self._effect_lease = int(settings.effect_lease_s * 1000)
         #: Flow control (``workers/flow``): admits effect attempts; costs nothing with no rule.
         self.flow = FlowGate(backend, settings)
+        #: Fair dispatch: deferred run starts and effect attempts, served by weighted round robin.
+        self.fair = FairDispatch(self)
         # Children a START_SUBWORKFLOW handler created, ticked once the parent's commit is in
         # (per thread: a threads pool runs several effect tasks at once).
         self._local = threading.local()

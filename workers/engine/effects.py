@@ -75,6 +75,8 @@ class Effects(EngineBase):
         if gated is not None and result != "stale":
             try:
                 self.flow.settle(run, pending, value, gated[1])
+                if self.fair.queue.queued():
+                    self.fair.dispatch()  # the share given back may admit deferred work
             except Exception as exc:  # the sweep reclaims the share once its lease expires
                 logger.warning("effect: run %s: could not give back its flow-control share: %s", run_id, exc)
         return result
@@ -131,17 +133,20 @@ class Effects(EngineBase):
 
     def _defer(self, run: RunState, v: int, d: Dispatch, held: int, decision: Decision, rules: list[Any],
                now_ms: int) -> str:
-        """A rule deferred the attempt: send this task again when the rule can admit it, under the
-        lease this worker holds, and keep why with the run (field ``a``, for ``explain``)."""
-        wait_ms = self.flow.retry_in_ms(decision, now_ms)
-        if not self.backend.renew_held_lease(run.run_id, held, wait_ms + self._effect_lease):
-            return "stale"
-        self.flow.keep_deferral(run.run_id, decision, rules, now_ms)
+        """A rule deferred the attempt: it waits in its key's fair-dispatch queue, whose dispatcher
+        admits it and sends its message again (``workers/flow/dispatch.py``); the run keeps its
+        lease (the sweep renews it while the item is parked) and why (field ``a``, for ``explain``)."""
         assert d.pending is not None
-        self.dispatcher.effect(d.queue or "ticks", run.run_id, v, d.pending.idempotency_key, d.pending.attempt,
-                               countdown=wait_ms / 1000, workflow=run.workflow_id, node=run.current_node, token=held)
-        logger.info("effect: run %s deferred by flow-control rule %s (%s) for %.2fs", run.run_id, decision.rule_id,
-                    decision.kind, wait_ms / 1000)
+        wait_ms = 0 if decision.until_ms is None else max(0, decision.until_ms - now_ms)
+        if not self.backend.renew_held_lease(run.run_id, held, min(wait_ms, 60_000) + self._effect_lease):
+            return "stale"
+        self.flow.keep_deferral(run.run_id, decision, rules, now_ms, parked=self.fair.place_of(run, d.pending))
+        estimate = self.flow.estimate(run, d.pending, rules)
+        tokens, cost = estimate if isinstance(estimate, tuple) else (0, 0.0)
+        self.fair.park_effect(run, v, d.pending, d.queue or "ticks", decision, tokens, cost)
+        logger.info("effect: run %s deferred by flow-control rule %s (%s); parked for fair dispatch", run.run_id,
+                    decision.rule_id, decision.kind)
+        self.fair.dispatch()  # a share given back between the admission and the park is not missed
         return "deferred"
 
     @contextmanager
@@ -159,8 +164,10 @@ class Effects(EngineBase):
                         logger.warning("effect: run %s: lease granted to another (token %d is stale); "
                                        "this attempt's outcome will be refused", run_id, token)
                         return
-                    if pending is not None and self.flow.active():
-                        self.flow.renew(run_id, pending, self._effect_lease)
+                    if pending is not None and self.flow.active() \
+                            and not self.flow.renew(run_id, pending, self._effect_lease):
+                        logger.warning("effect: run %s: its flow-control share lapsed while it ran (its lease "
+                                       "was not renewed in time); it no longer counts", run_id)
                 except Exception as exc:  # Redis away for a moment: try again next period
                     logger.warning("effect: run %s: could not renew the lease: %s", run_id, exc)
 

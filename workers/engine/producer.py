@@ -15,9 +15,12 @@ from runtime.models import validate_run_id
 from runtime.spec import WorkflowSpec
 from runtime.step import apply_cancel, apply_resume
 from runtime.waits import WaitAction, check_wait_ends
+from stores.redis.admission import Decision, Verdict
 from stores.redis.dispatch import Dispatch
 
-from ..flow.rules import FLOW_VARS, AdmissionKeys
+from ..flow.dispatch import start_holder
+from ..flow.resolve import Applicable
+from ..flow.rules import FLOW_VARS, AdmissionKeys, BudgetExceeded
 from .base import EngineBase, iso
 from .children import CONFLICT_RETRIES
 
@@ -52,11 +55,64 @@ class ProducerOperations(EngineBase):
             run_vars[FLOW_VARS] = flow.to_dict()
         run = RunState.new(workflow_id=workflow.workflow_id, entry_node=workflow.entry_node, actor_id=actor_id,
                            session_id=session_id, vars=run_vars, parent_run_id=parent_run_id, run_id=run_id)
-        v = self.backend.commit(run, [], create=True, dispatch=Dispatch.tick(), lease_ms=self._tick_lease)
-        if dispatch:
+        admitted = self._admit_start(run) if dispatch else None
+        try:
+            v = self.backend.commit(run, [], create=True, dispatch=Dispatch.tick(), lease_ms=self._tick_lease)
+        except BaseException:
+            if admitted is not None and admitted[0].admitted:
+                self.flow.admission.release(start_holder(run.run_id), admitted[1])
+            raise
+        if admitted is not None and not admitted[0].admitted:
+            decision, rules = admitted
+            self.flow.keep_deferral(run.run_id, decision, rules, self.backend.time_ms(),
+                                    parked=self.fair.place_of(run, None))
+            self.fair.park_start(run, v, decision)
+            self.fair.dispatch()
+        elif dispatch:
             self.dispatcher.tick(run.run_id, v, workflow=workflow.workflow_id, node=workflow.entry_node,
                                  token=self._token(run.run_id))
         return run.run_id
+
+    def _admit_start(self, run: RunState) -> tuple[Decision, list[Applicable]] | None:
+        """Flow control of a run's start (rules scoped ``*`` or ``run`` on its path): None when no
+        rule counts it; else the decision, the start marked in ``vars["_flow"]`` (its first tick
+        gives the share back). Deferred when anything waits in a fair-dispatch queue (its turn
+        comes by weighted round robin); :class:`BudgetExceeded` when a rule refuses (nothing stored)."""
+        if not self.flow.active():
+            return None
+        path = AdmissionKeys.from_dict(run.vars.get(FLOW_VARS)).path(run.workflow_id)
+        rules = self.flow.resolver.applicable(path, "run")
+        if not rules:
+            return None
+        if self.fair.queue.queued():
+            decision = Decision(Verdict.DEFERRED, None, "queue")
+        else:
+            decision = self.flow.admission.acquire(start_holder(run.run_id), rules, lease_ms=self._tick_lease)
+        if decision.verdict is Verdict.REFUSED:
+            rule = dict(rules).get(decision.rule_id or "")
+            self.flow.note_refused(run.run_id, decision, rules)
+            raise BudgetExceeded(rule.label if rule else str(decision.rule_id), f"{decision.kind} exhausted")
+        flow = run.vars.get(FLOW_VARS)
+        run.vars[FLOW_VARS] = {**(flow if isinstance(flow, dict) else {}), "start": 1}
+        return decision, rules
+
+    def refuse_start(self, run_id: str, version: int, decision: Decision, rules: list[Applicable]) -> None:
+        """A parked start that a rule now refuses (its policy is ``fail``): the run fails with
+        :class:`BudgetExceeded`."""
+        rule = dict(rules).get(decision.rule_id or "")
+        message = str(BudgetExceeded(rule.label if rule else str(decision.rule_id), f"{decision.kind} exhausted"))
+        loaded = self.backend.load_for_driver(run_id)
+        if loaded is None or loaded.version != version or loaded.run.status != RunStatus.RUNNING:
+            return
+        run = loaded.run
+        self.flow.note_refused(run_id, decision, rules)
+        records: list[StepRecord] = []
+        self._fail(run, records, message)
+        try:
+            self._commit_end(run, records, version, fenced=False)
+        except VersionConflict:
+            return
+        self._after_end(run)
 
     def _retrying(self, run_id: str, change: Callable[[RunState, int], _Change | None]) -> RunState:
         """Load, change, commit; again on a version conflict. ``change`` returns None for no

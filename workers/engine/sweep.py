@@ -45,6 +45,8 @@ class Recovery(EngineBase):
                 self.backend.clear_dispatch(rid)
                 continue
             run, v = loaded.run, loaded.version
+            if self._parked(rid, loaded, d, counts):
+                continue
             counts["leases"] += 1
             if self._poisoned(run, v, d, counts):
                 continue
@@ -70,8 +72,28 @@ class Recovery(EngineBase):
             counts["slots_reclaimed"] = self.flow.admission.reclaim_expired(self.settings.sweep_batch)
         except Exception as exc:
             logger.error("sweep: cannot reclaim flow-control shares: %s", exc)
+        if counts.get("slots_reclaimed") or counts.get("parked"):
+            counts["flow_sent"] = self.flow_dispatch()  # a backstop: passes run at each park and release too
         counts.update(detect_stuck(self))  # stuck runs and SLA rules (workers/stuck.py)
         return counts
+
+    def flow_dispatch(self) -> int:
+        """A fair-dispatch pass (``workers/flow/dispatch.py``): the deferred items it sent."""
+        if not self.flow.active() and not self.fair.queue.queued():
+            return 0
+        return self.fair.dispatch()
+
+    def _parked(self, rid: str, loaded: Any, d: Dispatch, counts: dict[str, int]) -> bool:
+        """A run whose message waits in a fair-dispatch queue keeps its lease: renewed here, not
+        sent again (nor counted towards poison). True when so."""
+        if d.kind not in ("tick", "effect") or not self.flow.active():
+            return False
+        if not self.fair.is_parked(rid, d.pending if d.kind == "effect" else None):
+            return False
+        lease = self._effect_lease if d.kind == "effect" else self._tick_lease
+        if self.backend.renew_held_lease(rid, loaded.token, lease):
+            counts["parked"] = counts.get("parked", 0) + 1
+        return True
 
     def _poisoned(self, run: RunState, v: int, d: Dispatch, counts: dict[str, int]) -> bool:
         """Count one more lost delivery of the run's dispatch; at ``poison_after`` fail the run

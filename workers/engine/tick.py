@@ -14,6 +14,8 @@ from runtime.step import Action, PendingEffect, Transition, apply_outcome, start
 from stores.redis.dispatch import Dispatch
 
 from .. import logs
+from ..flow.dispatch import start_holder
+from ..flow.rules import FLOW_VARS
 from .base import EFFECT_QUEUES, REFUSED, EngineBase, iso, logger
 
 __all__ = ["Ticks"]
@@ -71,6 +73,9 @@ class Ticks(EngineBase):
 
     def _advance(self, run: RunState, v: int, now_ms: int, attempt: int = 1) -> str:
         rid = run.run_id
+        flow = run.vars.get(FLOW_VARS)
+        if isinstance(flow, dict) and "start" in flow:
+            self._started(run, flow)
         for n in range(self.settings.nodes_per_tick):
             node = run.current_node
             logs.note(rid, node=node)
@@ -99,6 +104,17 @@ class Ticks(EngineBase):
             except REFUSED as exc:  # what the node left cannot be stored: a node failure (D5)
                 return self._node_failed(rid, v, node, exc, attempt)
         return "next"  # pragma: no cover - the loop always returns
+
+    def _started(self, run: RunState, flow: dict[str, object]) -> None:
+        """The first tick of a run whose start flow control admitted: the start's share is given
+        back (the run's commit drops the mark; a tick run again gives back nothing more)."""
+        run.vars[FLOW_VARS] = {k: val for k, val in flow.items() if k != "start"}
+        try:
+            self.flow.admission.release(start_holder(run.run_id))
+            if self.fair.queue.queued():
+                self.fair.dispatch()
+        except Exception as exc:  # the sweep reclaims it once its lease expires
+            logger.warning("tick: run %s: could not give back its start's flow-control share: %s", run.run_id, exc)
 
     def _execute(self, run: RunState, v: int, pending: PendingEffect, now_ms: int) -> str:
         """An effect requested by a node: waits run here; LLM, tools and subworkflows go to their queue."""

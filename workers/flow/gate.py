@@ -6,15 +6,16 @@ attempt, so a retry is admitted like a first attempt and a backoff holds nothing
 is the attempt, ``<run id>/<idempotency key>/<attempt>``: a redelivered or re-sent message of
 the same attempt finds its share taken already (admission is idempotent per holder), and the
 sweep reclaims the share of an attempt whose worker died (its lease, renewed while the
-effect runs, expires). ``docs/flow-control.md`` says why the check is not before the send.
+effect runs, expires). A run's start is admitted by the producer (``engine/producer.py``);
+``docs/flow-control.md`` says why an effect's check is at its task's start, not before the send.
 
 * admitted: the effect runs; after the commit of its outcome, an LLM call's reservation is
   settled with the response's ``usage`` (tokens, and dollars by the price table), then the
   share is released;
-* deferred: the task sends itself again, with a countdown to when the blocking rule can
-  admit (a budget window's end, a rate bucket's room; ``flow_retry_s`` when a slot must be
-  released first), under the lease it holds; the run keeps field ``a`` (why, until when), for
-  ``explain``, until its next commit;
+* deferred: the attempt waits in its key's fair-dispatch queue (``dispatch.py``), whose
+  dispatcher admits it on its behalf and sends its message again, under the lease it holds;
+  the run keeps field ``a`` (why, until when, where it is queued), for ``explain``, until its
+  next commit;
 * refused (a rule whose policy is ``fail``, or an estimate larger than a whole budget): the
   attempt fails for good with :class:`~workers.flow.BudgetExceeded`, no retry.
 
@@ -109,21 +110,35 @@ class FlowGate:
         rules = self.rules_for(run, pending)
         if not rules:
             return None
-        tokens, cost = 0, 0.0
-        if _kind(pending) == "llm_call" and any(r.tokens is not None or r.cost_usd is not None for _, r in rules):
-            tokens = self._estimate_tokens(pending)
-            costed = [rid for rid, r in rules if r.cost_usd is not None]
-            if costed:
-                model, _tools = _model_and_tools(pending)
-                try:
-                    cost = registry(self.backend).cost_usd(model or "*", 0, tokens)
-                except KeyError:  # UnknownModelPrice: no price for it, no default (docs/flow-control.md)
-                    return Decision(Verdict.REFUSED, costed[0], "cost_usd",
-                                    reason=f"no price for model {model or '(none named)'} and no default price "
-                                           "(abstractruntime prices set)"), rules
-        decision = self.admission.acquire(holder_of(run.run_id, pending), rules, tokens=tokens, cost_usd=cost,
-                                          lease_ms=lease_ms)
+        estimate = self.estimate(run, pending, rules)
+        if isinstance(estimate, Decision):
+            return estimate, rules
+        tokens, cost = estimate
+        holder = holder_of(run.run_id, pending)
+        decision = self.admission.acquire(holder, rules, tokens=tokens, cost_usd=cost, lease_ms=lease_ms)
+        if decision.admitted and decision.again and not self.admission.renew(holder, lease_ms):
+            # admitted by the dispatcher, whose lease ran out while the message was queued: the
+            # shares stopped counting then, so the attempt is admitted afresh
+            decision = self.admission.acquire(holder, rules, tokens=tokens, cost_usd=cost, lease_ms=lease_ms)
         return decision, rules
+
+    def estimate(self, run: RunState, pending: PendingEffect, rules: list[Applicable]
+                 ) -> tuple[int, float] | Decision:
+        """The tokens and dollars an LLM call reserves on the budget rules among ``rules`` ((0, 0.0)
+        for anything else), or the refusal when a cost rule counts it and no price is known."""
+        if _kind(pending) != "llm_call" or not any(r.tokens is not None or r.cost_usd is not None for _, r in rules):
+            return 0, 0.0
+        tokens, cost = self._estimate_tokens(pending), 0.0
+        costed = [rid for rid, r in rules if r.cost_usd is not None]
+        if costed:
+            model, _tools = _model_and_tools(pending)
+            try:
+                cost = registry(self.backend).cost_usd(model or "*", 0, tokens)
+            except KeyError:  # UnknownModelPrice: no price for it, no default (docs/flow-control.md)
+                return Decision(Verdict.REFUSED, costed[0], "cost_usd",
+                                reason=f"no price for model {model or '(none named)'} and no default price "
+                                       "(abstractruntime prices set)")
+        return tokens, cost
 
     def _estimate_tokens(self, pending: PendingEffect) -> int:
         payload = pending.effect.payload if isinstance(pending.effect.payload, dict) else {}
@@ -199,29 +214,20 @@ class FlowGate:
         flow["cost_usd"] = round(float(flow.get("cost_usd") or 0.0) + cost, 8)
         run.vars[FLOW_VARS] = flow
 
-    def renew(self, run_id: str, pending: PendingEffect, lease_ms: int) -> None:
-        self.admission.renew(holder_of(run_id, pending), lease_ms)
+    def renew(self, run_id: str, pending: PendingEffect, lease_ms: int) -> bool:
+        """Renew an attempt's shares (False: they lapsed; they count no more)."""
+        return self.admission.renew(holder_of(run_id, pending), lease_ms)
 
-    def keep_deferral(self, run_id: str, decision: Decision, rules: list[Applicable], now_ms: int) -> None:
-        """Field ``a`` of the run hash: why and until when the run's effect waits (the next commit
-        removes it)."""
+    def keep_deferral(self, run_id: str, decision: Decision, rules: list[Applicable], now_ms: int,
+                      parked: tuple[str, str] | None = None) -> None:
+        """Field ``a`` of the run hash: why and until when the run's start or effect waits, and
+        ``parked`` (its fair-dispatch queue's key, its item id); the next commit removes it."""
         rule = dict(rules).get(decision.rule_id or "")
         info = {"rule_id": decision.rule_id, "label": rule.label if rule is not None else decision.rule_id,
                 "kind": decision.kind, "until_ms": decision.until_ms, "at_ms": now_ms}
+        if parked is not None:
+            info.update(queue_key=parked[0], item_id=parked[1])
         self.backend.client.hset(self.backend.keys.run(run_id), "a", json.dumps(info))
         self.event("admission.deferred", run_id, rule=info["label"], kind=decision.kind, until_ms=decision.until_ms)
         if decision.kind in ("tokens", "cost_usd"):
             self.event("budget.exceeded", run_id, rule=info["label"], kind=decision.kind, until_ms=decision.until_ms)
-
-    def retry_in_ms(self, decision: Decision, now_ms: int) -> int:
-        """How long a deferred task waits before trying again (at most a minute): until the rule can
-        admit it, but no longer than ``flow_retry_s`` for a slot (a holder usually gives it back
-        long before its lease expires)."""
-        poll = int(self.settings.flow_retry_s * 1000)
-        if decision.verdict is not Verdict.DEFERRED or decision.until_ms is None:
-            wait = poll
-        else:
-            wait = decision.until_ms - now_ms
-            if decision.kind == "concurrency":
-                wait = min(wait, poll)
-        return max(10, min(wait, 60_000))
