@@ -105,13 +105,16 @@ class Client:
 
     def start(self, workflow_id: str, vars: dict[str, Any] | None = None, *, run_id: str | None = None,
               actor_id: str | None = None, session_id: str | None = None, tenant: str | None = None,
-              user: str | None = None, agent: str | None = None) -> str:
+              user: str | None = None, agent: str | None = None, priority: int | None = None) -> str:
         """Create a run of ``workflow_id`` and send its first tick; returns the run id.
 
         ``run_id`` picks the id, which must be free (:class:`RunAlreadyExists` otherwise).
         ``tenant``, ``user`` and ``agent`` are the keys flow control admits the run under
-        (``docs/flow-control.md``; the agent defaults to the workflow id); a malformed one is
-        :class:`~workers.flow.InvalidLimitRule`, and nothing is stored.
+        (``docs/flow-control.md``; the agent defaults to the workflow id), and ``priority`` (1 first
+        to 5 last; default 3) orders its deferred work in its key's fair-dispatch queue; a
+        malformed one is :class:`~workers.flow.InvalidLimitRule`, and nothing is stored. A rule
+        that refuses the start raises :class:`~workers.flow.BudgetExceeded`, nothing stored; one
+        that defers it parks it (the run exists, ``explain`` says why it waits).
         :class:`WorkflowNotRegistered` when no imported module registered the workflow.
         """
         self.import_workflows()
@@ -120,7 +123,7 @@ class Client:
             known = ", ".join(sorted(self.registry.workflows.list_ids())) or "none"
             raise WorkflowNotRegistered(workflow_id, hint=f"registered here: {known}; modules imported from "
                                         f"ABSTRACTRUNTIME_IMPORTS: {', '.join(self.settings.imports) or 'none'}")
-        flow = AdmissionKeys(tenant=tenant, user=user, agent=agent)
+        flow = AdmissionKeys(tenant=tenant, user=user, agent=agent, priority=priority)
         return self.engine.create(workflow, vars=vars, run_id=run_id, actor_id=actor_id, session_id=session_id,
                                   flow=flow)
 

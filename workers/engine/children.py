@@ -43,11 +43,12 @@ class Subworkflows(EngineBase):
         child = loaded.run if loaded is not None else None
         if child is None:
             try:
-                # A child is admitted under its parent's tenant and user (its agent: its own workflow).
+                # A child is admitted under its parent's tenant, user and priority (its agent: its own
+                # workflow). Its start is not admitted again: the parent's effect was.
                 keys = AdmissionKeys.from_dict(run.vars.get(FLOW_VARS))
                 self.create(child_wf, vars=payload.get("vars"), run_id=child_id, actor_id=run.actor_id,
                             session_id=run.session_id, parent_run_id=run.run_id, dispatch=False,
-                            flow=AdmissionKeys(tenant=keys.tenant, user=keys.user))
+                            flow=AdmissionKeys(tenant=keys.tenant, user=keys.user, priority=keys.priority))
             except RunAlreadyExists:  # a duplicate of this task made it a moment ago
                 pass
         to_tick: list[str] = self._local.__dict__.setdefault("children", [])

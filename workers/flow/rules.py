@@ -180,12 +180,18 @@ class AdmissionKeys:
     user: str | None = None
     #: Defaults to the run's workflow id.
     agent: str | None = None
+    #: Where the run's deferred work stands in its key's fair-dispatch queue: 1 first, 5 last
+    #: (None: 3).
+    priority: int | None = None
 
     def __post_init__(self) -> None:
         for level in ("tenant", "user", "agent"):
             value = getattr(self, level)
             if value is not None and (not isinstance(value, str) or value == "*" or not _NAME.match(value)):
                 raise InvalidLimitRule(level, f"{value!r} is not 1 to 100 of letters, digits and _ - . @ /")
+        p = self.priority
+        if p is not None and (isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 5):
+            raise InvalidLimitRule("priority", f"must be a whole number from 1 (first) to 5 (last), got {p!r}")
 
     def path(self, workflow_id: str) -> list[str]:
         """The keys checked, outermost first: ``["global", "tenant:acme", "user:u-7", "agent:support"]``."""
@@ -197,14 +203,20 @@ class AdmissionKeys:
         out.append(f"agent:{self.agent or workflow_id}")
         return out
 
-    def to_dict(self) -> dict[str, str]:
-        return {k: v for k, v in (("tenant", self.tenant), ("user", self.user), ("agent", self.agent)) if v}
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in (("tenant", self.tenant), ("user", self.user),
+                                                 ("agent", self.agent)) if v}
+        if self.priority is not None:
+            out["priority"] = self.priority
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> AdmissionKeys:
         if not isinstance(data, dict):
             return cls()
-        return cls(tenant=data.get("tenant"), user=data.get("user"), agent=data.get("agent"))
+        p = data.get("priority")  # stored: a bad value is the default, not an error in a worker
+        return cls(tenant=data.get("tenant"), user=data.get("user"), agent=data.get("agent"),
+                   priority=p if isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 5 else None)
 
 
 def rule_applies(rule: LimitRule, *, kind: str, model: str | None = None, tools: tuple[str, ...] = ()) -> bool:
