@@ -8,6 +8,8 @@ to fit a 2-core CI machine (about 2 minutes in all):
   fake LLM through AbstractCore's handler, 8 calls of 600 tokens each: runs are deferred (explain
   says BUDGET_EXHAUSTED naming the rule), resume when the window refills, and no window spends
   more than its budget (estimate = usage here, so one call's overshoot is 0);
+* fairness: run starts limited to 20 a second; tenant A starts 1,000 runs, then tenant B 10:
+  every one of B's runs begins before A begins 12 more (turns alternate: about 10);
 * slot leaks: concurrency 2 on one tenant, 3 s tools, 2 s leases, a sweep each 0.5 s; the worker
   SIGKILLed 20 times while it holds slots (as the issue asks), and one dispatched effect message
   dropped from the broker: after one lease plus one sweep period no slot is held by a dead
@@ -289,3 +291,40 @@ def test_killed_workers_and_a_dropped_message_leave_no_slot_to_a_dead_holder(fre
     assert reclaimed > 0, "the sweep never reclaimed a slot"
     print(f"leaks: {kills} kills holding slots of {started}, {reclaimed} slots reclaimed by the sweep, "
           f"{len(calls)} tool calls done for {LEAK_RUNS} runs")
+
+
+# -- fairness ------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_ten_items_of_b_start_before_a_starts_twelve_more_of_its_thousand(fresh, tmp_path):
+    # Given run starts limited to 20 a second, fleet-wide, and equal weights
+    g = fresh(flow_rules_cache_s=0.2, imports="support.flow_scenarios")
+    client = g.client()
+    limits_of(client.backend).set_rule(LimitRule(key="global", name="starts", scope="run", rate=20, per_s=1))
+    g.start_worker("w", pool="prefork", concurrency=2)
+    g.start_beat()
+    path = tmp_path / "begins.jsonl"
+    # When tenant A enqueues 1,000 runs, then tenant B 10
+    t0 = time.time()
+    a_ids = [client.start("begins", vars={"path": str(path), "tenant": "a"}, tenant="a") for _ in range(1000)]
+    b_from = time.time()
+    b_ids = [client.start("begins", vars={"path": str(path), "tenant": "b"}, tenant="b") for _ in range(10)]
+
+    def begun() -> dict[str, tuple[str, float]]:
+        out: dict[str, tuple[str, float]] = {}
+        for line in path.read_text().splitlines() if path.exists() else []:
+            row = json.loads(line)
+            out.setdefault(row["run_id"], (row["tenant"], row["t"]))  # a node run twice: its first time
+        return out
+
+    assert until(lambda: all(r in begun() for r in b_ids), 60), "B's runs did not all begin"
+    seen = begun()
+    b_last = max(seen[r][1] for r in b_ids)
+    a_meanwhile = sorted(t for rid, (tenant, t) in seen.items() if tenant == "a" and b_from <= t <= b_last)
+    a_before = sum(1 for rid, (tenant, t) in seen.items() if tenant == "a" and t < b_from)
+    # Then all of B's begin before A begins 12 more
+    assert len(a_meanwhile) < 12, (len(a_meanwhile), a_meanwhile)
+    assert a_before >= 1 and len(a_ids) == 1000
+    print(f"fairness: A enqueued 1,000 in {b_from - t0:.1f} s ({a_before} began meanwhile); B's 10 all began "
+          f"{b_last - b_from:.2f} s after B enqueued, while A began {len(a_meanwhile)}")

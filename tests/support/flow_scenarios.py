@@ -110,8 +110,20 @@ def _asks() -> WorkflowSpec:
     return WorkflowSpec(workflow_id="asks", entry_node="ask", nodes={"ask": ask, "done": done})
 
 
+def _begins() -> WorkflowSpec:
+    """A run whose first node appends ``{"tenant", "t", "run_id"}`` to ``vars["path"]`` (wall clock)
+    and ends: when its start was let through."""
+    def begin(run: Any, ctx: Any) -> StepPlan:
+        with open(run.vars["path"], "a") as f:
+            f.write(json.dumps({"tenant": run.vars["tenant"], "t": time.time(), "run_id": run.run_id}) + "\n")
+        return StepPlan(node_id="begin", complete_output={"tenant": run.vars["tenant"]})
+
+    return WorkflowSpec(workflow_id="begins", entry_node="begin", nodes={"begin": begin})
+
+
 register_workflow(_stamped(), replace=True)
 register_workflow(_asks(), replace=True)
+register_workflow(_begins(), replace=True)
 
 
 def windows_over(times: list[float], width: float) -> int:
