@@ -20,20 +20,11 @@ from workers.fleet import explain_run
 from workers.flow import AdmissionKeys, BudgetExceeded, InvalidLimitRule, LimitRule
 from workers.flow.resolve import registry as limits_of
 from workers.registry import registry
-from workers.settings import WorkerSettings
-from workers.testing import StubDispatcher, make_stub_engine
+from workers.testing import StubDispatcher
 
-import support.celery_scenarios  # noqa: F401  (registers the workflows)
+from support.flow_stub import engine_of
 
 ONE_START = LimitRule(key="global", name="starts", scope="run", concurrency=1)
-
-
-def engine_of(store: Any, **settings: Any) -> tuple[Any, StubDispatcher]:
-    base = {"flow_rules_cache_s": 0, "effect_lease_s": 30}
-    engine, stub = make_stub_engine(store, registry, WorkerSettings(**{**base, **settings}))
-    store.write_heartbeat("stub-worker", {"kind": "worker", "hostname": "stub", "pid": 1,
-                                          "queues": list(engine.settings.queues)}, ttl_ms=600_000)
-    return engine, stub
 
 
 def start(engine: Any, tenant: str, *, priority: int | None = None, workflow: str = "tools",

@@ -61,10 +61,12 @@ def all_complete(client: Any, ids: list[str], timeout: float) -> None:
 
 # -- rate ----------------------------------------------------------------------------------------
 
-RATE, BURST, RATE_RUNS = 10, 3, 100
+#: ``FLOW_ACCEPTANCE_FULL=1``: the issue's 20 s (200 runs at 10 a second) instead of 10 s.
+FULL = os.environ.get("FLOW_ACCEPTANCE_FULL") == "1"
+RATE, BURST, RATE_RUNS = 10, 3, 200 if FULL else 100
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_a_rate_rule_never_lets_more_than_rate_plus_burst_start_in_one_second(fresh, redis_server, tmp_path):
     # Given a tenant limited to 10 tool calls a second (burst 3), on 6 worker processes
     g = fresh(tick_backoff_s=0.05, effect_lease_s=10, flow_rules_cache_s=0.2, imports="support.flow_scenarios")
@@ -80,7 +82,7 @@ def test_a_rate_rule_never_lets_more_than_rate_plus_burst_start_in_one_second(fr
     began = time.time()
     ids = [client.start("stamped", vars=base, tenant="acme") for _ in range(RATE_RUNS)]
     # I expect them all to complete, at about the rate
-    all_complete(client, ids, timeout=90)
+    all_complete(client, ids, timeout=RATE_RUNS * 0.9)
     took = time.time() - began
     calls = [json.loads(line) for line in stamps.read_text().splitlines()]
     assert len(calls) == RATE_RUNS

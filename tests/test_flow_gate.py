@@ -18,18 +18,9 @@ from workers.flow import LimitRule
 from workers.flow.resolve import registry as limits_of
 from workers.registry import registry
 from workers.settings import WorkerSettings
-from workers.testing import StubDispatcher, make_stub_engine
+from workers.testing import make_stub_engine
 
-import support.celery_scenarios  # noqa: F401  (registers the workflows)
-
-
-def engine_of(store: Any, **settings: Any) -> tuple[Any, StubDispatcher]:
-    base = {"flow_rules_cache_s": 0, "effect_lease_s": 30}
-    engine, stub = make_stub_engine(store, registry, WorkerSettings(**{**base, **settings}))
-    # a worker consumes every queue (the stub is it): explain looks past NO_CONSUMER
-    store.write_heartbeat("stub-worker", {"kind": "worker", "hostname": "stub", "pid": 1,
-                                          "queues": list(engine.settings.queues)}, ttl_ms=600_000)
-    return engine, stub
+from support.flow_stub import engine_of
 
 
 def start(engine: Any, workflow_id: str, tenant: str) -> str:
