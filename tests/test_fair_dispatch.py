@@ -56,6 +56,19 @@ def test_starts_of_two_tenants_are_served_in_turn_and_priority_goes_first(store)
     assert engine.fair.queue.queued() == 0 and store.client.zcard(engine.flow.keys.holders()) == 0
 
 
+def test_tool_calls_of_two_tenants_take_turns_and_a_deferred_one_never_reaches_the_broker(store):
+    engine, stub = engine_of(store)
+    limits_of(store).set_rule(LimitRule(key="global", name="tools", scope="tool_calls", concurrency=1))
+    a = [start(engine, "a") for _ in range(4)]
+    b = [start(engine, "b") for _ in range(2)]
+    stub.run_until_quiet(engine)
+    # one effect message each, in turns: the parked ones were sent once, by the dispatcher, never
+    # sent to be deferred by their task
+    effects = [m.run_id for m in stub.sent if m.kind == "effect"]
+    assert effects == [a[0], a[1], b[0], a[2], b[1], a[3]]
+    assert all(store.runs.load(r).status == RunStatus.COMPLETED for r in [*a, *b])
+
+
 def test_a_heavier_weight_is_served_more_often(store):
     engine, stub = engine_of(store)
     limits = limits_of(store)

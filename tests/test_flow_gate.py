@@ -145,11 +145,11 @@ def test_a_budget_settles_with_the_real_usage_and_says_when_it_runs_low_or_out(s
     limits_of(store).set_rule(rule)
     limits_of(store).set_price("m1", 1.0, 2.0)  # dollars per million input / output tokens
     wf = reg.workflows.get_or_raise("llm_usage")
-    runs = [engine.create(wf, flow=AdmissionKeys(tenant="acme")) for _ in range(3)]
-    for rid in runs[:2]:
+    runs = []
+    for n in range(3):  # one after the other: each admitted once the one before settled
+        runs.append(engine.create(wf, flow=AdmissionKeys(tenant="acme")))
         stub.drain(engine)
-        assert store.runs.load(rid).status == RunStatus.COMPLETED
-    stub.drain(engine)
+        assert n == 2 or store.runs.load(runs[-1]).status == RunStatus.COMPLETED
     assert explain_run(store, engine.settings, runs[2]).code is Code.BUDGET_EXHAUSTED
     usage = engine.flow.admission.usage("tenant:acme|llm_call|limit", rule)["budget"]
     assert usage["tokens_spent"] == 1600 and usage["open_reservations"] == 0  # settled: 800 + 800

@@ -9,7 +9,8 @@ does not import it). The state lives in the keys of :class:`~stores.redis.flowke
 * concurrency: a slot per holder, a ``slots`` ZSET member scored by its lease expiry. A slot
   whose lease expired stops counting at once; :meth:`Admission.reclaim_expired` (the sweep)
   removes it and counts it. A holder whose lease is live is admitted again without taking
-  anything (a redelivered admission is harmless);
+  anything, its lease renewed (a redelivered admission is harmless, and the task of an attempt
+  admitted before its message was sent finds its share there);
 * rate: GCRA on the ``rate`` key (theoretical arrival time, µs): ``rate`` admissions per
   ``per_s`` seconds, ``burst`` more at once after a quiet spell;
 * tokens and cost: a fixed window of ``window_s`` (aligned on the epoch); an admission reserves
@@ -197,10 +198,13 @@ class Admission:
     # -- admission --------------------------------------------------------------------------
 
     def acquire(self, holder: str, rules: Sequence[tuple[str, RuleLike]], *, tokens: int = 0,
-                cost_usd: float = 0.0, lease_ms: int) -> Decision:
+                cost_usd: float = 0.0, lease_ms: int, behind: str | None = None) -> Decision:
         """Take a share of every rule for ``holder`` (``run/step/attempt``), or nothing; one round trip.
 
-        ``tokens`` / ``cost_usd``: the estimate reserved on every token / cost rule.
+        ``tokens`` / ``cost_usd``: the estimate reserved on every token / cost rule. ``behind``: a
+        fair-dispatch queue (ZSET) the holder must not overtake: when it holds anything, a new
+        holder is deferred (kind ``queue``) and gives back what it took (a second round trip,
+        only then). A live holder is admitted again whatever (its lease renewed).
         """
         if lease_ms <= 0 or tokens < 0 or cost_usd < 0:
             raise ValueError("lease_ms must be above 0, tokens and cost_usd 0 or more")
@@ -210,7 +214,17 @@ class Admission:
             rkeys, rargv = self._encode(rid, rule)
             keys += rkeys
             argv += rargv
-        reply = self._admit(keys=keys, args=argv)
+        if behind is None:
+            reply = self._admit(keys=keys, args=argv)
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zcard(behind)
+            self._admit(keys=keys, args=argv, client=pipe)
+            waiting, reply = pipe.execute()
+            if int(waiting) and not (Reply(int(reply[0])) is Reply.ADMITTED and int(reply[1])):
+                if Reply(int(reply[0])) is Reply.ADMITTED:
+                    self.release(holder, rules)
+                return Decision(Verdict.DEFERRED, None, "queue", at_us=int(reply[-1]))
         code = Reply(int(reply[0]))
         if code is Reply.ADMITTED:
             return Decision(Verdict.ADMITTED, again=bool(int(reply[1])), at_us=int(reply[2]))
@@ -229,14 +243,21 @@ class Admission:
             pipe.smembers(self.keys.held(holder))
         return [(h, sorted(_text(r) for r in rids)) for h, rids in zip(holders, pipe.execute())]
 
-    def _give_back(self, mode: str, held: list[tuple[str, list[str]]]) -> list[int]:
+    def _give_back(self, mode: str, held: list[tuple[str, list[str]]], peek: str | None = None) -> list[int]:
+        """The release script's reply; with ``peek`` (a ZSET), its size appended, in the same round trip."""
         keys, argv = [self.keys.holders()], [mode, self._now_arg()]
         for holder, rids in held:
             keys.append(self.keys.held(holder))
             argv += [holder, str(len(rids)), *rids]
             for rid in rids:
                 keys += [self.keys.slots(rid), self.keys.budget(rid)]
-        return [int(x) for x in self._release(keys=keys, args=argv)]
+        if peek is None:
+            return [int(x) for x in self._release(keys=keys, args=argv)]
+        pipe = self.client.pipeline(transaction=False)
+        self._release(keys=keys, args=argv, client=pipe)
+        pipe.zcard(peek)
+        reply, size = pipe.execute()
+        return [*(int(x) for x in reply), int(size)]
 
     def release(self, holder: str, rules: Sequence[tuple[str, RuleLike]] | None = None) -> int:
         """Free everything ``holder`` holds (after its result's commit); the slots freed (0 if none).
@@ -249,18 +270,28 @@ class Admission:
 
     def release_timed(self, holder: str, rules: Sequence[tuple[str, RuleLike]] | None = None) -> tuple[int, int]:
         """:meth:`release`, and the Redis time (µs) at which the slots were freed."""
-        freed = at_us = 0
+        freed, at_us, _size = self.release_peek(holder, rules)
+        return freed, at_us
+
+    def release_peek(self, holder: str, rules: Sequence[tuple[str, RuleLike]] | None = None,
+                     peek: str | None = None) -> tuple[int, int, int]:
+        """:meth:`release_timed`, and the size of the ZSET ``peek`` read in the same round trip
+        (the fair-dispatch ready set: is anything waiting for what was given back?)."""
+        freed = at_us = size = 0
         held = None
         if rules is not None:  # what admit.lua puts in the held set: rules with a slot or a budget
             held = [(holder, sorted({rid for rid, r in rules if r.concurrency is not None or r.tokens is not None
                                      or r.cost_usd is not None}))]
         for _ in range(_RELEASE_ATTEMPTS):
-            _ok, slots, _done, left, at_us = self._give_back("release", held or self._held([holder]))
+            reply = self._give_back("release", held or self._held([holder]), peek)
+            _ok, slots, _done, left, at_us = reply[:5]
+            if peek is not None:
+                size = reply[5]
             held = None
             freed += slots
             if not left:
                 break
-        return freed, at_us
+        return freed, at_us, size
 
     def reclaim_expired(self, limit: int = 100) -> int:
         """The sweep: up to ``limit`` holders whose lease expired lose what they hold; the slots

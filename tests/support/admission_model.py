@@ -39,7 +39,12 @@ class AdmissionModel:
                 cost_usd: float = 0.0, lease_ms: int) -> Decision:
         at = now * 1000
         want_c = int(round(cost_usd * 1_000_000))
-        if self.holders.get(holder, -1) > now:
+        if self.holders.get(holder, -1) > now:  # a live holder: its lease renewed, slots of the rules given
+            expiry = now + lease_ms
+            self.holders[holder] = expiry
+            for rid, rule in rules:
+                if rule.concurrency is not None and holder in self.slots.get(rid, {}):
+                    self.slots[rid][holder] = expiry
             return Decision(Verdict.ADMITTED, again=True, at_us=at)
         refused: tuple[str, str, str] | None = None
         deferred: tuple[str, str, int] | None = None

@@ -74,8 +74,7 @@ class Effects(EngineBase):
         result, value = self._attempt(run, v, d, pending, held, now_ms, refused, dict(gated[1]) if gated else {})
         if gated is not None and result != "stale":
             try:
-                self.flow.settle(run, pending, value, gated[1])
-                if self.fair.queue.queued():
+                if self.flow.settle(run, pending, value, gated[1]):
                     self.fair.dispatch()  # the share given back may admit deferred work
             except Exception as exc:  # the sweep reclaims the share once its lease expires
                 logger.warning("effect: run %s: could not give back its flow-control share: %s", run_id, exc)

@@ -18,7 +18,7 @@ from runtime.waits import WaitAction, check_wait_ends
 from stores.redis.admission import Decision, Verdict
 from stores.redis.dispatch import Dispatch
 
-from ..flow.dispatch import start_holder
+from ..flow.dispatch import fairness_key, start_holder
 from ..flow.resolve import Applicable
 from ..flow.rules import FLOW_VARS, AdmissionKeys, BudgetExceeded
 from .base import EngineBase, iso
@@ -76,18 +76,19 @@ class ProducerOperations(EngineBase):
     def _admit_start(self, run: RunState) -> tuple[Decision, list[Applicable]] | None:
         """Flow control of a run's start (rules scoped ``*`` or ``run`` on its path): None when no
         rule counts it; else the decision, the start marked in ``vars["_flow"]`` (its first tick
-        gives the share back). Deferred when anything waits in a fair-dispatch queue (its turn
-        comes by weighted round robin); :class:`BudgetExceeded` when a rule refuses (nothing stored)."""
+        gives the share back). Deferred too when its key's fair-dispatch queue holds work (its
+        turn comes by weighted round robin); :class:`BudgetExceeded` when a rule refuses (nothing
+        stored)."""
         if not self.flow.active():
             return None
         path = AdmissionKeys.from_dict(run.vars.get(FLOW_VARS)).path(run.workflow_id)
         rules = self.flow.resolver.applicable(path, "run")
         if not rules:
             return None
-        if self.fair.queue.queued():
-            decision = Decision(Verdict.DEFERRED, None, "queue")
-        else:
-            decision = self.flow.admission.acquire(start_holder(run.run_id), rules, lease_ms=self._tick_lease)
+        # behind its key's queued work, if any: a start does not overtake the ones that wait
+        behind = self.flow.keys.deferred(fairness_key(path))
+        decision = self.flow.admission.acquire(start_holder(run.run_id), rules, lease_ms=self._tick_lease,
+                                               behind=behind)
         if decision.verdict is Verdict.REFUSED:
             rule = dict(rules).get(decision.rule_id or "")
             self.flow.note_refused(run.run_id, decision, rules)

@@ -11,6 +11,7 @@ from runtime import EffectType, RunState, RunStatus, StepRecord, VersionConflict
 from runtime._clock import epoch_ms
 from runtime.execution import Execution, executing
 from runtime.step import Action, PendingEffect, Transition, apply_outcome, start_attempt, step, wake_if_due
+from stores.redis.admission import Verdict
 from stores.redis.dispatch import Dispatch
 
 from .. import logs
@@ -110,8 +111,7 @@ class Ticks(EngineBase):
         back (the run's commit drops the mark; a tick run again gives back nothing more)."""
         run.vars[FLOW_VARS] = {k: val for k, val in flow.items() if k != "start"}
         try:
-            self.flow.admission.release(start_holder(run.run_id))
-            if self.fair.queue.queued():
+            if self.flow.admission.release_peek(start_holder(run.run_id), peek=self.flow.keys.ready())[2]:
                 self.fair.dispatch()
         except Exception as exc:  # the sweep reclaims it once its lease expires
             logger.warning("tick: run %s: could not give back its start's flow-control share: %s", run.run_id, exc)
@@ -127,9 +127,28 @@ class Ticks(EngineBase):
             return self._land(run, v, tr, [started, *tr.records], now_ms)
         dispatch = Dispatch.effect(pending, queue=kind, started=record)
         v = self._commit(run, [record], v, dispatch=dispatch, lease_ms=self._effect_lease)
+        if self._parked_before_send(run, v, pending, kind, now_ms):
+            return "deferred"
         self.dispatcher.effect(kind, run.run_id, v, pending.idempotency_key, pending.attempt,
                                workflow=run.workflow_id, node=run.current_node, token=self._token(run.run_id))
         return "execute"
+
+    def _parked_before_send(self, run: RunState, v: int, pending: PendingEffect, kind: str, now_ms: int) -> bool:
+        """Flow control before an effect's message is sent: admitted (its task finds its share
+        taken) or refused (its task is refused again and fails it) are sent; deferred, or behind
+        work its key has queued, it is parked instead, and never enters the broker."""
+        if not self.flow.active():
+            return False
+        gated = self.flow.admit(run, pending, lease_ms=self._effect_lease, in_turn=True)
+        if gated is None or gated[0].verdict is not Verdict.DEFERRED:
+            return False
+        decision, rules = gated
+        self.flow.keep_deferral(run.run_id, decision, rules, now_ms, parked=self.fair.place_of(run, pending))
+        estimate = self.flow.estimate(run, pending, rules)
+        tokens, cost = estimate if isinstance(estimate, tuple) else (0, 0.0)
+        self.fair.park_effect(run, v, pending, kind, decision, tokens, cost)
+        self.fair.dispatch()  # a share given back between the admission and the park is not missed
+        return True
 
     def _land(self, run: RunState, v: int, tr: Transition, records: list[StepRecord], now_ms: int) -> str:
         """Commit a transition (an effect's outcome, a wait, an end) and send what comes next."""

@@ -37,6 +37,7 @@ from runtime.step import PendingEffect
 from stores.redis.admission import Admission, Decision, Verdict
 from stores.redis.flowkeys import FlowKeys
 
+from .dispatch import fairness_key
 from .resolve import Applicable, registry, resolver_for
 from .rules import FLOW_VARS, AdmissionKeys
 
@@ -97,14 +98,20 @@ class FlowGate:
         """Is any rule registered (as last read)?"""
         return bool(self.resolver.rules())
 
+    @staticmethod
+    def path_of(run: RunState) -> list[str]:
+        """The run's key path (``global -> tenant -> user -> agent``)."""
+        return AdmissionKeys.from_dict(run.vars.get(FLOW_VARS)).path(run.workflow_id)
+
     def rules_for(self, run: RunState, pending: PendingEffect) -> list[Applicable]:
         model, tools = _model_and_tools(pending)
-        path = AdmissionKeys.from_dict(run.vars.get(FLOW_VARS)).path(run.workflow_id)
-        return self.resolver.applicable(path, _kind(pending), model=model, tools=tools)
+        return self.resolver.applicable(self.path_of(run), _kind(pending), model=model, tools=tools)
 
-    def admit(self, run: RunState, pending: PendingEffect, *, lease_ms: int
+    def admit(self, run: RunState, pending: PendingEffect, *, lease_ms: int, in_turn: bool = False
               ) -> tuple[Decision, list[Applicable]] | None:
-        """Admit an effect attempt; None when no rule counts it."""
+        """Admit an effect attempt; None when no rule counts it. ``in_turn``: deferred (kind
+        ``queue``) while its fairness key's queue holds anything (a new attempt does not overtake
+        the ones that wait; a tick checks so before it sends)."""
         if not self.active():
             return None
         rules = self.rules_for(run, pending)
@@ -114,12 +121,9 @@ class FlowGate:
         if isinstance(estimate, Decision):
             return estimate, rules
         tokens, cost = estimate
-        holder = holder_of(run.run_id, pending)
-        decision = self.admission.acquire(holder, rules, tokens=tokens, cost_usd=cost, lease_ms=lease_ms)
-        if decision.admitted and decision.again and not self.admission.renew(holder, lease_ms):
-            # admitted by the dispatcher, whose lease ran out while the message was queued: the
-            # shares stopped counting then, so the attempt is admitted afresh
-            decision = self.admission.acquire(holder, rules, tokens=tokens, cost_usd=cost, lease_ms=lease_ms)
+        behind = self.keys.deferred(fairness_key(self.path_of(run))) if in_turn else None
+        decision = self.admission.acquire(holder_of(run.run_id, pending), rules, tokens=tokens, cost_usd=cost,
+                                          lease_ms=lease_ms, behind=behind)
         return decision, rules
 
     def estimate(self, run: RunState, pending: PendingEffect, rules: list[Applicable]
@@ -150,9 +154,10 @@ class FlowGate:
         return int(self.settings.flow_llm_estimate_tokens)
 
     def settle(self, run: RunState, pending: PendingEffect, result: Any, rules: list[Applicable] | None = None
-               ) -> None:
+               ) -> bool:
         """After the outcome's commit: settle an LLM call's reservation with its real usage, then
-        give the attempt's shares back (and warn when a budget is 80 % spent)."""
+        give the attempt's shares back (and warn when a budget is 80 % spent). True when deferred
+        work waits (read in the release's round trip): a dispatcher pass should follow."""
         run_id = run.run_id
         holder = holder_of(run_id, pending)
         if _kind(pending) == "llm_call":
@@ -162,7 +167,8 @@ class FlowGate:
                 cost = float(result.get("cost_usd") or 0.0) if isinstance(result, dict) else 0.0
                 self.admission.reconcile(holder, None, tokens_in + tokens_out, cost)
                 self._warn(run, rules if rules is not None else self.rules_for(run, pending))
-        self.admission.release(holder, rules)  # with its rules: one round trip
+        # with its rules: one round trip, which also reads whether anything waits in fair dispatch
+        return self.admission.release_peek(holder, rules, peek=self.keys.ready())[2] > 0
 
     def _warn(self, run: RunState, rules: list[Applicable]) -> None:
         """``budget.warning``, once per window, for each budget of this call 80 % spent or more."""

@@ -2,7 +2,9 @@
 -- of each concurrency rule, one emission of each rate rule, a reservation of the estimated
 -- tokens and cost on each budget rule) or nothing. The caller resolves which rules apply;
 -- every key is in KEYS, all under the flow hash tag (stores/redis/flowkeys.py).
--- A holder whose lease is live is admitted again without taking anything (a redelivery).
+-- A holder whose lease is live is admitted again without taking anything (a redelivery, or the
+-- task of an attempt the dispatcher or its tick admitted before sending it); its lease, and
+-- its slot in each concurrency rule given, are renewed to now + lease.
 -- Slot members whose lease expired are not counted (the sweep removes them: admit_release.lua).
 -- Each rule sends only the keys and the numbers of the limits it has (a concurrency rule: its
 -- slots key and its limit), so that Redis builds no Lua string and runs no command for the rest.
@@ -25,7 +27,7 @@
 --                           limits it has, in this order: concurrency; emission interval µs, burst
 --                           tolerance µs; tokens; micro-dollars; window ms (tokens or cost)
 --
--- Returns {ADMITTED, again, now µs} (again 1: a live holder, nothing taken);
+-- Returns {ADMITTED, again, now µs} (again 1: a live holder, nothing taken, its lease renewed);
 -- {DEFERRED, rule index (from 1), kind, until ms, now µs}: the rule blocking longest, until when it
 -- can admit (concurrency: when enough leases expire, unless released before);
 -- {REFUSED, rule index, kind, reason, now µs}: the first rule that refuses ("exhausted": its policy is
@@ -46,7 +48,25 @@ end
 local now = (now_us - now_us % 1000) / 1000
 
 local again = redis.call('ZSCORE', KEYS[1], holder)
-if again and tonumber(again) > now then return {ADMITTED, 1, now_us} end
+if again and tonumber(again) > now then
+  local expiry = fmt('%d', now + tonumber(ARGV[2]))
+  local a, k = 6, 3
+  while a <= #ARGV do  -- walk the rules as pass 2 does, renewing the slots held
+    local m = tonumber(ARGV[a + 1])
+    a = a + 2
+    if m % 2 == 1 then
+      redis.call('ZADD', KEYS[k], 'XX', expiry, holder)
+      a, k = a + 1, k + 1
+    end
+    if m % 4 >= 2 then a, k = a + 2, k + 1 end
+    if m % 16 >= 4 then
+      a = a + 1 + (m % 8 >= 4 and 1 or 0) + (m % 16 >= 8 and 1 or 0)
+      k = k + 1
+    end
+  end
+  redis.call('ZADD', KEYS[1], expiry, holder)
+  return {ADMITTED, 1, now_us}
+end
 
 local want_t, want_c = tonumber(ARGV[3]), tonumber(ARGV[4])
 local field = 'r:' .. holder  -- the holder's reservation in a budget hash
