@@ -340,6 +340,25 @@ def test_admitting_the_same_holder_again_takes_nothing_more(adm):
     assert adm.acquire("run-2/step/1", rules, lease_ms=5000).until_ms == T0 + 1000
 
 
+def test_admitted_again_near_its_lease_end_a_holder_is_renewed(adm):
+    # Given an attempt admitted before its message was sent, with a lease of 3 s
+    rules = [(TENANT, LimitRule(key="tenant:acme", concurrency=1))]
+    assert adm.acquire("run-1/step/1", rules, lease_ms=3000).admitted
+
+    def expiry() -> int:
+        return int(adm.client.zscore(adm.keys.slots(TENANT), "run-1/step/1"))
+
+    # When its task starts with most of the lease left, nothing changes (the admission time stays readable)
+    adm.now[0] += 1000
+    assert adm.acquire("run-1/step/1", rules, lease_ms=3000).again and expiry() == T0 + 3000
+    # but with less than a third left, its slot and its lease are renewed, so they cannot lapse as it starts
+    adm.now[0] += 1500
+    assert adm.acquire("run-1/step/1", rules, lease_ms=3000).again and expiry() == T0 + 5500
+    assert int(adm.client.zscore(adm.keys.holders(), "run-1/step/1")) == T0 + 5500
+    adm.now[0] += 2900  # past the first lease the slot is still held: nobody else is let in
+    assert adm.acquire("run-2/step/1", rules, lease_ms=3000).verdict is Verdict.DEFERRED
+
+
 def test_the_sweep_reclaims_the_slots_of_expired_holders_and_counts_them(adm):
     rules = [(TENANT, LimitRule(key="tenant:acme", concurrency=2)),
              (rule_id("global", "*", "limit"), LimitRule(key="global", concurrency=10))]

@@ -39,7 +39,9 @@ class AdmissionModel:
                 cost_usd: float = 0.0, lease_ms: int) -> Decision:
         at = now * 1000
         want_c = int(round(cost_usd * 1_000_000))
-        if self.holders.get(holder, -1) > now:  # a live holder: its lease renewed, slots of the rules given
+        if self.holders.get(holder, -1) > now:  # a live holder: renewed when under a third of a lease is left
+            if (self.holders[holder] - now) * 3 >= lease_ms:
+                return Decision(Verdict.ADMITTED, again=True, at_us=at)
             expiry = now + lease_ms
             self.holders[holder] = expiry
             for rid, rule in rules:

@@ -3,8 +3,10 @@
 -- tokens and cost on each budget rule) or nothing. The caller resolves which rules apply;
 -- every key is in KEYS, all under the flow hash tag (stores/redis/flowkeys.py).
 -- A holder whose lease is live is admitted again without taking anything (a redelivery, or the
--- task of an attempt the dispatcher or its tick admitted before sending it); its lease, and
--- its slot in each concurrency rule given, are renewed to now + lease.
+-- task of an attempt the dispatcher or its tick admitted before sending it); when less than a
+-- third of a lease is left, its lease and its slot in each concurrency rule given are renewed
+-- to now + lease (the cadence of an effect's own renewals), so a share taken before the send
+-- cannot lapse in the moment its task starts.
 -- Slot members whose lease expired are not counted (the sweep removes them: admit_release.lua).
 -- Each rule sends only the keys and the numbers of the limits it has (a concurrency rule: its
 -- slots key and its limit), so that Redis builds no Lua string and runs no command for the rest.
@@ -27,7 +29,7 @@
 --                           limits it has, in this order: concurrency; emission interval µs, burst
 --                           tolerance µs; tokens; micro-dollars; window ms (tokens or cost)
 --
--- Returns {ADMITTED, again, now µs} (again 1: a live holder, nothing taken, its lease renewed);
+-- Returns {ADMITTED, again, now µs} (again 1: a live holder, nothing taken);
 -- {DEFERRED, rule index (from 1), kind, until ms, now µs}: the rule blocking longest, until when it
 -- can admit (concurrency: when enough leases expire, unless released before);
 -- {REFUSED, rule index, kind, reason, now µs}: the first rule that refuses ("exhausted": its policy is
@@ -49,7 +51,9 @@ local now = (now_us - now_us % 1000) / 1000
 
 local again = redis.call('ZSCORE', KEYS[1], holder)
 if again and tonumber(again) > now then
-  local expiry = fmt('%d', now + tonumber(ARGV[2]))
+  local lease = tonumber(ARGV[2])
+  if (tonumber(again) - now) * 3 >= lease then return {ADMITTED, 1, now_us} end
+  local expiry = fmt('%d', now + lease)
   local a, k = 6, 3
   while a <= #ARGV do  -- walk the rules as pass 2 does, renewing the slots held
     local m = tonumber(ARGV[a + 1])
