@@ -3,10 +3,11 @@ dispatcher serves the keys by weighted round robin, so that a tenant with 1,000 
 does not delay a tenant with one.
 
 What waits here: a run's start deferred by a rule (``Client.start`` parks it instead of
-sending its first tick) and an effect attempt deferred when its task starts (the task parks it
-instead of sending itself again). An item is parked under its run's *fairness key*, the
-outermost named key of its path (its tenant, else its user, else its agent), at the run's
-priority (1 first, 5 last; ``Client.start(priority=)``) then in arrival order.
+sending its first tick) and an effect attempt deferred by the tick that requests it (parked
+instead of sent) or when its task starts (a retry or a re-sent message: parked instead of
+run). An item is parked under its run's *fairness key*, the outermost named key of its path
+(its tenant, else its user, else its agent), at the run's priority (1 first, 5 last;
+``Client.start(priority=)``) then in arrival order.
 
 A *pass* of the dispatcher (one at a time in the fleet: a lock, and a flag that makes the
 holder run one more pass when work was parked or released meanwhile) takes the ready key with
@@ -99,7 +100,7 @@ class FairDispatch:
 
     def park_effect(self, run: RunState, v: int, pending: PendingEffect, queue_kind: str, decision: Decision,
                     tokens: int, cost_usd: float) -> None:
-        """An effect attempt deferred at its task's start waits in its key's queue."""
+        """A deferred effect attempt (by its tick, or at its task's start) waits in its key's queue."""
         from .gate import _kind, _model_and_tools, holder_of
 
         path = AdmissionKeys.from_dict(run.vars.get(FLOW_VARS)).path(run.workflow_id)

@@ -1,19 +1,19 @@
-"""Flow control inside the engine: an effect attempt is admitted when its task starts, and gives
-its share back once its outcome is committed.
+"""Flow control inside the engine: an effect attempt is admitted before its message is sent,
+and gives its share back once its outcome is committed.
 
-The check runs at the start of every effect task (``workers/engine/effects.py``), attempt by
-attempt, so a retry is admitted like a first attempt and a backoff holds nothing. Its holder
-is the attempt, ``<run id>/<idempotency key>/<attempt>``: a redelivered or re-sent message of
-the same attempt finds its share taken already (admission is idempotent per holder), and the
-sweep reclaims the share of an attempt whose worker died (its lease, renewed while the
-effect runs, expires). A run's start is admitted by the producer (``engine/producer.py``);
-``docs/flow-control.md`` says why an effect's check is at its task's start, not before the send.
+The tick that requests an effect admits it (``workers/engine/tick.py``); the effect task admits
+every attempt again when it starts (``workers/engine/effects.py``): the attempt a tick admitted
+finds its share taken, and a retry after its backoff or a message the sweep sent again is
+admitted there, so a backoff holds nothing. The holder is the attempt, ``<run id>/<idempotency
+key>/<attempt>``: admission is idempotent per holder, and the sweep reclaims the share of an
+attempt whose worker died or whose message was lost (its lease, renewed while the effect
+runs, expires). A run's start is admitted by the producer (``engine/producer.py``).
 
 * admitted: the effect runs; after the commit of its outcome, an LLM call's reservation is
   settled with the response's ``usage`` (tokens, and dollars by the price table), then the
   share is released;
 * deferred: the attempt waits in its key's fair-dispatch queue (``dispatch.py``), whose
-  dispatcher admits it on its behalf and sends its message again, under the lease it holds;
+  dispatcher admits it on its behalf and sends its message, under the lease the run holds;
   the run keeps field ``a`` (why, until when, where it is queued), for ``explain``, until its
   next commit;
 * refused (a rule whose policy is ``fail``, or an estimate larger than a whole budget): the
