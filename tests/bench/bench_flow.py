@@ -4,19 +4,27 @@
 of one call to ``flow_stamp``. ``flow_stamp`` pushes, to the Redis list
 ``bench:flow:lat:<label>``, the seconds from the start of the effect task that runs it (Celery's
 ``task_prerun`` signal, in the same worker process) to its own start: the dispatch latency flow
-control adds to (its admission runs in between), measured inside the worker.
+control adds to (its admission runs in between), measured inside the worker; and, to
+``bench:flow:e2e:<label>``, the seconds from the ``started_at`` of the step's ``started`` record
+(stamped by the tick that requested the call, before its commit, its admission and the send)
+to the tool's start: the whole way from request to execution, broker included (wall clock,
+one machine).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from datetime import datetime
 from typing import Any
 
 import redis
 from celery.signals import task_prerun
 
 from runtime import Effect, EffectType, StepPlan, WorkflowSpec
+from runtime.execution import current_execution
+from stores.redis.codec import decode_record
+from stores.redis.keys import Keys
 from workers.registry import register_workflow, tool
 
 _client: Any = None
@@ -40,7 +48,16 @@ def _effect_started(sender: Any = None, task: Any = None, **_: Any) -> None:
 
 @tool
 def flow_stamp(label: str) -> int:
-    _redis().rpush(f"bench:flow:lat:{label}", repr(time.perf_counter() - _task_start[0]))
+    now, since_task = time.time(), time.perf_counter() - _task_start[0]
+    r = _redis()
+    r.rpush(f"bench:flow:lat:{label}", repr(since_task))
+    ex = current_execution()
+    if ex is not None:
+        [(entry_id, fields)] = r.xrevrange(Keys(os.environ.get("ABSTRACTRUNTIME_REDIS_PREFIX", "ar")).ledger(ex.run_id),
+                                           count=1)
+        record = decode_record(fields, key="ledger", entry_id=entry_id, run_id=ex.run_id, limit=1 << 30)
+        if record.get("status") == "started":
+            r.rpush(f"bench:flow:e2e:{label}", repr(now - datetime.fromisoformat(record["started_at"]).timestamp()))
     return 1
 
 

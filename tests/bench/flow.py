@@ -78,6 +78,8 @@ class FlowBench:
         import bench_flow  # noqa: F401  (registers flow_tools here too, for start())
 
         self.client = self.group.client()
+        #: Per side: seconds from the tick's request of each call to the tool's start (bench_flow.py).
+        self.e2e: dict[str, list[float]] = {"off": [], "on": [], "warm": []}
         self.limits = registry(self.client.backend)
         self.keys = FlowKeys(self.client.backend.keys.prefix)
 
@@ -108,6 +110,7 @@ class FlowBench:
         lat = [float(x) for x in self.r.lrange(f"bench:flow:lat:{label}", 0, -1)]
         if len(lat) != runs * calls:
             raise RuntimeError(f"{label}: {len(lat)} tool starts for {runs * calls} calls")
+        self.e2e[label.split("-")[0]] += [float(x) for x in self.r.lrange(f"bench:flow:e2e:{label}", 0, -1)]
         return runs * calls / (end - t0), lat
 
     def check_gate(self, on: bool) -> None:
@@ -166,6 +169,14 @@ def measure(server: RedisServer, folder: Path, args: argparse.Namespace) -> dict
     out["added_dispatch_ms"] = {"p50": out["on"]["dispatch_p50_ms"] - out["off"]["dispatch_p50_ms"],
                                 "p99": out["on"]["dispatch_p99_ms"] - out["off"]["dispatch_p99_ms"]}
     out["client_acquire_release_ms"] = {"p50": pct(client, 0.5) * 1e3, "p99": pct(client, 0.99) * 1e3}
+    for side in ("off", "on"):
+        e2e = bench.e2e[side]
+        out[side]["request_to_tool_p50_ms"] = pct(e2e, 0.5) * 1e3
+        out[side]["request_to_tool_p99_ms"] = pct(e2e, 0.99) * 1e3
+        out[side]["request_to_tool_samples"] = len(e2e)
+    out["added_request_to_tool_ms"] = {
+        "p50": out["on"]["request_to_tool_p50_ms"] - out["off"]["request_to_tool_p50_ms"],
+        "p99": out["on"]["request_to_tool_p99_ms"] - out["off"]["request_to_tool_p99_ms"]}
     return out
 
 
@@ -180,6 +191,13 @@ def table(r: dict[str, Any]) -> str:
     lines.append(f"on / off effects/s: median {r['ratio_on_off']['median']:.2f}x (rounds: {rounds}; target >= 0.9x)")
     lines.append(f"added dispatch latency: p50 {r['added_dispatch_ms']['p50']:.2f} ms, "
                  f"p99 {r['added_dispatch_ms']['p99']:.2f} ms (target: p99 <= 2 ms)")
+    for side, name in (("off", "off"), ("on", "on")):
+        s = r[side]
+        lines.append(f"request -> tool start, {name}: p50 {s['request_to_tool_p50_ms']:.2f} ms, "
+                     f"p99 {s['request_to_tool_p99_ms']:.2f} ms ({s['request_to_tool_samples']} calls)")
+    added = r["added_request_to_tool_ms"]
+    lines.append(f"added request -> tool start (the tick's admission, the broker, the task's): "
+                 f"p50 {added['p50']:.2f} ms, p99 {added['p99']:.2f} ms")
     lines.append(f"client side, acquire + release of the 3 rules: p50 {r['client_acquire_release_ms']['p50']:.3f} ms, "
                  f"p99 {r['client_acquire_release_ms']['p99']:.3f} ms")
     return "\n".join(lines)
