@@ -41,9 +41,9 @@ class Deployment:
         self.registry = registry(self.backend)
         self.keys = FlowKeys(self.prefix)
 
-    def run(self, *args: str) -> subprocess.CompletedProcess:
+    def run(self, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ABSTRACTRUNTIME_")}
-        env.update(ABSTRACTRUNTIME_REDIS_URL=self.url, ABSTRACTRUNTIME_REDIS_PREFIX=self.prefix)
+        env.update(ABSTRACTRUNTIME_REDIS_URL=self.url, ABSTRACTRUNTIME_REDIS_PREFIX=self.prefix, **extra_env)
         return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=60)
 
     def flow_state(self) -> dict:
@@ -204,3 +204,22 @@ def test_help_and_the_registry_is_json(dep):
     ok(dep.run("--json", "limits", "set", "global", "--concurrency", "4"))
     raw = dep.client.hget(dep.keys.limits(), "global|*|limit")
     assert json.loads(raw)["concurrency"] == 4
+
+
+def test_start_admits_the_run_under_its_keys_and_priority(dep):
+    workflows = {"ABSTRACTRUNTIME_IMPORTS": "support.celery_scenarios",
+                 "PYTHONPATH": str(Path(__file__).resolve().parent)}
+    out = ok(dep.run("start", "tools", "--tenant", "acme", "--user", "u-7", "--priority", "1", "--json",
+                     **workflows))
+    run = dep.backend.runs.load(out["run_id"])
+    assert run.vars["_flow"] == {"tenant": "acme", "user": "u-7", "priority": 1}
+    # a start a rule refuses is an error naming the rule, and stores nothing
+    dep.registry.set_rule(LimitRule("tenant:acme", scope="run", rate=1, per_s=3600, on_exhausted="fail"))
+    ok(dep.run("start", "tools", "--tenant", "acme", "--json", **workflows))
+    before = dep.flow_state()
+    refused(dep.run("start", "tools", "--tenant", "acme", "--run-id", "not-stored", **workflows), 1,
+            "tenant:acme/run rate")
+    assert dep.backend.runs.load("not-stored") is None
+    refused(dep.run("start", "tools", "--tenant", "a b", **workflows), 2, "tenant")
+    refused(dep.run("start", "tools", "--priority", "9", **workflows), 2, "--priority")
+    assert dep.flow_state() == before

@@ -39,6 +39,7 @@ from runtime.errors import (
 )
 from stores.redis.errors import RedisUnavailable
 
+from ..flow.rules import InvalidLimitRule
 from . import explain, limits, processes, runs, stuck
 from ._common import (
     EXIT_CONFLICT,
@@ -129,6 +130,7 @@ _CODES: list[tuple[type[BaseException], int]] = [
     (InvalidRunId, EXIT_USAGE),
     (WorkflowNotRegistered, EXIT_USAGE),
     (PayloadNotSerializable, EXIT_USAGE),
+    (InvalidLimitRule, EXIT_USAGE),  # a malformed --tenant, --user or --agent
     (RunAlreadyExists, EXIT_CONFLICT),
     (RunNotWaiting, EXIT_CONFLICT),
     (WaitKeyMismatch, EXIT_CONFLICT),

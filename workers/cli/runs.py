@@ -78,14 +78,21 @@ def _record_line(i: int, rec: dict[str, Any]) -> str:
 @click.option("--run-id", help="The run's id; it must be free.")
 @click.option("--wait", "wait_s", type=float, metavar="SECONDS",
               help="Wait up to SECONDS for the run to wait or end, and show it.")
+@click.option("--tenant", help="Flow control: the tenant the run is admitted under.")
+@click.option("--user", help="Flow control: the user the run is admitted under.")
+@click.option("--agent", help="Flow control: the agent (default: the workflow id).")
+@click.option("--priority", type=click.IntRange(1, 5), metavar="1-5",
+              help="Flow control: where its deferred work stands in its queue (1 first, 5 last; default 3).")
 @pass_state
-def start(state: State, workflow_id: str, vars_: str | None, run_id: str | None, wait_s: float | None) -> None:
+def start(state: State, workflow_id: str, vars_: str | None, run_id: str | None, wait_s: float | None,
+          tenant: str | None, user: str | None, agent: str | None, priority: int | None) -> None:
     """Start a run of WORKFLOW_ID."""
     _require_deployment(state)
     run_vars = _json_arg(vars_, "--vars") if vars_ is not None else None
     if run_vars is not None and not isinstance(run_vars, dict):
         raise CliError("--vars must be a JSON object", EXIT_USAGE)
-    rid = state.client.start(workflow_id, vars=run_vars, run_id=run_id)
+    rid = state.client.start(workflow_id, vars=run_vars, run_id=run_id, tenant=tenant, user=user, agent=agent,
+                             priority=priority)
     if wait_s is None:
         state.out({"run_id": rid, "workflow_id": workflow_id}, f"started run {rid} ({workflow_id})")
         return
