@@ -1,5 +1,6 @@
 """Flow control's acceptance on real Redis and real Celery worker processes (issue 14), shortened
-to fit a 2-core CI machine (about 2 minutes in all):
+to fit a 2-core CI machine (about 2 minutes in all; ``FLOW_ACCEPTANCE_FULL=1`` runs the rate and
+the budget at the issue's sizes, 20 s and 20,000 tokens a minute, about 5 minutes more):
 
 * rate: 10 tool calls a second with a burst of 3 on one tenant, 100 runs wanting more, about 10 s
   (the issue says 20 s): no 1-second window holds more than 10 + 3 admissions (Redis clock) nor
@@ -109,7 +110,8 @@ def test_a_rate_rule_never_lets_more_than_rate_plus_burst_start_in_one_second(fr
 
 # -- token budget --------------------------------------------------------------------------------
 
-BUDGET, WINDOW_S, CALL_TOKENS, LLM_RUNS = 2_000, 5.0, 600, 8
+#: ``FLOW_ACCEPTANCE_FULL=1``: the issue's 20,000 tokens a minute (calls of 6,000) instead of 2,000 per 5 s.
+BUDGET, WINDOW_S, CALL_TOKENS, LLM_RUNS = (20_000, 60.0, 6_000, 8) if FULL else (2_000, 5.0, 600, 8)
 
 
 class _TimedRequests(list):  # type: ignore[type-arg]
@@ -120,7 +122,7 @@ class _TimedRequests(list):  # type: ignore[type-arg]
         super().append(item)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(400 if FULL else 120)
 def test_a_token_budget_defers_llm_calls_until_the_window_refills_and_is_never_overspent(fresh, redis_server,
                                                                                          tmp_path):
     pytest.importorskip("abstractcore", reason="the abstractcore package is in the dev extra")
@@ -160,7 +162,7 @@ def test_a_token_budget_defers_llm_calls_until_the_window_refills_and_is_never_o
         while out["code"] != "BUDGET_EXHAUSTED" and time.monotonic() < deadline:
             look()
             fields = {r: client.backend.client.hget(client.backend.keys.run(r), "a") for r in ids}
-            waits = {r: json.loads(a) for r, a in fields.items() if a}
+            waits = {r: w for r, w in ((r, json.loads(a)) for r, a in fields.items() if a) if w.get("until_ms")}
             if not waits:
                 time.sleep(0.05)
                 continue
@@ -174,7 +176,7 @@ def test_a_token_budget_defers_llm_calls_until_the_window_refills_and_is_never_o
         (mine,) = [r for r in usage["rules"] if r["rule_id"] == rid]
         assert mine["budget"]["tokens_limit"] == BUDGET and mine["budget"]["tokens_spent"] <= BUDGET, mine
         # and all to complete as the windows refill, none spending more than its budget
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 12 * WINDOW_S
         while time.monotonic() < deadline and not all(
                 client.get_state(r).status in (RunStatus.COMPLETED, RunStatus.FAILED) for r in ids):
             look()
@@ -203,7 +205,7 @@ def test_a_token_budget_defers_llm_calls_until_the_window_refills_and_is_never_o
         assert client.backend.client.zcard(FlowKeys(client.backend.keys.prefix).holders()) == 0
         assert max(spent.values()) <= BUDGET + overshoot, spent
         assert max(per_window.values()) <= BUDGET + overshoot, per_window
-        assert len(per_window) >= 3, f"4,800 tokens took fewer than three windows: {per_window}"
+        assert len(per_window) >= 3, f"{LLM_RUNS * CALL_TOKENS} tokens took fewer than three windows: {per_window}"
         print(f"budget: {LLM_RUNS} calls over {len(per_window)} windows, tokens per window "
               f"{sorted(per_window.values())}, most seen spent in Redis {max(spent.values())}, "
               f"explain said {out['code']}")
@@ -257,10 +259,14 @@ def test_killed_workers_and_a_dropped_message_leave_no_slot_to_a_dead_holder(fre
     ids = [client.start("probed", vars={"probe": str(probe), "tenant": "acme", "seconds": SLOW_S}, tenant="acme")
            for _ in range(LEAK_RUNS)]
     broker, tools_q = g.broker(), g.settings().queue("tools")
-    assert until(lambda: broker.llen(tools_q) == LEAK_RUNS), broker.llen(tools_q)
+    # (each tick admitted its effect before sending it: two were sent, holding both slots, eight parked)
+    assert until(lambda: broker.llen(tools_q) == 2 and r.zcard(fk.deferred("tenant:acme")) == LEAK_RUNS - 2), \
+        (broker.llen(tools_q), r.zcard(fk.deferred("tenant:acme")))
     raw = broker.lindex(tools_q, 0)
     dropped = _body_args(raw)[0]
     assert dropped in ids and broker.lrem(tools_q, 1, raw) == 1
+    # its attempt holds a slot it will never give back: the leak that froze Hatchet's queue
+    assert [m for m in r.zrange(slots, 0, -1) if m.decode().startswith(dropped)]
     g.stop("ticks")
     # and the worker is SIGKILLed 20 times while it holds slots (at 4 points of the 3 s tool)
     killed_ms, kills, started = None, 0, 0

@@ -147,6 +147,8 @@ class Ticks(EngineBase):
         estimate = self.flow.estimate(run, pending, rules)
         tokens, cost = estimate if isinstance(estimate, tuple) else (0, 0.0)
         self.fair.park_effect(run, v, pending, kind, decision, tokens, cost)
+        logger.info("tick: run %s: its effect was deferred by flow-control rule %s (%s); parked for fair dispatch",
+                    run.run_id, decision.rule_id or "(its key's queue)", decision.kind)
         self.fair.dispatch()  # a share given back between the admission and the park is not missed
         return True
 
