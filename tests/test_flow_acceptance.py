@@ -97,7 +97,9 @@ def test_a_rate_rule_never_lets_more_than_rate_plus_burst_start_in_one_second(fr
     # starts is narrowed by that spread, or a start 7 ms late and one 1 ms late fit 14 in a second.
     delays = [c["start"] - c["admitted"] for c in calls]
     spread = max(delays) - min(delays)
-    assert spread < 0.25, f"tools started up to {spread:.3f}s apart from their admission: nothing to measure"
+    # (admitted before the send, the first burst's messages wait behind the 100 first ticks in the
+    # workers' prefetch: up to about 0.25 s here; later ones start within milliseconds)
+    assert spread < 0.4, f"tools started up to {spread:.3f}s apart from their admission: nothing to measure"
     assert windows_over(starts, 1.0 - spread) <= RATE + BURST, "tool starts (wall clock)"
     # The rule was what held them back: 100 at 10 a second take (100 - 1 - burst) / 10 s at least.
     span = max(admitted) - min(admitted)
