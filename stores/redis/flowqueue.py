@@ -33,6 +33,10 @@ PRIORITIES = range(1, 6)
 DEFAULT_PRIORITY = 3
 
 
+#: Delete a lock only if it is still the caller's (one round trip).
+_UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -45,6 +49,7 @@ class FlowQueue:
         self.keys = keys
         self._park = client.register_script(SOURCES["flow_park"])
         self._take = client.register_script(SOURCES["flow_take"])
+        self._unlock = client.register_script(_UNLOCK)
 
     def _four(self, fkey: str) -> list[str]:
         k = self.keys
@@ -131,17 +136,8 @@ class FlowQueue:
         try:
             yield got
         finally:
-            if got:
-                # only our own lock: a pass longer than ttl_ms may have lost it to another
-                pipe = self.client.pipeline(transaction=True)
-                try:
-                    pipe.watch(self.keys.dispatching())
-                    if _text(pipe.get(self.keys.dispatching()) or b"") == me:
-                        pipe.multi()
-                        pipe.delete(self.keys.dispatching())
-                        pipe.execute()
-                finally:
-                    pipe.reset()
+            if got:  # only our own lock: a pass longer than ttl_ms may have lost it to another
+                self._unlock(keys=[self.keys.dispatching()], args=[me])
 
     def schedule_wake(self, at_ms: int, now_ms: int) -> bool:
         """Claim the timed pass at ``at_ms``: True when no pass is scheduled at or before it

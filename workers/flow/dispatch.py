@@ -185,7 +185,10 @@ class FairDispatch:
             if decision.kind != "concurrency" and decision.until_ms is not None:
                 q.hold(fkey, decision.until_ms)
             if (decision.rule_id or "").startswith("global|*|"):
-                break  # a global rule on every admission: nothing else passes it now
+                candidates = []  # a global rule on every admission: nothing else passes it now
+                break
+        if candidates:  # stopped by its batch or its tries with keys still ready: one more pass
+            q.mark_dirty()
         self._schedule_wake(now)
         return sent
 
