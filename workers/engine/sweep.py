@@ -32,6 +32,11 @@ class Recovery(EngineBase):
         """Wake due timers and re-send what expired leases name; safe on many workers at once."""
         k = self.backend.keys
         counts = {"leases": 0, "timers": 0, "poisoned": 0}
+        try:  # flow-control shares of attempts whose worker died or whose message was lost (their lease
+            # expired), first: an attempt sent again below then finds its old share counted as reclaimed
+            counts["slots_reclaimed"] = self.flow.admission.reclaim_expired(self.settings.sweep_batch)
+        except Exception as exc:
+            logger.error("sweep: cannot reclaim flow-control shares: %s", exc)
         now, ids = self.backend.claim_due(k.leases(), limit=self.settings.sweep_batch, hold_ms=self._tick_lease)
         self.backend.mark_sweep(now)
         for rid in ids:
@@ -68,10 +73,6 @@ class Recovery(EngineBase):
         for rid in ids:
             counts["timers"] += 1
             self.dispatcher.wake(rid, None)
-        try:  # flow-control shares of attempts whose worker died (their lease expired)
-            counts["slots_reclaimed"] = self.flow.admission.reclaim_expired(self.settings.sweep_batch)
-        except Exception as exc:
-            logger.error("sweep: cannot reclaim flow-control shares: %s", exc)
         if counts.get("slots_reclaimed") or counts.get("parked"):
             counts["flow_sent"] = self.flow_dispatch()  # a backstop: passes run at each park and release too
         counts.update(detect_stuck(self))  # stuck runs and SLA rules (workers/stuck.py)
