@@ -359,6 +359,20 @@ def test_admitted_again_near_its_lease_end_a_holder_is_renewed(adm):
     assert adm.acquire("run-2/step/1", rules, lease_ms=3000).verdict is Verdict.DEFERRED
 
 
+def test_a_new_holder_does_not_overtake_its_queue_and_a_live_one_is_let_through(adm):
+    rules = [(TENANT, LimitRule(key="tenant:acme", concurrency=5))]
+    queue = adm.keys.deferred("tenant:acme")
+    assert adm.acquire("run-1/step/1", rules, lease_ms=3000, behind=queue).admitted  # an empty queue
+    adm.client.zadd(queue, {"e|run-0/step/1": 1})  # work waits its turn
+    waits = adm.acquire("run-2/step/1", rules, lease_ms=3000, behind=queue)
+    assert (waits.verdict, waits.rule_id, waits.kind, waits.until_ms) == (Verdict.DEFERRED, None, "queue", None)
+    assert adm.usage(TENANT, rules[0][1])["concurrency"]["holders"][0]["holder"] == "run-1/step/1"  # nothing taken
+    assert adm.acquire("run-1/step/1", rules, lease_ms=3000, behind=queue).again  # already in: let through
+    assert adm.acquire("run-2/step/1", rules, lease_ms=3000).admitted  # the dispatcher's admission: no queue named
+    freed, _at, waiting = adm.release_peek("run-2/step/1", rules, peek=queue)
+    assert (freed, waiting) == (1, 1)
+
+
 def test_the_sweep_reclaims_the_slots_of_expired_holders_and_counts_them(adm):
     rules = [(TENANT, LimitRule(key="tenant:acme", concurrency=2)),
              (rule_id("global", "*", "limit"), LimitRule(key="global", concurrency=10))]

@@ -202,32 +202,23 @@ class Admission:
         """Take a share of every rule for ``holder`` (``run/step/attempt``), or nothing; one round trip.
 
         ``tokens`` / ``cost_usd``: the estimate reserved on every token / cost rule. ``behind``: a
-        fair-dispatch queue (ZSET) the holder must not overtake: when it holds anything, a new
-        holder is deferred (kind ``queue``) and gives back what it took (a second round trip,
-        only then). A live holder is admitted again whatever (its lease renewed).
+        fair-dispatch queue (ZSET) the holder must not overtake: while it holds anything, a new
+        holder is deferred (kind ``queue``, no rule checked; a live holder is admitted again).
         """
         if lease_ms <= 0 or tokens < 0 or cost_usd < 0:
             raise ValueError("lease_ms must be above 0, tokens and cost_usd 0 or more")
-        keys = [self.keys.holders(), self.keys.held(holder)]
+        keys = [self.keys.holders(), self.keys.held(holder), behind or self.keys.unqueued()]
         argv: list[str] = [holder, str(int(lease_ms)), str(int(tokens)), str(_micro(cost_usd)), self._now_arg()]
         for rid, rule in rules:
             rkeys, rargv = self._encode(rid, rule)
             keys += rkeys
             argv += rargv
-        if behind is None:
-            reply = self._admit(keys=keys, args=argv)
-        else:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.zcard(behind)
-            self._admit(keys=keys, args=argv, client=pipe)
-            waiting, reply = pipe.execute()
-            if int(waiting) and not (Reply(int(reply[0])) is Reply.ADMITTED and int(reply[1])):
-                if Reply(int(reply[0])) is Reply.ADMITTED:
-                    self.release(holder, rules)
-                return Decision(Verdict.DEFERRED, None, "queue", at_us=int(reply[-1]))
+        reply = self._admit(keys=keys, args=argv)
         code = Reply(int(reply[0]))
         if code is Reply.ADMITTED:
             return Decision(Verdict.ADMITTED, again=bool(int(reply[1])), at_us=int(reply[2]))
+        if int(reply[1]) == 0:  # behind queued work: no rule was checked
+            return Decision(Verdict.DEFERRED, None, _text(reply[2]), at_us=int(reply[4]))
         rid = rules[int(reply[1]) - 1][0]
         kind = _text(reply[2])
         if code is Reply.DEFERRED:
@@ -244,20 +235,15 @@ class Admission:
         return [(h, sorted(_text(r) for r in rids)) for h, rids in zip(holders, pipe.execute())]
 
     def _give_back(self, mode: str, held: list[tuple[str, list[str]]], peek: str | None = None) -> list[int]:
-        """The release script's reply; with ``peek`` (a ZSET), its size appended, in the same round trip."""
-        keys, argv = [self.keys.holders()], [mode, self._now_arg()]
+        """The release script's reply: OK, slots, holders done, left over, now µs, and the size of
+        the ZSET ``peek`` (0 without one)."""
+        keys, argv = [self.keys.holders(), peek or self.keys.unqueued()], [mode, self._now_arg()]
         for holder, rids in held:
             keys.append(self.keys.held(holder))
             argv += [holder, str(len(rids)), *rids]
             for rid in rids:
                 keys += [self.keys.slots(rid), self.keys.budget(rid)]
-        if peek is None:
-            return [int(x) for x in self._release(keys=keys, args=argv)]
-        pipe = self.client.pipeline(transaction=False)
-        self._release(keys=keys, args=argv, client=pipe)
-        pipe.zcard(peek)
-        reply, size = pipe.execute()
-        return [*(int(x) for x in reply), int(size)]
+        return [int(x) for x in self._release(keys=keys, args=argv)]
 
     def release(self, holder: str, rules: Sequence[tuple[str, RuleLike]] | None = None) -> int:
         """Free everything ``holder`` holds (after its result's commit); the slots freed (0 if none).
@@ -283,10 +269,7 @@ class Admission:
             held = [(holder, sorted({rid for rid, r in rules if r.concurrency is not None or r.tokens is not None
                                      or r.cost_usd is not None}))]
         for _ in range(_RELEASE_ATTEMPTS):
-            reply = self._give_back("release", held or self._held([holder]), peek)
-            _ok, slots, _done, left, at_us = reply[:5]
-            if peek is not None:
-                size = reply[5]
+            _ok, slots, _done, left, at_us, size = self._give_back("release", held or self._held([holder]), peek)
             held = None
             freed += slots
             if not left:

@@ -7,7 +7,8 @@ since every run that expects a message carries one::
 
     {"k": "tick"}                                      a tick of the current node
     {"k": "effect", "p": PendingEffect.to_dict(),      an effect task; r is the attempt's
-     "r": started record or None, "q": queue kind}     started record, already in the ledger
+     "r": started record or None, "q": queue kind,     started record, already in the ledger;
+     "a": admitted at (epoch ms), absent if not}       a: when flow control admitted it (its tick)
     {"k": "notify"}                                    a child ended; its parent is not told yet
 
 No field: nothing is expected (the run waits for a person, an event or a timer, or it ended).
@@ -39,6 +40,9 @@ class Dispatch:
     started: dict[str, Any] | None = None
     #: ``effect``: the queue kind its task is sent to (wire key ``q``).
     queue: str | None = None
+    #: ``effect``: when flow control admitted the attempt before its message was sent (epoch ms,
+    #: Redis clock; wire key ``a``): its task need not admit it again while the share is fresh.
+    admitted_ms: int | None = None
 
     @classmethod
     def tick(cls) -> Dispatch:
@@ -49,9 +53,10 @@ class Dispatch:
         return _NOTIFY
 
     @classmethod
-    def effect(cls, pending: PendingEffect, *, queue: str, started: StepRecord | None = None) -> Dispatch:
+    def effect(cls, pending: PendingEffect, *, queue: str, started: StepRecord | None = None,
+               admitted_ms: int | None = None) -> Dispatch:
         """An effect task on ``queue``; ``started`` is copied as it is now (before it is chained)."""
-        return cls("effect", pending, started.to_dict() if started is not None else None, queue)
+        return cls("effect", pending, started.to_dict() if started is not None else None, queue, admitted_ms)
 
     def with_started(self, record: StepRecord) -> Dispatch:
         """This effect dispatch, its attempt now started with ``record``."""
@@ -70,7 +75,10 @@ class Dispatch:
         if self.kind != "effect":
             return {"k": self.kind}
         assert self.pending is not None
-        return {"k": "effect", "p": self.pending.to_dict(), "r": self.started, "q": self.queue}
+        wire: dict[str, Any] = {"k": "effect", "p": self.pending.to_dict(), "r": self.started, "q": self.queue}
+        if self.admitted_ms is not None:
+            wire["a"] = self.admitted_ms
+        return wire
 
     @classmethod
     def from_wire(cls, value: Any) -> Dispatch:
@@ -91,7 +99,9 @@ class Dispatch:
             pending = PendingEffect.from_dict(p)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"p is not a pending effect ({type(exc).__name__}: {exc})") from None
-        return cls("effect", pending, r, q)
+        a = value.get("a")
+        admitted = a if isinstance(a, int) and not isinstance(a, bool) else None  # a bad one: admit again
+        return cls("effect", pending, r, q, admitted)
 
 
 _TICK = Dispatch("tick")

@@ -56,6 +56,11 @@ class FlowKeys:
         :meth:`items`), scored by priority then arrival (``priority * 1e15 + arrival sequence``)."""
         return self._t + "deferred:" + key
 
+    def unqueued(self) -> str:
+        """ZSET never written: what an admission that may overtake any queue, or a release that
+        asks for no size, names in place of a queue (a script's KEYS are fixed)."""
+        return self._t + "unqueued"
+
     def items(self) -> str:
         """HASH: item id -> the deferred item's JSON (what the dispatcher admits and sends)."""
         return self._t + "items"

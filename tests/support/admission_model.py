@@ -36,7 +36,7 @@ class AdmissionModel:
     # -- admission --------------------------------------------------------------------------
 
     def acquire(self, now: int, holder: str, rules: Sequence[tuple[str, RuleLike]], *, tokens: int = 0,
-                cost_usd: float = 0.0, lease_ms: int) -> Decision:
+                cost_usd: float = 0.0, lease_ms: int, behind: int = 0) -> Decision:
         at = now * 1000
         want_c = int(round(cost_usd * 1_000_000))
         if self.holders.get(holder, -1) > now:  # a live holder: renewed when under a third of a lease is left
@@ -48,6 +48,8 @@ class AdmissionModel:
                 if rule.concurrency is not None and holder in self.slots.get(rid, {}):
                     self.slots[rid][holder] = expiry
             return Decision(Verdict.ADMITTED, again=True, at_us=at)
+        if behind:  # ``behind``: items in the queue the holder must not overtake
+            return Decision(Verdict.DEFERRED, None, "queue", at_us=at)
         refused: tuple[str, str, str] | None = None
         deferred: tuple[str, str, int] | None = None
 

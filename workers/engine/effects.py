@@ -65,7 +65,12 @@ class Effects(EngineBase):
                 or (token is not None and token < loaded.token)):
             return "stale"  # cancelled, landed already, another attempt's message, or granted again
         held = loaded.token
-        gated = self.flow.admit(run, pending, lease_ms=self._effect_lease)  # None: no rule counts it
+        gated: tuple[Decision, list[Any]] | None
+        if d.admitted_ms is not None and now_ms - d.admitted_ms < self._effect_lease // 3 and self.flow.active():
+            # admitted by its tick a moment ago: its share outlives the first renewal (a third of a lease)
+            gated = (Decision(Verdict.ADMITTED, again=True), self.flow.rules_for(run, pending))
+        else:
+            gated = self.flow.admit(run, pending, lease_ms=self._effect_lease)  # None: no rule counts it
         if gated is not None and gated[0].verdict is Verdict.DEFERRED:
             return self._defer(run, v, d, held, gated[0], gated[1], now_ms)
         refused = gated[0] if gated is not None and gated[0].verdict is Verdict.REFUSED else None

@@ -7,11 +7,13 @@ the Redis clock). A tick reads four files: the task in ``workers/app.py``, this 
 
 from __future__ import annotations
 
+from typing import Any
+
 from runtime import EffectType, RunState, RunStatus, StepRecord, VersionConflict, WaitReason
 from runtime._clock import epoch_ms
 from runtime.execution import Execution, executing
 from runtime.step import Action, PendingEffect, Transition, apply_outcome, start_attempt, step, wake_if_due
-from stores.redis.admission import Verdict
+from stores.redis.admission import Decision, Verdict
 from stores.redis.dispatch import Dispatch
 
 from .. import logs
@@ -125,24 +127,26 @@ class Ticks(EngineBase):
             outcome = self._run_effect(run, pending, self._handlers(now_ms))
             tr = apply_outcome(run, pending, outcome, record=record, policy=self.registry.effect_policy)
             return self._land(run, v, tr, [started, *tr.records], now_ms)
-        dispatch = Dispatch.effect(pending, queue=kind, started=record)
+        # Flow control before the send: admitted, the dispatch says when (its task need not admit
+        # it again); deferred, or behind work its key has queued, it is parked after the commit and
+        # never enters the broker; refused, it is sent, and its task, refused again, fails it.
+        gated = self.flow.admit(run, pending, lease_ms=self._effect_lease, in_turn=True)
+        decision = gated[0] if gated is not None else None
+        admitted_ms = decision.at_us // 1000 if decision is not None and decision.admitted else None
+        dispatch = Dispatch.effect(pending, queue=kind, started=record, admitted_ms=admitted_ms)
+        # (a conflict here leaves a share taken: it lapses with its lease, or the winning tick's
+        # task, the same holder, holds it)
         v = self._commit(run, [record], v, dispatch=dispatch, lease_ms=self._effect_lease)
-        if self._parked_before_send(run, v, pending, kind, now_ms):
+        if gated is not None and decision is not None and decision.verdict is Verdict.DEFERRED:
+            self._park(run, v, pending, kind, decision, gated[1], now_ms)
             return "deferred"
         self.dispatcher.effect(kind, run.run_id, v, pending.idempotency_key, pending.attempt,
                                workflow=run.workflow_id, node=run.current_node, token=self._token(run.run_id))
         return "execute"
 
-    def _parked_before_send(self, run: RunState, v: int, pending: PendingEffect, kind: str, now_ms: int) -> bool:
-        """Flow control before an effect's message is sent: admitted (its task finds its share
-        taken) or refused (its task is refused again and fails it) are sent; deferred, or behind
-        work its key has queued, it is parked instead, and never enters the broker."""
-        if not self.flow.active():
-            return False
-        gated = self.flow.admit(run, pending, lease_ms=self._effect_lease, in_turn=True)
-        if gated is None or gated[0].verdict is not Verdict.DEFERRED:
-            return False
-        decision, rules = gated
+    def _park(self, run: RunState, v: int, pending: PendingEffect, kind: str, decision: Decision,
+              rules: list[Any], now_ms: int) -> None:
+        """A deferred effect waits in its key's fair-dispatch queue instead of the broker."""
         self.flow.keep_deferral(run.run_id, decision, rules, now_ms, parked=self.fair.place_of(run, pending))
         estimate = self.flow.estimate(run, pending, rules)
         tokens, cost = estimate if isinstance(estimate, tuple) else (0, 0.0)
@@ -150,7 +154,6 @@ class Ticks(EngineBase):
         logger.info("tick: run %s: its effect was deferred by flow-control rule %s (%s); parked for fair dispatch",
                     run.run_id, decision.rule_id or "(its key's queue)", decision.kind)
         self.fair.dispatch()  # a share given back between the admission and the park is not missed
-        return True
 
     def _land(self, run: RunState, v: int, tr: Transition, records: list[StepRecord], now_ms: int) -> str:
         """Commit a transition (an effect's outcome, a wait, an end) and send what comes next."""

@@ -99,13 +99,19 @@ class Resolver:
         self._lock = threading.Lock()
         self._rules: list[LimitRule] = []
         self._read_at: float | None = None
+        #: :meth:`applicable`'s answers for the rules as last read (a run's path and an effect's
+        #: kind repeat: each admission would otherwise match every rule again).
+        self._answers: dict[tuple[Any, ...], list[Applicable]] = {}
 
     def rules(self) -> list[LimitRule]:
         """The registry's rules, as read at most ``cache_s`` ago."""
         with self._lock:
             now = self._clock()
             if self._read_at is None or self.cache_s <= 0 or now - self._read_at >= self.cache_s:
-                self._rules = self._read()
+                rules = self._read()
+                if rules != self._rules:
+                    self._answers = {}
+                self._rules = rules
                 self._read_at = now
             return self._rules
 
@@ -116,9 +122,20 @@ class Resolver:
 
     def applicable(self, path: Sequence[str], kind: str, *, model: str | None = None,
                    tools: Sequence[str] = ()) -> list[Applicable]:
-        """:func:`applicable` on the cached rules."""
-        return applicable(self.rules(), path, kind, model=model, tools=tools)
+        """:func:`applicable` on the cached rules (the answer kept while they stay the same)."""
+        rules = self.rules()
+        key = (tuple(path), kind, model, tuple(tools))
+        found = self._answers.get(key)
+        if found is None:
+            found = applicable(rules, path, kind, model=model, tools=tools)
+            if len(self._answers) >= _ANSWERS_MAX:
+                self._answers = {}
+            self._answers[key] = found
+        return list(found)
 
+
+#: Answers a :class:`Resolver` keeps at most (paths x kinds in use); past it, it starts over.
+_ANSWERS_MAX = 10_000
 
 _RESOLVERS: weakref.WeakKeyDictionary[Any, Resolver] = weakref.WeakKeyDictionary()
 _RESOLVERS_LOCK = threading.Lock()

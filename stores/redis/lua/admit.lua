@@ -13,7 +13,9 @@
 --
 -- KEYS[1]      holders      ZSET holder -> lease expiry (epoch ms) across every rule
 -- KEYS[2]      held         SET the rule ids the holder holds a slot or a reservation of
--- KEYS[3..]    rule_keys    per rule, in the order of ARGV, the keys of the limits it has: slots
+-- KEYS[3]      behind       ZSET a new holder must not overtake: its fair-dispatch queue (deferred,
+--                           kind "queue", while it holds anything); FlowKeys.unqueued() when none
+-- KEYS[4..]    rule_keys    per rule, in the order of ARGV, the keys of the limits it has: slots
 --                           (concurrency; ZSET holder -> lease expiry), rate (rate; STRING GCRA
 --                           theoretical arrival time, epoch µs), budget (tokens or cost; HASH w: window
 --                           start ms, l: window ms, t: tokens, c: micro-dollars, r:<holder>:
@@ -31,7 +33,8 @@
 --
 -- Returns {ADMITTED, again, now µs} (again 1: a live holder, nothing taken);
 -- {DEFERRED, rule index (from 1), kind, until ms, now µs}: the rule blocking longest, until when it
--- can admit (concurrency: when enough leases expire, unless released before);
+-- can admit (concurrency: when enough leases expire, unless released before); rule index 0, kind
+-- "queue", until 0: work waits in the behind queue (no rule was checked);
 -- {REFUSED, rule index, kind, reason, now µs}: the first rule that refuses ("exhausted": its policy is
 -- fail; "oversize": the reservation is larger than the whole budget). Kind: concurrency, rate,
 -- tokens or cost_usd. Nothing is written unless ADMITTED.
@@ -54,7 +57,7 @@ if again and tonumber(again) > now then
   local lease = tonumber(ARGV[2])
   if (tonumber(again) - now) * 3 >= lease then return {ADMITTED, 1, now_us} end
   local expiry = fmt('%d', now + lease)
-  local a, k = 6, 3
+  local a, k = 6, 4
   while a <= #ARGV do  -- walk the rules as pass 2 does, renewing the slots held
     local m = tonumber(ARGV[a + 1])
     a = a + 2
@@ -71,6 +74,7 @@ if again and tonumber(again) > now then
   redis.call('ZADD', KEYS[1], expiry, holder)
   return {ADMITTED, 1, now_us}
 end
+if redis.call('ZCARD', KEYS[3]) > 0 then return {DEFERRED, 0, 'queue', 0, now_us} end
 
 local want_t, want_c = tonumber(ARGV[3]), tonumber(ARGV[4])
 local field = 'r:' .. holder  -- the holder's reservation in a budget hash
@@ -88,7 +92,7 @@ end
 -- that change) and whether its window is a new one. Numbers go to Redis as text made here with
 -- %d (Redis would format each number given as one with %.17g, several times slower).
 local plan, np = {}, 0
-local n, a, k, last = 0, 6, 3, #ARGV
+local n, a, k, last = 0, 6, 4, #ARGV
 while a <= last do
   n = n + 1
   local m = tonumber(ARGV[a + 1])
@@ -174,7 +178,7 @@ if d_i then return {DEFERRED, d_i, d_kind, d_until, now_us} end
 local lease = tonumber(ARGV[2])
 local expiry = fmt('%d', now + lease)
 local held, nh = {}, 0
-np, a, k = 0, 6, 3
+np, a, k = 0, 6, 4
 while a <= last do
   local rid, m = ARGV[a], plan[np + 1]
   a, np = a + 2, np + 1

@@ -6,14 +6,16 @@
 -- admission of the same holder) keeps the holder in the index, reported as left over.
 --
 -- KEYS[1]      holders      ZSET holder -> lease expiry (epoch ms)
--- KEYS[2..]    holder_keys  per holder, in the order of ARGV: its held SET, then per rule id listed
+-- KEYS[2]      peek         ZSET whose size is returned (the fair-dispatch ready set: does deferred
+--                           work wait for what was given back?); FlowKeys.unqueued() when not asked
+-- KEYS[3..]    holder_keys  per holder, in the order of ARGV: its held SET, then per rule id listed
 --                           its slots ZSET and its budget HASH
 --
 -- ARGV[1]      mode         "release" or "reclaim"
 -- ARGV[2]      now_ms       "" in production (the Redis clock); tests pass their clock
 -- ARGV[3..]    holders      per holder: holder id, n, then its n rule ids
 --
--- Returns {OK, slots removed, holders removed, holders left over, now µs}.
+-- Returns {OK, slots removed, holders removed, holders left over, now µs, size of peek}.
 
 local OK = 1  -- Reply in stores/redis/scripts.py
 
@@ -28,7 +30,7 @@ local now = math.floor(now_us / 1000)
 local reclaim = ARGV[1] == 'reclaim'
 
 local slots, done, left = 0, 0, 0
-local k, a = 2, 3
+local k, a = 3, 3
 while a <= #ARGV do
   local holder, n = ARGV[a], tonumber(ARGV[a + 1])
   local go = true
@@ -51,4 +53,4 @@ while a <= #ARGV do
   end
   k, a = k + 1 + 2 * n, a + 2 + n
 end
-return {OK, slots, done, left, now_us}
+return {OK, slots, done, left, now_us, redis.call('ZCARD', KEYS[2])}
