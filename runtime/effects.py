@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ._clock import parse_iso
+from .answers import InvalidAnswerSchema, check_schema
 from .errors import InvalidTimeError
 from .models import Effect, EffectOutcome, EffectType, RunState, WaitReason, WaitState
 from .step import EffectHandler
@@ -89,9 +90,16 @@ def handle_ask_user(run: RunState, effect: Effect, default_next_node: str | None
         return EffectOutcome.failed("ask_user requires payload.prompt")
     choices = effect.payload.get("choices")
     wait_key = effect.payload.get("wait_key") or f"user:{run.run_id}:{run.current_node}"
+    schema = effect.payload.get("schema")
+    if schema is not None:  # a typed answer (runtime/answers.py): the schema is checked as the wait opens
+        try:
+            check_schema(schema)
+        except InvalidAnswerSchema as exc:
+            return EffectOutcome.failed(f"ask_user: {exc}")
     return _park(effect, default_next_node, WaitReason.USER, wait_key=str(wait_key), prompt=str(prompt),
                  choices=list(choices) if isinstance(choices, list) else None,
-                 allow_free_text=bool(effect.payload.get("allow_free_text", True)))
+                 allow_free_text=bool(effect.payload.get("allow_free_text", True)),
+                 details={"schema": schema} if schema is not None else None)
 
 
 def builtin_wait_handlers() -> dict[EffectType, EffectHandler]:

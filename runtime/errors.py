@@ -11,8 +11,10 @@ them (module in brackets) and join the tree through its branches::
     │   ├── InvalidPlanError            (ValueError) a plan that goes nowhere
     │   ├── WorkflowNotRegistered       (KeyError)   registry lookup failed
     │   ├── WorkflowAlreadyRegistered   (ValueError)
-    │   └── InvalidSlaRule              (ValueError) an SLA rule refused at registration,
-    │                                                  naming the field [workers.sla]
+    │   ├── InvalidSlaRule              (ValueError) an SLA rule refused at registration,
+    │   │                                              naming the field [workers.sla]
+    │   └── InvalidAnswerSchema         (ValueError) a question's schema outside the subset,
+    │                                                  naming the keyword [runtime.answers]
     ├── RunError
     │   ├── RunNotFound                 (KeyError)
     │   ├── RunAlreadyExists            (ValueError) explicit run id taken (D7)
@@ -21,6 +23,8 @@ them (module in brackets) and join the tree through its branches::
     │   ├── InvalidRunId                (ValueError) a run id a store cannot hold
     │   ├── WaitKeyMismatch             (ValueError)
     │   ├── WaitNotEnded                (ValueError) an action that cannot end this wait (workers)
+    │   ├── InvalidAnswer               (ValueError) an answer its question's schema refuses;
+    │   │                                              nothing written [runtime.answers]
     │   └── WaitTimeout                 (TimeoutError) a run did not get there in time
     │                                                  [workers.client]
     ├── EffectError                                  an effect could not be performed

@@ -31,6 +31,7 @@ from typing import Any
 
 from ._clock import Clock, parse_iso, utc_now_iso
 from ._json import ensure_json
+from .answers import InvalidAnswer, check_answer
 from .errors import InvalidPlanError, PayloadNotSerializable, RunNotWaiting, WaitKeyMismatch
 from .models import Effect, EffectOutcome, EffectType, RunState, RunStatus, StepRecord, WaitReason
 from .policies import DefaultEffectPolicy, EffectPolicy
@@ -344,6 +345,12 @@ def apply_resume(run: RunState, *, wait_key: str | None, payload: Any, clock: Cl
     w = run.waiting
     if wait_key is not None and w.wait_key is not None and wait_key != w.wait_key:
         raise WaitKeyMismatch(run_id=run.run_id, expected=w.wait_key, got=wait_key)
+    schema = (w.details or {}).get("schema") if w.reason == WaitReason.USER else None
+    if isinstance(schema, dict):  # a typed question: the answer must match before anything changes
+        try:
+            check_answer(schema, payload)
+        except InvalidAnswer as exc:
+            raise InvalidAnswer(exc.path, exc.problem, run_id=run.run_id) from None
     if w.result_key:
         set_nested(run.vars, w.result_key, payload)
     if w.resume_to_node:

@@ -24,6 +24,7 @@ import sys
 
 import click
 
+from runtime.answers import InvalidAnswer
 from runtime.errors import (
     AbstractRuntimeError,
     CorruptRecordError,
@@ -131,6 +132,7 @@ _CODES: list[tuple[type[BaseException], int]] = [
     (WorkflowNotRegistered, EXIT_USAGE),
     (PayloadNotSerializable, EXIT_USAGE),
     (InvalidLimitRule, EXIT_USAGE),  # a malformed --tenant, --user or --agent
+    (InvalidAnswer, EXIT_USAGE),  # an answer its question's schema refuses (nothing written)
     (RunAlreadyExists, EXIT_CONFLICT),
     (RunNotWaiting, EXIT_CONFLICT),
     (WaitKeyMismatch, EXIT_CONFLICT),
