@@ -186,3 +186,32 @@ def test_one_dispatcher_pass_at_a_time(store):
             assert first is True and second is False
     with q.lock(10_000) as again:
         assert again is True
+
+
+def test_parking_and_a_blocked_pass_cost_the_same_with_twenty_tenants_waiting(redis_server):
+    """A park tries its own key only, and a pass stops trying keys whose head a rule already found
+    full: neither grows with the number of tenants that wait (counted in Redis's commandstats)."""
+    from stores.redis import RedisBackend
+
+    from support.backends import fresh_prefix
+
+    store = RedisBackend(redis_server.client(), prefix=fresh_prefix("fd"))
+    engine, _stub = engine_of(store)
+    limits_of(store).set_rule(ONE_START)
+    engine.flow.admission.acquire("elsewhere/start", [("global|run|starts", ONE_START)], lease_ms=600_000)
+    for i in range(20):
+        start(engine, f"t{i}")
+    assert engine.fair.queue.queued() == 20
+
+    def scripts_run(call: Any) -> int:
+        def evalsha() -> int:
+            return int(store.client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+        before = evalsha()
+        call()
+        return evalsha() - before
+
+    # a park: the run's commit, its admission, the park, the unlock; one head read and one admission of its key
+    assert scripts_run(lambda: start(engine, "late")) <= 7
+    # a pass over 21 ready keys, every head held back by the same full rule: one admission, then heads only
+    # (21 head reads, one admission, the unlock: trying every head would be 21 admissions more)
+    assert scripts_run(engine.flow_dispatch) <= 21 + 3

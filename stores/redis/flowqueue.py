@@ -33,6 +33,10 @@ PRIORITIES = range(1, 6)
 DEFAULT_PRIORITY = 3
 
 
+#: The head of a queue and its item, in one round trip (KEYS: deferred, items).
+_HEAD = ("local ids = redis.call('ZRANGE', KEYS[1], 0, 0) "
+         "if #ids == 0 then return false end "
+         "return {ids[1], redis.call('HGET', KEYS[2], ids[1])}")
 #: Delete a lock only if it is still the caller's (one round trip).
 _UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
@@ -50,6 +54,7 @@ class FlowQueue:
         self._park = client.register_script(SOURCES["flow_park"])
         self._take = client.register_script(SOURCES["flow_take"])
         self._unlock = client.register_script(_UNLOCK)
+        self._head = client.register_script(_HEAD)
 
     def _four(self, fkey: str) -> list[str]:
         k = self.keys
@@ -75,12 +80,11 @@ class FlowQueue:
 
     def head(self, fkey: str) -> tuple[str, dict[str, Any]] | None:
         """The next item of ``fkey``'s queue (lowest priority number, then oldest), or None."""
-        ids = self.client.zrange(self.keys.deferred(fkey), 0, 0)
-        if not ids:
+        found = self._head(keys=[self.keys.deferred(fkey), self.keys.items()])
+        if not found:
             return None
-        item_id = _text(ids[0])
-        raw = self.client.hget(self.keys.items(), item_id)
-        if raw is None:  # its item is gone (a crash between the two writes cannot happen: one script)
+        item_id, raw = _text(found[0]), found[1]
+        if raw is None:  # no item for the id (both are written by one script call: only by hand)
             return item_id, {}
         return item_id, json.loads(_text(raw))
 
@@ -88,9 +92,15 @@ class FlowQueue:
         """Try ``fkey``'s head no sooner than ``until_ms`` (its rate or budget refills then)."""
         self.client.zadd(self.keys.ready(), {fkey: int(until_ms)}, xx=True)
 
-    def ready(self, now_ms: int, limit: int = 1000) -> list[tuple[str, float]]:
-        """The keys whose head may be tried at ``now_ms``, with their pass (lowest first)."""
-        keys = [_text(k) for k in self.client.zrangebyscore(self.keys.ready(), "-inf", now_ms, start=0, num=limit)]
+    def ready(self, now_ms: int, limit: int = 1000, only: str | None = None) -> list[tuple[str, float]]:
+        """The keys whose head may be tried at ``now_ms``, with their pass (lowest first);
+        ``only``: that key, if it is ready."""
+        if only is not None:
+            score = self.client.zscore(self.keys.ready(), only)
+            keys = [only] if score is not None and score <= now_ms else []
+        else:
+            keys = [_text(k) for k in self.client.zrangebyscore(self.keys.ready(), "-inf", now_ms, start=0,
+                                                                num=limit)]
         if not keys:
             return []
         passes = self.client.hmget(self.keys.passes(), keys)

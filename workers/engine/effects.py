@@ -150,7 +150,7 @@ class Effects(EngineBase):
         self.fair.park_effect(run, v, d.pending, d.queue or "ticks", decision, tokens, cost)
         logger.info("effect: run %s deferred by flow-control rule %s (%s); parked for fair dispatch", run.run_id,
                     decision.rule_id, decision.kind)
-        self.fair.dispatch()  # a share given back between the admission and the park is not missed
+        self.fair.after_park(self.fair.place_of(run, d.pending)[0])
         return "deferred"
 
     @contextmanager

@@ -67,7 +67,7 @@ class ProducerOperations(EngineBase):
             self.flow.keep_deferral(run.run_id, decision, rules, self.backend.time_ms(),
                                     parked=self.fair.place_of(run, None))
             self.fair.park_start(run, v, decision)
-            self.fair.dispatch()
+            self.fair.after_park(self.fair.place_of(run, None)[0])
         elif dispatch:
             self.dispatcher.tick(run.run_id, v, workflow=workflow.workflow_id, node=workflow.entry_node,
                                  token=self._token(run.run_id))

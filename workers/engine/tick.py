@@ -153,7 +153,7 @@ class Ticks(EngineBase):
         self.fair.park_effect(run, v, pending, kind, decision, tokens, cost)
         logger.info("tick: run %s: its effect was deferred by flow-control rule %s (%s); parked for fair dispatch",
                     run.run_id, decision.rule_id or "(its key's queue)", decision.kind)
-        self.fair.dispatch()  # a share given back between the admission and the park is not missed
+        self.fair.after_park(self.fair.place_of(run, pending)[0])
 
     def _land(self, run: RunState, v: int, tr: Transition, records: list[StepRecord], now_ms: int) -> str:
         """Commit a transition (an effect's outcome, a wait, an end) and send what comes next."""

@@ -130,18 +130,32 @@ class FairDispatch:
     # -- serving -------------------------------------------------------------------------------
 
     def dispatch(self) -> int:
-        """Run dispatcher passes while work keeps arriving (or leave it to the pass running
-        elsewhere); the items sent."""
+        """Run dispatcher passes over every ready key while work keeps arriving (or leave it to
+        the pass running elsewhere, which then runs one more); the items sent. After a release,
+        at a timed refill, and from the sweep."""
+        self.queue.mark_dirty()
+        return self._passes(None)
+
+    def after_park(self, fkey: str) -> int:
+        """After parking under ``fkey``: a pass over that key alone, in case what deferred it was
+        given back between its admission and its park (a release then saw nothing queued). When
+        a pass runs elsewhere, that one is asked to run once more instead. Parking costs one
+        admission, however many keys wait."""
+        return self._passes(fkey)
+
+    def _passes(self, only: str | None) -> int:
         q = self.queue
-        q.mark_dirty()
         sent = 0
         ttl = max(5_000, int(self.engine.settings.effect_lease_s * 1000))
         for _ in range(PASSES_MAX):
             with q.lock(ttl) as got:
                 if not got:
-                    return sent  # the pass running elsewhere sees the dirty flag
-                q.clear_dirty()
-                sent += self._pass()
+                    q.mark_dirty()  # the pass running elsewhere sees it when it ends
+                    return sent
+                if only is None:
+                    q.clear_dirty()
+                sent += self._pass(only)
+            only = None  # what is left: passes over every key, while anyone asked for one
             if not self.backend.client.exists(self.gate.keys.dirty()):
                 break
         return sent
@@ -150,15 +164,16 @@ class FairDispatch:
         weights = [r.weight for _rid, r in rules_for_key(rules, fkey)] if fkey != "global" else []
         return max(weights) if weights else 1
 
-    def _pass(self) -> int:
+    def _pass(self, only: str | None = None) -> int:
         q = self.queue
         now = self.backend.time_ms()
-        candidates = q.ready(now)
+        candidates = q.ready(now, only=only)
         if not candidates:
             self._schedule_wake(now)
             return 0
         registry_rules = self.gate.resolver.rules()
         weights = {fkey: self._weight(fkey, registry_rules) for fkey, _pass in candidates}
+        blocked: set[str] = set()  # rules that deferred an item in this pass: they stay full for it
         sent = tries = 0
         while candidates and sent < PASS_BATCH and tries < PASS_TRIES:
             fkey, turn = candidates[0]
@@ -168,6 +183,9 @@ class FairDispatch:
                 candidates.pop(0)
                 continue
             item_id, item = head
+            if blocked and not blocked.isdisjoint(self._rule_ids(item)):
+                candidates.pop(0)  # held back by a rule found full in this pass: no admission tried
+                continue
             tries += 1
             outcome, decision = self._serve(item)
             if outcome in ("sent", "dropped"):
@@ -182,6 +200,8 @@ class FairDispatch:
                 continue
             candidates.pop(0)
             assert decision is not None
+            if decision.rule_id:
+                blocked.add(decision.rule_id)
             if decision.kind != "concurrency" and decision.until_ms is not None:
                 q.hold(fkey, decision.until_ms)
             if (decision.rule_id or "").startswith("global|*|"):
@@ -202,6 +222,15 @@ class FairDispatch:
         if self.queue.schedule_wake(at, now):
             self.engine.dispatcher.flow(countdown=max(0.0, (at - now) / 1000))
 
+    def _rules(self, item: dict[str, Any]) -> list[Applicable]:
+        path = [str(k) for k in item.get("p") or []]
+        found: list[Applicable] = self.gate.resolver.applicable(
+            path, str(item.get("kind")), model=item.get("model"), tools=tuple(item.get("tools") or ()))
+        return found
+
+    def _rule_ids(self, item: dict[str, Any]) -> set[str]:
+        return {rid for rid, _rule in self._rules(item)}
+
     def _serve(self, item: dict[str, Any]) -> tuple[str, Decision | None]:
         """Admit one parked item on its behalf and send its message: ``sent``; ``dropped`` (its
         run moved on, or it runs already); ``deferred`` with the decision."""
@@ -213,9 +242,7 @@ class FairDispatch:
         if raw_v is None or int(raw_v) != int(item.get("v") or -1):
             return "dropped", None  # cancelled, or moved on (a re-sent message ran it)
         token = int(raw_g) if raw_g is not None else None
-        path = [str(k) for k in item.get("p") or []]
-        rules: list[Applicable] = self.gate.resolver.applicable(
-            path, str(item.get("kind")), model=item.get("model"), tools=tuple(item.get("tools") or ()))
+        rules = self._rules(item)
         start = item["k"] == "start"
         lease = self.engine._tick_lease if start else self.engine._effect_lease
         decision = Decision(Verdict.ADMITTED)
