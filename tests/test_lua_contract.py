@@ -223,9 +223,9 @@ def test_the_admission_scripts_get_the_keys_and_argv_their_headers_list(redis_se
                          keys.budget(rules[0][0])]
     assert argv == ["release", "", "h", "1", rules[0][0]]
     keys_sent, argv = recorders["admit"].calls[-1]
-    assert names(header("admit")["KEYS"]) == ["holders", "held", "behind", "rule_keys"]
+    assert names(header("admit")["KEYS"]) == ["holders", "held", "behind", "retaken", "rule_keys"]
     # Per rule, only the keys of the limits it has: concurrency + tokens (slots, budget), then rate (rate).
-    assert keys_sent == [keys.holders(), keys.held("h"), keys.unqueued(), keys.slots(rules[0][0]),
+    assert keys_sent == [keys.holders(), keys.held("h"), keys.unqueued(), keys.retaken(), keys.slots(rules[0][0]),
                          keys.budget(rules[0][0]), keys.rate(rules[1][0])]
     sent = check("admit", keys_sent, argv)
     assert sent == {"holder": "h", "lease_ms": "1000", "tokens": "10", "cost": "0", "now_ms": "",

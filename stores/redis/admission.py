@@ -207,7 +207,7 @@ class Admission:
         """
         if lease_ms <= 0 or tokens < 0 or cost_usd < 0:
             raise ValueError("lease_ms must be above 0, tokens and cost_usd 0 or more")
-        keys = [self.keys.holders(), self.keys.held(holder), behind or self.keys.unqueued()]
+        keys = [self.keys.holders(), self.keys.held(holder), behind or self.keys.unqueued(), self.keys.retaken()]
         argv: list[str] = [holder, str(int(lease_ms)), str(int(tokens)), str(_micro(cost_usd)), self._now_arg()]
         for rid, rule in rules:
             rkeys, rargv = self._encode(rid, rule)
@@ -278,12 +278,18 @@ class Admission:
 
     def reclaim_expired(self, limit: int = 100) -> int:
         """The sweep: up to ``limit`` holders whose lease expired lose what they hold; the slots
-        reclaimed (``slots_reclaimed``). Their budget reservations stay spent as reserved."""
+        reclaimed (``slots_reclaimed``), with those an admission took again since the last sweep
+        from a holder whose lease had expired (it was admitted afresh under the same id). Their
+        budget reservations stay spent as reserved."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.get(self.keys.retaken())
+        pipe.delete(self.keys.retaken())
+        retaken = int(pipe.execute()[0] or 0)
         expired = [_text(h) for h in self.client.zrangebyscore(self.keys.holders(), "-inf", self._now_ms(),
                                                                 start=0, num=limit)]
         if not expired:
-            return 0
-        return self._give_back("reclaim", self._held(expired))[1]
+            return retaken
+        return retaken + self._give_back("reclaim", self._held(expired))[1]
 
     def renew(self, holder: str, lease_ms: int) -> bool:
         """Extend the lease of a live holder to now + ``lease_ms``; False when it expired or was

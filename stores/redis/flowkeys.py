@@ -61,6 +61,11 @@ class FlowKeys:
         asks for no size, names in place of a queue (a script's KEYS are fixed)."""
         return self._t + "unqueued"
 
+    def retaken(self) -> str:
+        """STRING: slots taken again by a holder whose lease had expired (``admit.lua``); the
+        sweep counts them in ``slots_reclaimed`` and resets it."""
+        return self._t + "retaken"
+
     def items(self) -> str:
         """HASH: item id -> the deferred item's JSON (what the dispatcher admits and sends)."""
         return self._t + "items"

@@ -32,6 +32,8 @@ class AdmissionModel:
     budgets: dict[str, Budget] = field(default_factory=dict)
     holders: dict[str, int] = field(default_factory=dict)  # holder -> expiry ms
     held: dict[str, set[str]] = field(default_factory=dict)
+    #: Slots taken again by a holder whose lease had expired, until the next reclaim counts them.
+    retaken: int = 0
 
     # -- admission --------------------------------------------------------------------------
 
@@ -100,6 +102,7 @@ class AdmissionModel:
         expiry = now + lease_ms
         for (rid, rule), plan in zip(rules, plans):
             if rule.concurrency is not None:
+                self.retaken += holder in self.slots.get(rid, {})  # its expired share, reclaimed here
                 self.slots.setdefault(rid, {})[holder] = expiry
                 self.held.setdefault(holder, set()).add(rid)
             if "tat" in plan:
@@ -135,7 +138,8 @@ class AdmissionModel:
 
     def reclaim_expired(self, now: int, limit: int = 100) -> int:
         expired = sorted((e, h) for h, e in self.holders.items() if e <= now)[:limit]
-        return sum(self._give_back(h) for _e, h in expired)
+        retaken, self.retaken = self.retaken, 0
+        return retaken + sum(self._give_back(h) for _e, h in expired)
 
     def renew(self, now: int, holder: str, lease_ms: int) -> bool:
         if self.holders.get(holder, -1) <= now:

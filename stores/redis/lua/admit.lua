@@ -15,7 +15,9 @@
 -- KEYS[2]      held         SET the rule ids the holder holds a slot or a reservation of
 -- KEYS[3]      behind       ZSET a new holder must not overtake: its fair-dispatch queue (deferred,
 --                           kind "queue", while it holds anything); FlowKeys.unqueued() when none
--- KEYS[4..]    rule_keys    per rule, in the order of ARGV, the keys of the limits it has: slots
+-- KEYS[4]      retaken      STRING count of slots taken again by a holder whose lease had expired
+--                           (its old share is reclaimed here, not by the sweep: the sweep adds this)
+-- KEYS[5..]    rule_keys    per rule, in the order of ARGV, the keys of the limits it has: slots
 --                           (concurrency; ZSET holder -> lease expiry), rate (rate; STRING GCRA
 --                           theoretical arrival time, epoch µs), budget (tokens or cost; HASH w: window
 --                           start ms, l: window ms, t: tokens, c: micro-dollars, r:<holder>:
@@ -57,7 +59,7 @@ if again and tonumber(again) > now then
   local lease = tonumber(ARGV[2])
   if (tonumber(again) - now) * 3 >= lease then return {ADMITTED, 1, now_us} end
   local expiry = fmt('%d', now + lease)
-  local a, k = 6, 4
+  local a, k = 6, 5
   while a <= #ARGV do  -- walk the rules as pass 2 does, renewing the slots held
     local m = tonumber(ARGV[a + 1])
     a = a + 2
@@ -92,7 +94,7 @@ end
 -- that change) and whether its window is a new one. Numbers go to Redis as text made here with
 -- %d (Redis would format each number given as one with %.17g, several times slower).
 local plan, np = {}, 0
-local n, a, k, last = 0, 6, 4, #ARGV
+local n, a, k, last = 0, 6, 5, #ARGV
 while a <= last do
   n = n + 1
   local m = tonumber(ARGV[a + 1])
@@ -178,12 +180,13 @@ if d_i then return {DEFERRED, d_i, d_kind, d_until, now_us} end
 local lease = tonumber(ARGV[2])
 local expiry = fmt('%d', now + lease)
 local held, nh = {}, 0
-np, a, k = 0, 6, 4
+np, a, k = 0, 6, 5
+local retaken = 0
 while a <= last do
   local rid, m = ARGV[a], plan[np + 1]
   a, np = a + 2, np + 1
   if m % 2 == 1 then
-    redis.call('ZADD', KEYS[k], expiry, holder)
+    if redis.call('ZADD', KEYS[k], expiry, holder) == 0 then retaken = retaken + 1 end  -- its expired one
     a, k, nh = a + 1, k + 1, nh + 1
     held[nh] = rid
   end
@@ -210,5 +213,6 @@ while a <= last do
   end
 end
 if nh > 0 then redis.call('SADD', KEYS[2], unpack(held)) end
+if retaken > 0 then redis.call('INCRBY', KEYS[4], retaken) end
 redis.call('ZADD', KEYS[1], expiry, holder)
 return {ADMITTED, 0, now_us}
