@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import PayloadNotSerializable
 
-__all__ = ["compact_encoder", "ensure_json", "dumps_checked"]
+__all__ = ["compact_encoder", "ensure_json", "dumps_checked", "json_type"]
 
 
 def _refuse(value: Any) -> Any:
@@ -97,3 +97,23 @@ def dumps_checked(value: Any, where: str) -> str:
     except (TypeError, ValueError, RecursionError):
         ensure_json(value, where)
         raise
+
+
+def json_type(value: Any) -> str | None:
+    """The JSON Schema type name of a decoded JSON value (``integer`` for a whole int, not for a
+    bool), or None for a value JSON has no type for."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return None

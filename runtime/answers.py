@@ -29,6 +29,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ._json import json_type
 from .errors import RunError, WorkflowError
 
 __all__ = ["check_schema", "check_answer", "InvalidAnswerSchema", "InvalidAnswer", "KEYWORDS", "TYPES"]
@@ -125,21 +126,7 @@ def check_schema(schema: Any, path: str = "", depth: int = 0) -> None:
 
 
 def _type_of(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if _is_int(value):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, Mapping):
-        return "object"
-    return type(value).__name__
+    return json_type(value) or type(value).__name__
 
 
 def _has_type(value: Any, kind: str) -> bool:

@@ -139,16 +139,21 @@ def test_a_question_without_a_schema_takes_any_answer_as_before(make_runtime):
 # -- on Redis, through the engine a client uses --------------------------------------------------
 
 
-def test_on_redis_a_refused_answer_writes_nothing(store):
+def waiting_on_approval(store: Any) -> tuple[Any, Any, str]:
+    """An engine on ``store`` and a run of ``typed_ask`` waiting for its APPROVAL answer."""
     from workers.registry import Registry
 
     reg = Registry()
     reg.register_workflow(asks(APPROVAL))
-    engine, stub = engine_of(store)
-    engine.registry = reg
+    engine, stub = engine_of(store, reg)
     run_id = engine.create(reg.workflows.get_or_raise("typed_ask"))
     stub.run_until_quiet(engine)
     assert store.runs.load(run_id).status == RunStatus.WAITING
+    return engine, stub, run_id
+
+
+def test_on_redis_a_refused_answer_writes_nothing(store):
+    engine, stub, run_id = waiting_on_approval(store)
     version = store.client.hget(store.keys.run(run_id), "v")
     records = store.ledger.list(run_id)
     with pytest.raises(InvalidAnswer, match=r"answer\.approved: must be boolean"):
@@ -168,19 +173,13 @@ def test_the_cli_refuses_a_bad_answer_with_exit_2_naming_the_field(redis_server)
     from pathlib import Path
 
     from stores.redis import RedisBackend
-    from workers.registry import Registry
 
     from support.backends import fresh_prefix
     from support.cli import refused
 
     prefix = fresh_prefix("ans")
     store = RedisBackend(redis_server.client(), prefix=prefix)
-    reg = Registry()
-    reg.register_workflow(asks(APPROVAL))
-    engine, stub = engine_of(store)
-    engine.registry = reg
-    run_id = engine.create(reg.workflows.get_or_raise("typed_ask"))
-    stub.run_until_quiet(engine)
+    _engine, _stub, run_id = waiting_on_approval(store)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ABSTRACTRUNTIME_")}
     env.update(ABSTRACTRUNTIME_REDIS_URL=redis_server.url, ABSTRACTRUNTIME_REDIS_PREFIX=prefix)
     cli = str(Path(sys.executable).with_name("abstractruntime"))

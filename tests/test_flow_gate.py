@@ -17,8 +17,6 @@ from workers.fleet import explain_run
 from workers.flow import LimitRule
 from workers.flow.resolve import registry as limits_of
 from workers.registry import registry
-from workers.settings import WorkerSettings
-from workers.testing import make_stub_engine
 
 from support.flow_stub import engine_of
 
@@ -138,9 +136,7 @@ def test_a_budget_settles_with_the_real_usage_and_says_when_it_runs_low_or_out(s
                                             result_key="llm"), workflow_id="llm_usage"))
     reg.register_effect_handler(EffectType.LLM_CALL, lambda run, effect: EffectOutcome.completed(
         {"content": "ok", "model": "m1", "usage": {"prompt_tokens": 500, "completion_tokens": 300}}))
-    engine, stub = make_stub_engine(store, reg, WorkerSettings(flow_rules_cache_s=0, flow_llm_estimate_tokens=200))
-    store.write_heartbeat("stub-worker", {"kind": "worker", "hostname": "stub", "pid": 1,
-                                          "queues": list(engine.settings.queues)}, ttl_ms=600_000)
+    engine, stub = engine_of(store, reg, flow_llm_estimate_tokens=200)
     rule = LimitRule(key="tenant:acme", scope="llm_call", tokens=1000, window_s=60)
     limits_of(store).set_rule(rule)
     limits_of(store).set_price("m1", 1.0, 2.0)  # dollars per million input / output tokens

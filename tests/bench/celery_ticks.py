@@ -36,7 +36,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from benchlib import log, pct  # noqa: E402
+from benchlib import log, pct, wait_completed  # noqa: E402
 
 from support.celery_workers import WorkerGroup  # noqa: E402
 from support.redis_server import RedisServer  # noqa: E402
@@ -90,17 +90,8 @@ class Bench:
     def ours(self, workflow_id: str, runs: int) -> tuple[float, list[float], list[str]]:
         t0 = time.time()
         ids = [self.client.start(workflow_id) for _ in range(runs)]
-        # Polled like the floor's done key (a cheap ZSCORE every 5 ms), not followed through the
-        # events stream, which would wake this process at every commit and take CPU from the workers.
-        done_index = self.client.backend.keys.by_status("completed")
-        deadline = time.monotonic() + 600
-        for run_id in ids:
-            while self.r.zscore(done_index, run_id) is None:
-                if time.monotonic() > deadline:
-                    state = self.client.get_state(run_id)
-                    raise RuntimeError(f"{workflow_id} run {run_id} is {state.status.value}: {state.error}")
-                time.sleep(0.005)
-        end = max(datetime.fromisoformat(self.client.get_state(r).updated_at).timestamp() for r in ids)
+        # Polled like the floor's done key, not followed through the events stream.
+        end = wait_completed(self.client, ids, what=f"{workflow_id} ")
         return end - t0, self._gaps(ids) if workflow_id.startswith("stamp") else [], ids
 
     def _gaps(self, keys: list[str]) -> list[float]:

@@ -41,14 +41,13 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent), str(HERE)]
 
-from benchlib import log, pct  # noqa: E402
+from benchlib import log, pct, wait_completed  # noqa: E402
 
 from stores.redis.admission import Admission  # noqa: E402
 from stores.redis.flowkeys import FlowKeys, rule_id  # noqa: E402
@@ -98,15 +97,7 @@ class FlowBench:
         t0 = time.time()
         ids = [self.client.start("flow_tools", vars={"calls": calls, "label": label}, tenant="bench")
                for _ in range(runs)]
-        done_index = self.client.backend.keys.by_status("completed")
-        deadline = time.monotonic() + 600
-        for run_id in ids:
-            while self.r.zscore(done_index, run_id) is None:
-                if time.monotonic() > deadline:
-                    state = self.client.get_state(run_id)
-                    raise RuntimeError(f"run {run_id} is {state.status.value}: {state.error}")
-                time.sleep(0.01)
-        end = max(datetime.fromisoformat(self.client.get_state(r).updated_at).timestamp() for r in ids)
+        end = wait_completed(self.client, ids, poll_s=0.01)
         lat = [float(x) for x in self.r.lrange(f"bench:flow:lat:{label}", 0, -1)]
         if len(lat) != runs * calls:
             raise RuntimeError(f"{label}: {len(lat)} tool starts for {runs * calls} calls")

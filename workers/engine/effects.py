@@ -144,13 +144,7 @@ class Effects(EngineBase):
         wait_ms = 0 if decision.until_ms is None else max(0, decision.until_ms - now_ms)
         if not self.backend.renew_held_lease(run.run_id, held, min(wait_ms, 60_000) + self._effect_lease):
             return "stale"
-        self.flow.keep_deferral(run.run_id, decision, rules, now_ms, parked=self.fair.place_of(run, d.pending))
-        estimate = self.flow.estimate(run, d.pending, rules)
-        tokens, cost = estimate if isinstance(estimate, tuple) else (0, 0.0)
-        self.fair.park_effect(run, v, d.pending, d.queue or "ticks", decision, tokens, cost)
-        logger.info("effect: run %s deferred by flow-control rule %s (%s); parked for fair dispatch", run.run_id,
-                    decision.rule_id, decision.kind)
-        self.fair.after_park(self.fair.place_of(run, d.pending)[0])
+        self.fair.defer(run, v, decision, rules, now_ms, pending=d.pending, queue_kind=d.queue or "ticks")
         return "deferred"
 
     @contextmanager

@@ -64,10 +64,7 @@ class ProducerOperations(EngineBase):
             raise
         if admitted is not None and not admitted[0].admitted:
             decision, rules = admitted
-            self.flow.keep_deferral(run.run_id, decision, rules, self.backend.time_ms(),
-                                    parked=self.fair.place_of(run, None))
-            self.fair.park_start(run, v, decision)
-            self.fair.after_park(self.fair.place_of(run, None)[0])
+            self.fair.defer(run, v, decision, rules, self.backend.time_ms())
         elif dispatch:
             self.dispatcher.tick(run.run_id, v, workflow=workflow.workflow_id, node=workflow.entry_node,
                                  token=self._token(run.run_id))
@@ -81,7 +78,7 @@ class ProducerOperations(EngineBase):
         stored)."""
         if not self.flow.active():
             return None
-        path = AdmissionKeys.from_dict(run.vars.get(FLOW_VARS)).path(run.workflow_id)
+        path = self.flow.path_of(run)
         rules = self.flow.resolver.applicable(path, "run")
         if not rules:
             return None

@@ -7,13 +7,11 @@ the Redis clock). A tick reads four files: the task in ``workers/app.py``, this 
 
 from __future__ import annotations
 
-from typing import Any
-
 from runtime import EffectType, RunState, RunStatus, StepRecord, VersionConflict, WaitReason
 from runtime._clock import epoch_ms
 from runtime.execution import Execution, executing
 from runtime.step import Action, PendingEffect, Transition, apply_outcome, start_attempt, step, wake_if_due
-from stores.redis.admission import Decision, Verdict
+from stores.redis.admission import Verdict
 from stores.redis.dispatch import Dispatch
 
 from .. import logs
@@ -113,7 +111,8 @@ class Ticks(EngineBase):
         back (the run's commit drops the mark; a tick run again gives back nothing more)."""
         run.vars[FLOW_VARS] = {k: val for k, val in flow.items() if k != "start"}
         try:
-            if self.flow.admission.release_peek(start_holder(run.run_id), peek=self.flow.keys.ready())[2]:
+            rules = self.flow.resolver.applicable(self.flow.path_of(run), "run")  # given: one round trip
+            if self.flow.admission.release_peek(start_holder(run.run_id), rules, peek=self.flow.keys.ready())[2]:
                 self.fair.dispatch()
         except Exception as exc:  # the sweep reclaims it once its lease expires
             logger.warning("tick: run %s: could not give back its start's flow-control share: %s", run.run_id, exc)
@@ -138,22 +137,11 @@ class Ticks(EngineBase):
         # task, the same holder, holds it)
         v = self._commit(run, [record], v, dispatch=dispatch, lease_ms=self._effect_lease)
         if gated is not None and decision is not None and decision.verdict is Verdict.DEFERRED:
-            self._park(run, v, pending, kind, decision, gated[1], now_ms)
+            self.fair.defer(run, v, decision, gated[1], now_ms, pending=pending, queue_kind=kind)
             return "deferred"
         self.dispatcher.effect(kind, run.run_id, v, pending.idempotency_key, pending.attempt,
                                workflow=run.workflow_id, node=run.current_node, token=self._token(run.run_id))
         return "execute"
-
-    def _park(self, run: RunState, v: int, pending: PendingEffect, kind: str, decision: Decision,
-              rules: list[Any], now_ms: int) -> None:
-        """A deferred effect waits in its key's fair-dispatch queue instead of the broker."""
-        self.flow.keep_deferral(run.run_id, decision, rules, now_ms, parked=self.fair.place_of(run, pending))
-        estimate = self.flow.estimate(run, pending, rules)
-        tokens, cost = estimate if isinstance(estimate, tuple) else (0, 0.0)
-        self.fair.park_effect(run, v, pending, kind, decision, tokens, cost)
-        logger.info("tick: run %s: its effect was deferred by flow-control rule %s (%s); parked for fair dispatch",
-                    run.run_id, decision.rule_id or "(its key's queue)", decision.kind)
-        self.fair.after_park(self.fair.place_of(run, pending)[0])
 
     def _land(self, run: RunState, v: int, tr: Transition, records: list[StepRecord], now_ms: int) -> str:
         """Commit a transition (an effect's outcome, a wait, an end) and send what comes next."""

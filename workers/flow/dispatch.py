@@ -35,7 +35,7 @@ from stores.redis.admission import Decision, Verdict
 from stores.redis.flowqueue import DEFAULT_PRIORITY, FlowQueue
 
 from .resolve import Applicable, rules_for_key
-from .rules import FLOW_VARS, AdmissionKeys
+from .rules import FLOW_VARS
 
 __all__ = ["FairDispatch", "fairness_key", "effect_item_id", "start_item_id", "start_holder"]
 
@@ -86,39 +86,36 @@ class FairDispatch:
 
     # -- parking -------------------------------------------------------------------------------
 
-    def _ready_at(self, decision: Decision) -> int | None:
-        return None if decision.kind == "concurrency" else decision.until_ms
-
-    @staticmethod
-    def place_of(run: RunState, pending: PendingEffect | None) -> tuple[str, str]:
-        """(fairness key, item id) where the run's start (``pending`` None) or effect attempt waits."""
-        from .gate import holder_of
-
-        fkey = fairness_key(AdmissionKeys.from_dict(run.vars.get(FLOW_VARS)).path(run.workflow_id))
-        item = start_item_id(run.run_id) if pending is None else effect_item_id(holder_of(run.run_id, pending))
-        return fkey, item
-
-    def park_effect(self, run: RunState, v: int, pending: PendingEffect, queue_kind: str, decision: Decision,
-                    tokens: int, cost_usd: float) -> None:
-        """A deferred effect attempt (by its tick, or at its task's start) waits in its key's queue."""
+    def defer(self, run: RunState, v: int, decision: Decision, rules: list[Applicable], now_ms: int, *,
+              pending: PendingEffect | None = None, queue_kind: str = "ticks") -> None:
+        """Park a deferred run start (``pending`` None: its first tick unsent) or effect attempt
+        (by its tick, or at its task's start; its task goes to ``queue_kind``) in its key's queue.
+        The run keeps why in field ``a`` (for ``explain``); then a pass over that key runs, in
+        case what deferred it was given back in between."""
         from .gate import _kind, _model_and_tools, holder_of
 
-        path = AdmissionKeys.from_dict(run.vars.get(FLOW_VARS)).path(run.workflow_id)
-        model, tools = _model_and_tools(pending)
-        holder = holder_of(run.run_id, pending)
-        item = {"k": "effect", "r": run.run_id, "v": v, "key": pending.idempotency_key, "at": pending.attempt,
-                "q": queue_kind, "w": run.workflow_id, "n": run.current_node, "p": path, "kind": _kind(pending),
-                "model": model, "tools": list(tools), "tok": tokens, "usd": cost_usd, "h": holder}
-        self.queue.park(effect_item_id(holder), fairness_key(path), item, priority=priority_of(run),
-                        ready_at_ms=self._ready_at(decision))
-
-    def park_start(self, run: RunState, v: int, decision: Decision) -> None:
-        """A run whose start a rule deferred waits in its key's queue (its first tick unsent)."""
-        path = AdmissionKeys.from_dict(run.vars.get(FLOW_VARS)).path(run.workflow_id)
-        item = {"k": "start", "r": run.run_id, "v": v, "w": run.workflow_id, "n": run.current_node, "p": path,
-                "kind": "run", "h": start_holder(run.run_id)}
-        self.queue.park(start_item_id(run.run_id), fairness_key(path), item, priority=priority_of(run),
-                        ready_at_ms=self._ready_at(decision))
+        path = self.gate.path_of(run)
+        fkey = fairness_key(path)
+        item: dict[str, Any] = {"r": run.run_id, "v": v, "w": run.workflow_id, "n": run.current_node, "p": path}
+        if pending is None:
+            item_id = start_item_id(run.run_id)
+            item.update(k="start", kind="run", h=start_holder(run.run_id))
+        else:
+            estimate = self.gate.estimate(run, pending, rules)
+            tokens, cost = estimate if isinstance(estimate, tuple) else (0, 0.0)
+            model, tools = _model_and_tools(pending)
+            holder = holder_of(run.run_id, pending)
+            item_id = effect_item_id(holder)
+            item.update(k="effect", key=pending.idempotency_key, at=pending.attempt, q=queue_kind,
+                        kind=_kind(pending), model=model, tools=list(tools), tok=tokens, usd=cost, h=holder)
+        # why first, then the park: a pass sending it at once has its commit remove ``a`` after
+        self.gate.keep_deferral(run.run_id, decision, rules, now_ms, parked=(fkey, item_id))
+        self.queue.park(item_id, fkey, item, priority=priority_of(run),
+                        ready_at_ms=None if decision.kind == "concurrency" else decision.until_ms)
+        logger.info("run %s: its %s was deferred by flow-control rule %s (%s); parked for fair dispatch",
+                    run.run_id, "start" if pending is None else item["kind"],
+                    decision.rule_id or "(its key's queue)", decision.kind)
+        self.after_park(fkey)
 
     def is_parked(self, run_id: str, pending: PendingEffect | None) -> bool:
         """Does the run's expected message wait in a fair-dispatch queue (the sweep leaves it)?"""

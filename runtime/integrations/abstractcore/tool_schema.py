@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Union
 
+from ..._json import json_type
 from ._docstring import parse_docstring
 
 __all__ = ["tool_schema", "type_schema"]
@@ -193,15 +194,7 @@ def _enum(values: list[Any]) -> dict[str, Any]:
 
 
 def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    return "string" if isinstance(value, str) else "object"
+    return json_type(value) or "object"
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
