@@ -12,6 +12,7 @@ from .answers import InvalidAnswerSchema, check_schema
 from .errors import InvalidTimeError
 from .models import Effect, EffectOutcome, EffectType, RunState, WaitReason, WaitState
 from .step import EffectHandler
+from .waitset import handle_open_waits
 
 __all__ = [
     "adapt_handler",
@@ -84,7 +85,11 @@ def handle_wait_until(run: RunState, effect: Effect, default_next_node: str | No
 
 
 def handle_ask_user(run: RunState, effect: Effect, default_next_node: str | None) -> EffectOutcome:
-    """Park the run with a question; the wait key defaults to ``user:{run_id}:{node}``."""
+    """Park the run with a question; the wait key defaults to ``user:{run_id}:{node}``.
+
+    With ``payload.waits`` (a list) it opens a named wait set instead (``runtime/waitset.py``)."""
+    if "waits" in effect.payload:
+        return handle_open_waits(run, effect, default_next_node)
     prompt = effect.payload.get("prompt")
     if not prompt:
         return EffectOutcome.failed("ask_user requires payload.prompt")
@@ -108,4 +113,5 @@ def builtin_wait_handlers() -> dict[EffectType, EffectHandler]:
         EffectType.WAIT_EVENT: handle_wait_event,
         EffectType.WAIT_UNTIL: handle_wait_until,
         EffectType.ASK_USER: handle_ask_user,
+        EffectType.OPEN_WAITS: handle_open_waits,
     }

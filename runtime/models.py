@@ -66,6 +66,8 @@ class EffectType(str, Enum):
     LLM_CALL = "llm_call"
     TOOL_CALLS = "tool_calls"
     START_SUBWORKFLOW = "start_subworkflow"
+    #: Several named waits at once, each with its deadline (``runtime/waitset.py``); not in 0.2.0.
+    OPEN_WAITS = "open_waits"
 
 
 @dataclass(frozen=True)

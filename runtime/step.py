@@ -36,6 +36,7 @@ from .errors import InvalidPlanError, PayloadNotSerializable, RunNotWaiting, Wai
 from .models import Effect, EffectOutcome, EffectType, RunState, RunStatus, StepRecord, WaitReason
 from .policies import DefaultEffectPolicy, EffectPolicy
 from .spec import DefaultRunContext, WorkflowSpec
+from .waitset import deliver, is_wait_set, target_of
 
 __all__ = [
     "Action",
@@ -343,6 +344,10 @@ def apply_resume(run: RunState, *, wait_key: str | None, payload: Any, clock: Cl
         raise RunNotWaiting(run_id=run.run_id, status=run.status)
     ensure_json(payload, "payload")
     w = run.waiting
+    if is_wait_set(w):  # named waits: the one wait this delivery is for (AmbiguousWait if unclear)
+        name = target_of(run, "resume", wait_key)
+        deliver(run, name, payload, by=None, now_ms=int(parse_iso(clock(), field="now").timestamp() * 1000))
+        return run
     if wait_key is not None and w.wait_key is not None and wait_key != w.wait_key:
         raise WaitKeyMismatch(run_id=run.run_id, expected=w.wait_key, got=wait_key)
     schema = (w.details or {}).get("schema") if w.reason == WaitReason.USER else None

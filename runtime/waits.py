@@ -16,6 +16,7 @@ from typing import Literal
 
 from .errors import RunNotWaiting, WaitKeyMismatch, WaitNotEnded
 from .models import RunState, RunStatus, WaitReason, WaitState
+from .waitset import describe_set, is_wait_set
 
 __all__ = ["WaitAction", "describe_wait", "check_wait_ends"]
 
@@ -30,6 +31,8 @@ _KEYED = (WaitReason.EVENT, WaitReason.USER, WaitReason.JOB)
 def describe_wait(wait: WaitState) -> str:
     """What a run waits, in a few words after "waits": ``until 2030-01-01T00:00:00+00:00 (a timer)``,
     ``for event 'order:17'``..."""
+    if is_wait_set(wait):
+        return describe_set(wait)
     reason = WaitReason(wait.reason)
     if reason == WaitReason.UNTIL:
         return f"until {wait.until} (a timer)"
@@ -61,6 +64,10 @@ def check_wait_ends(run: RunState, action: WaitAction, wait_key: str | None = No
         return WaitNotEnded(run_id=run.run_id, action=action, reason=reason.value, wait_key=w.wait_key,
                             until=w.until, since=since, waits_for=what, hint=hint)
 
+    if is_wait_set(w):  # named waits: which one a delivery is for is runtime.waitset.target_of's call
+        if action == "wake":
+            raise refuse("a named wait ends by its answer or its deadline; answer it, or cancel the run")
+        return w
     if action == "wake":
         if reason != WaitReason.UNTIL:
             raise refuse("only a run waiting until a time can be woken")

@@ -31,8 +31,9 @@ def roundtrip(obj):
 def test_enum_values():
     assert [s.value for s in RunStatus] == ["running", "waiting", "completed", "failed", "cancelled"]
     assert [s.value for s in WaitReason] == ["event", "until", "user", "job", "subworkflow"]
+    # the 0.2.0 set, in its order, then ours: open_waits (named waits, issue 15)
     assert [s.value for s in EffectType] == ["wait_event", "wait_until", "ask_user", "llm_call", "tool_calls",
-                                             "start_subworkflow"]
+                                             "start_subworkflow", "open_waits"]
     assert [s.value for s in StepStatus] == ["started", "completed", "waiting", "failed"]
     assert RunStatus.WAITING == "waiting"
 
