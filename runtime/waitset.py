@@ -48,7 +48,8 @@ __all__ = [
     "n_of", "InvalidWaitSpec", "UnknownWait", "AmbiguousWait", "WaitClosed", "WaitExpired", "NotAssignee",
     "AnswerTooLarge", "Delivery", "Fired", "is_wait_set", "open_names", "handle_open_waits", "deliver",
     "fire_due", "next_due_ms", "wait_named", "name_for_key", "delivery_record", "describe_set",
-    "target_of", "recorded_closure", "MAX_ANSWER_BYTES", "DIGEST_OVER_BYTES", "EXPIRED", "DELIVERY_TYPES",
+    "target_of", "recorded_closure", "recorded", "opened_events", "MAX_ANSWER_BYTES", "DIGEST_OVER_BYTES",
+    "EXPIRED", "DELIVERY_TYPES",
 ]
 
 #: The largest answer accepted, in bytes of compact JSON (larger: :class:`AnswerTooLarge`).
@@ -381,9 +382,10 @@ def _recorded(payload: Any) -> Any:
 
 
 def delivery_record(run: RunState, kind: str, wait: str | None, *, by: str | None, at_ms: int,
-                    result: dict[str, Any]) -> StepRecord:
-    """A ledger record of what reached a wait (``wait_answer``, ``wait_emit``...): who, which, when."""
-    record = StepRecord.start(run=run, node_id=run.current_node or "", effect=None, started_at=_iso(at_ms))
+                    result: dict[str, Any], node: str | None = None) -> StepRecord:
+    """A ledger record of what reached a wait (``wait_answer``, ``wait_emit``...): who, which, when.
+    ``node``: the node that waited (default: the run's current node)."""
+    record = StepRecord.start(run=run, node_id=node or run.current_node or "", effect=None, started_at=_iso(at_ms))
     record.effect = {"type": kind, "payload": {"wait": wait}, "result_key": None}
     if by is not None:
         record.actor_id = by
@@ -463,6 +465,7 @@ def deliver(run: RunState, name: str, payload: Any, *, by: str | None, now_ms: i
             check_answer(w["schema"], payload)
         except InvalidAnswer as exc:
             raise InvalidAnswer(exc.path, exc.problem, run_id=run.run_id) from None
+    node = run.current_node
     w["state"] = "answered"
     w["closed"] = {"by": by, "at": _iso(now_ms), **({"answer_id": answer_id} if answer_id is not None else {})}
     d["answers"][name] = payload
@@ -475,8 +478,20 @@ def deliver(run: RunState, name: str, payload: Any, *, by: str | None, now_ms: i
         result["resumed"] = out.resumed = True
     else:
         run.updated_at = _iso(now_ms)
-    out.records.append(delivery_record(run, kind, name, by=by, at_ms=now_ms, result=result))
+    out.records.append(delivery_record(run, kind, name, by=by, at_ms=now_ms, result=result, node=node))
     return out
+
+
+def recorded(payload: Any) -> Any:
+    """What a delivery record keeps of ``payload``: itself, or ``{sha256, bytes}`` when large."""
+    return _recorded(payload)
+
+
+def opened_events(run: RunState, now_ms: int) -> list[dict[str, Any]]:
+    """One ``wait.opened`` event per wait of the set ``run`` just parked on."""
+    w = run.waiting
+    return [_event(run, "wait.opened", n, wait_named(w, n), now_ms, prompt=wait_named(w, n)["prompt"])  # type: ignore[arg-type,index]
+            for n in open_names(w)]
 
 
 @dataclass
@@ -530,35 +545,38 @@ def fire_due(run: RunState, now_ms: int) -> Fired:
 def _expire(run: RunState, d: dict[str, Any], name: str, w: dict[str, Any], t: dict[str, Any], at_ms: int,
             now_ms: int, out: Fired) -> bool:
     """A deadline: the wait closes as its ``on_timeout`` says. True when the set is over."""
-    rule = w["on_timeout"]
+    rule, node = w["on_timeout"], run.current_node
     w["state"], w["closed"] = "expired", {"at": _iso(at_ms)}
     result: dict[str, Any] = {"timer": t["id"], "due": _iso(at_ms), "late_ms": now_ms - at_ms, "on_timeout": rule["do"]}
     out.events.append(_event(run, "wait.expired", name, w, now_ms, on_timeout=rule["do"]))
     if rule["do"] == "fail":
-        out.records.append(delivery_record(run, "wait_expired", name, by=None, at_ms=now_ms, result=result))
+        out.records.append(delivery_record(run, "wait_expired", name, by=None, at_ms=now_ms, result=result, node=node))
         out.fail = f"Wait {name!r} passed its deadline ({_iso(at_ms)}) with no answer (on_timeout: fail)"
         return True
     d["answers"][name] = rule["answer"] if rule["do"] == "answer" else {EXPIRED: _iso(at_ms)}
     if rule["do"] == "goto" or _closed_enough(d):
         result["superseded"] = _resolve(run, d, now_ms, goto=rule.get("node"))
         result["resumed"] = out.resumed = True
-    out.records.append(delivery_record(run, "wait_expired", name, by=None, at_ms=now_ms, result=result))
+    out.records.append(delivery_record(run, "wait_expired", name, by=None, at_ms=now_ms, result=result, node=node))
     return out.resumed
 
 
 def recorded_closure(records: Iterable[Mapping[str, Any]], name: str) -> dict[str, Any] | None:
-    """The newest ``wait_answer`` record of ``name`` in a ledger (for a wait whose set is over)."""
+    """How the wait ``name`` was last closed, from a ledger (for a wait whose set is over):
+    ``{state, by, at, answer_id}`` of the newest record that answered, expired or superseded it."""
     found = None
     for rec in records:
         eff = rec.get("effect") or {}
-        if eff.get("type") in ("wait_answer", "wait_resume", "wait_emit", "wait_expired") and \
-                (eff.get("payload") or {}).get("wait") == name:
-            found = rec
-    if found is None:
-        return None
-    res = found.get("result") or {}
-    return {"by": res.get("by"), "at": res.get("at"), "answer_id": res.get("answer_id"),
-            "state": "expired" if found["effect"]["type"] == "wait_expired" else "answered"}
+        kind = eff.get("type")
+        if kind not in DELIVERY_TYPES:
+            continue
+        res = rec.get("result") or {}
+        if (eff.get("payload") or {}).get("wait") == name and kind != "wait_reminder" and kind != "wait_escalated":
+            state = "expired" if kind == "wait_expired" else "answered"
+            found = {"state": state, "by": res.get("by"), "at": res.get("at"), "answer_id": res.get("answer_id")}
+        elif name in (res.get("superseded") or ()):
+            found = {"state": "superseded", "by": None, "at": res.get("at"), "answer_id": None}
+    return found
 
 
 def target_of(run: RunState, action: str, wait_key: str | None) -> str:

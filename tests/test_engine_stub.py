@@ -31,7 +31,14 @@ from workers.testing import DrainLimitReached, StubDispatcher, make_stub_engine
 
 import support.celery_scenarios  # noqa: F401  (registers the workflows with the process-wide registry)
 from support.backends import redis_backend
-from support.driver_compare import SCENARIOS, check_sync_child_parent, comparable, in_process, play_in_process
+from support.driver_compare import (
+    SCENARIOS,
+    check_sync_child_parent,
+    comparable,
+    delivery_records,
+    in_process,
+    play_in_process,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -103,6 +110,12 @@ def test_same_final_state_and_ledger_as_in_process(store, workflow_id, vars, act
     state = play_stub(engine, stub, workflow_id, run_id, vars, actions)
     assert comparable(state, store.ledger.list(run_id)) == comparable(rt.get_state(run_id), rt.get_ledger(run_id))
     assert store.ledger.verify(run_id)["ok"]
+    # and each delivery is in the chain: its kind, the wait, what was delivered
+    waits = {"ask": ("wait_answer", "user:{rid}:act", "y"), "agent": ("wait_answer", "user:{rid}:ask", "yes"),
+             "wait_event": ("wait_emit", "evt:go", {"v": 1})}
+    want = waits.get(workflow_id)
+    got = delivery_records(store.ledger.list(run_id))
+    assert got == ([(want[0], want[1].format(rid=run_id), want[2])] if want else [])
     # Nothing is left for the sweep to do for a run that ended or waits, and nothing queued.
     assert not leased(store, run_id)
     assert [m for m in stub.pending if m.run_id == run_id] == []

@@ -223,26 +223,62 @@ class Client:
 
     # -- changing --------------------------------------------------------------------------------
 
-    def resume(self, run_id: str, *, wait_key: str, payload: Any) -> RunState:
+    def resume(self, run_id: str, *, wait_key: str, payload: Any, by: str | None = None) -> RunState:
         """Deliver ``payload`` to a run waiting on ``wait_key`` and send its tick.
 
         The key must be the run's own: :class:`WaitKeyMismatch` otherwise. A run sleeping
         until a time or waiting for a child run is not resumed this way (:class:`WaitNotEnded`;
-        see :meth:`wake`). Nothing is changed when the resume is refused.
+        see :meth:`wake`). Nothing is changed when the resume is refused. The delivery is a
+        ``wait_resume`` ledger record naming ``by`` (default: ``ABSTRACTRUNTIME_ACTOR`` or user@host).
         """
-        return self.engine.resume(run_id, wait_key=wait_key, payload=payload, action="resume")
+        return self.engine.resume(run_id, wait_key=wait_key, payload=payload, action="resume",
+                                  by=by or operator_actor())
 
-    def respond(self, run_id: str, answer: Any) -> RunState:
+    def respond(self, run_id: str, answer: Any, *, by: str | None = None) -> RunState:
         """Answer a run's question (ask_user); its wait key is looked up, not needed.
 
         Only a person's question is answered: a run waiting for an event, a timer or a child
-        run raises :class:`WaitNotEnded` naming what it waits for, and is left as it was.
+        run raises :class:`WaitNotEnded` naming what it waits for, and is left as it was. A
+        run with several named questions open raises :class:`~runtime.waitset.AmbiguousWait`
+        naming them (answer one with :meth:`answer`). The answer is a ``wait_answer`` ledger
+        record naming ``by`` (default: ``ABSTRACTRUNTIME_ACTOR`` or user@host).
         """
-        return self.engine.resume(run_id, wait_key=None, payload=answer, action="respond")
+        return self.engine.resume(run_id, wait_key=None, payload=answer, action="respond", by=by or operator_actor())
 
-    def emit(self, wait_key: str, payload: Any) -> list[str]:
-        """Resume every run waiting on ``wait_key``; returns their ids."""
-        return self.engine.emit(wait_key, payload)
+    def emit(self, wait_key: str, payload: Any, *, by: str | None = None) -> list[str]:
+        """Resume every run waiting on ``wait_key``, and deliver to every named wait of that
+        key; returns the run ids. Each delivery is a ``wait_emit`` ledger record naming ``by``."""
+        return self.engine.emit(wait_key, payload, by=by or operator_actor())
+
+    def answer(self, run_id: str, wait_name: str, payload: Any, answered_by: str, answer_id: str | None = None
+               ) -> RunState:
+        """Answer the named wait ``wait_name`` of a run (``runtime/waitset.py``); returns the run.
+
+        The payload is checked against the wait's schema before anything is written
+        (:class:`~runtime.answers.InvalidAnswer`, no ledger record). Refused, with nothing
+        written: :class:`~runtime.waitset.UnknownWait` (no such open wait; it lists the open
+        ones), :class:`~runtime.waitset.WaitClosed` (answered already: by whom and when;
+        :class:`~runtime.waitset.WaitExpired` past its deadline), :class:`~runtime.waitset.NotAssignee`
+        (the wait enforces its assignees), :class:`~runtime.waitset.AnswerTooLarge`. A valid
+        answer is one ``wait_answer`` ledger record naming the wait, ``answered_by`` and the
+        answer (its SHA-256 when over 4 KiB); answers to different waits of one run commute.
+        ``answer_id``: the same on each retry of one submit, so that a retry after a lost reply
+        is not refused as a second answer.
+        """
+        return self.engine.answer(run_id, wait_name, payload, answered_by=answered_by, answer_id=answer_id)
+
+    def list_waits(self, *, assignee: str | None = None, overdue: bool = False, workflow: str | None = None,
+                   root_run_id: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """Open named waits from the indexes (no scan): those assigned to ``assignee`` or
+        ``overdue`` soonest deadline first, else oldest first; ``root_run_id`` gives the waits of
+        a run and of every run below it. Each is a dict: run_id, workflow_id, wait, kind, prompt,
+        choices, schema, assignees, level (escalation steps taken), deadline, overdue, next_timer,
+        opened_at, root_run_id."""
+        if not isinstance(limit, int) or limit < 1 or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"limit must be a positive integer and offset a non-negative one (got {limit!r}, "
+                             f"{offset!r})")
+        return self.backend.list_open_waits(assignee=assignee, overdue=overdue, workflow_id=workflow,
+                                            root_run_id=root_run_id, limit=limit, offset=offset)
 
     def wake(self, run_id: str, *, reason: str, actor: str | None = None) -> RunState:
         """Wake a run sleeping until a time now, before that time: an operator's decision.

@@ -12,8 +12,9 @@ are :class:`~stores.redis.runs.RedisRunStore` and :class:`~stores.redis.ledger.R
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import redis
@@ -23,6 +24,7 @@ from runtime._clock import epoch_ms, parse_iso
 from runtime._ids import new_id
 from runtime.errors import CorruptRecordError, RunAlreadyExists, StaleLease
 from runtime.models import validate_run_id
+from runtime.waitset import is_wait_set, next_due_ms
 
 from .argv import AppendArgs, AppendKeys, CommitArgs, CommitKeys
 from .codec import DEFAULT_MAX_VALUE_BYTES, decode, decode_state, encode
@@ -35,6 +37,7 @@ from .runs import RedisRunStore
 from .scripts import SOURCES, Reply
 from .settings import RedisSettings, connect, mask_url
 from .stuck import RedisStuck
+from .waits import RedisWaits
 
 __all__ = ["RedisBackend", "Loaded", "CommitKeys", "CommitArgs", "AppendKeys", "AppendArgs"]
 
@@ -85,6 +88,9 @@ def _index_of(run: RunState) -> _Index:
     w = run.waiting if status == "waiting" else None
     reason = WaitReason(w.reason)._value_ if w is not None else ""
     until = str(epoch_ms(w.until)) if w is not None and w.until and reason == "until" else ""
+    if w is not None and is_wait_set(w):  # named waits: the next of their timers wakes the run
+        due = next_due_ms(w)
+        until = str(due) if due is not None else ""
     return _Index(status, run.workflow_id, reason, (w.wait_key or "") if w is not None else "", until,
                   run.parent_run_id or "")
 
@@ -105,7 +111,7 @@ def _describe(client: Any) -> str:
     return mask_url(f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}")
 
 
-class RedisBackend(RedisIndexes, RedisStuck):
+class RedisBackend(RedisIndexes, RedisStuck, RedisWaits):
     """One Redis connection's view of runs and ledgers under a key prefix."""
 
     def __init__(
@@ -284,6 +290,7 @@ class RedisBackend(RedisIndexes, RedisStuck):
         dispatch: Dispatch | None = None,
         lease_ms: int | None = None,
         fence: int | None = None,
+        events: Sequence[Mapping[str, Any]] = (),
     ) -> int:
         """Write ``run`` and append ``records`` to its ledger in one atomic script call.
 
@@ -298,6 +305,8 @@ class RedisBackend(RedisIndexes, RedisStuck):
         A lease is a grant: the run's fencing token goes up by one (:meth:`fence_of` gives it
         after the commit). ``fence`` is the token the writer holds, if it holds a lease:
         :class:`~runtime.errors.StaleLease` when the lease was granted to another since.
+        ``events`` (named waits' ``wait.*`` events, ``runtime/waitset.py``) go to the events
+        stream in the same call (on Redis Cluster, right after it).
         """
         rid = validate_run_id(run.run_id)
         known = self._known.get(rid)
@@ -334,8 +343,13 @@ class RedisBackend(RedisIndexes, RedisStuck):
             new.status, old.status, new.reason, old.reason, new.wait_key, old.wait_key, new.until_ms,
             "1" if new.parent_run_id else "0", self.events_maxlen, new_head or head, new_id()[:23],
             self._encode_dispatch(dispatch), lease, "" if fence is None else str(int(fence)))
+        tail: list[Any] = []
+        if events and not self.cluster:
+            tail = [len(events)]
+            for event in events:
+                tail += [event["event"], event.get("wait") or "", json.dumps(event, separators=(",", ":"))]
         reply = self._call(self._commit_script, rid, keys[:3] if self.cluster else keys,
-                           (*args, len(encoded), *encoded, len(results) // 2, *results), records)
+                           (*args, len(encoded), *encoded, len(results) // 2, *results, *tail), records)
         code, value = reply[0], reply[1]
         if code != Reply.OK:
             self._refused(rid, code, value, known, records, fence)
@@ -349,4 +363,16 @@ class RedisBackend(RedisIndexes, RedisStuck):
                 keys.children, keys.events, keys.leases,
             ], [rid, updated, new.status, new.reason, old.wait_key, new.wait_key, new.until_ms, args.has_parent,
                 self.events_maxlen, int(value), lease], [])
+            if events:
+                self.add_events(rid, events)
         return int(value)
+
+    def add_events(self, run_id: str, events: Sequence[Mapping[str, Any]]) -> None:
+        """Named waits' events on the events stream, outside a commit (fields ``event``,
+        ``run_id``, ``wait``, ``data``: the event as JSON), as the commit writes them."""
+        pipe = self.client.pipeline(transaction=False)
+        for event in events:
+            pipe.xadd(self.keys.events(), {"event": event["event"], "run_id": run_id, "wait": event.get("wait") or "",
+                                           "data": json.dumps(event, separators=(",", ":"))},
+                      maxlen=self.events_maxlen, approximate=True)
+        pipe.execute()

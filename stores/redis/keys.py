@@ -103,6 +103,33 @@ class Keys:
         """SET of the run ids waiting on one wait key (event delivery without a scan)."""
         return f"{self._g}wait:{wait_key}"
 
+    # -- named waits (stores/redis/waits.py): entries "<run_id> <wait name>" -------------------
+
+    def waits_open(self) -> str:
+        """ZSET of every open named wait -> opened at (epoch ms)."""
+        return f"{self._g}waits:open"
+
+    def waits_of(self, assignee: str) -> str:
+        """ZSET of the open named waits assigned to one user or group id -> deadline (epoch ms;
+        a wait with none sorts after every deadline)."""
+        return f"{self._g}waits:assignee:{assignee}"
+
+    def waits_by_deadline(self) -> str:
+        """ZSET of the open named waits that have a deadline -> deadline (epoch ms)."""
+        return f"{self._g}waits:deadline"
+
+    def waits_of_workflow(self, workflow_id: str) -> str:
+        """ZSET of the open named waits of one workflow's runs -> opened at."""
+        return f"{self._g}waits:workflow:{workflow_id}"
+
+    def waits_under(self, root_run_id: str) -> str:
+        """ZSET of the open named waits of a run and of every run below it -> opened at."""
+        return f"{self._g}waits:root:{root_run_id}"
+
+    def waits_keyed(self, wait_key: str) -> str:
+        """SET of the open named waits an event with this wait key reaches."""
+        return f"{self._g}waits:key:{wait_key}"
+
     def events(self) -> str:
         """STREAM of every commit (run id, status, version), capped; followed with XREAD BLOCK.
         The stuck detector adds its own entries, with an ``event`` field (``run.stuck``,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from runtime import HashChainedLedgerStore, InMemoryLedgerStore, InMemoryRunStore, RunStatus, Runtime
+from runtime.waitset import DELIVERY_TYPES
 from workers.registry import registry
 
 #: Run-state fields that differ between two runs of the same scenario.
@@ -48,9 +49,22 @@ def in_process() -> Runtime:
 
 
 def comparable(state: Any, ledger: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A run's state and ledger without the fields that differ between two runs."""
+    """A run's state and ledger without the fields that differ between two runs, and without
+    the delivery records (``wait_answer``, ``wait_emit``...): the one intended difference in the
+    ledger of a run that waited (the driver records who delivered what; the in-process runtime
+    keeps 0.2.0's ledger, which records no delivery). ``delivery_records`` checks them."""
     s = {k: v for k, v in state.to_dict().items() if k not in VOLATILE_STATE}
-    return s, [{k: v for k, v in r.items() if k not in VOLATILE_RECORD} for r in ledger]
+    return s, [{k: v for k, v in r.items() if k not in VOLATILE_RECORD} for r in ledger
+               if not _is_delivery(r)]
+
+
+def _is_delivery(record: dict[str, Any]) -> bool:
+    return (record.get("effect") or {}).get("type") in DELIVERY_TYPES
+
+
+def delivery_records(ledger: list[dict[str, Any]]) -> list[tuple[str, Any, Any]]:
+    """(type, wait, delivered payload) of each delivery record of a ledger, in order."""
+    return [(r["effect"]["type"], r["result"]["wait"], r["result"].get("answer")) for r in ledger if _is_delivery(r)]
 
 
 def play_in_process(rt: Runtime, workflow_id: str, run_id: str, vars: dict[str, Any], actions: list) -> None:

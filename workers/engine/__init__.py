@@ -20,6 +20,7 @@ what expired leases name and wakes due timers.
 * ``producer.py`` — :meth:`~Engine.create`, :meth:`~Engine.resume`, :meth:`~Engine.emit`,
   :meth:`~Engine.force_wake`, :meth:`~Engine.cancel`;
 * ``operator.py`` — :meth:`~Engine.retry` of a failed run;
+* ``waits.py`` — named waits: :meth:`~Engine.answer`, parking on a set, firing its timers;
 * ``base.py`` — what they share: the state, the :class:`Dispatcher`, the commit, a run's failure.
 """
 
@@ -31,11 +32,12 @@ from .effects import Effects
 from .operator import OperatorActions
 from .sweep import DEAD_LETTERS_MAX, Recovery
 from .tick import Ticks
+from .waits import NamedWaits
 
 __all__ = ["Dispatcher", "Engine", "EFFECT_QUEUES", "DEAD_LETTERS_MAX"]
 
 
-class Engine(Ticks, Effects, Subworkflows, Recovery, OperatorActions):
+class Engine(Ticks, Effects, Subworkflows, Recovery, OperatorActions, NamedWaits):
     """Ticks, effects, wakes and sweeps of runs kept in one :class:`~stores.redis.RedisBackend`.
 
     ``Engine(backend, registry, settings, dispatcher)``; each Celery task calls one method.

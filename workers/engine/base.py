@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -98,7 +99,8 @@ class EngineBase:
         return spec
 
     def _commit(self, run: RunState, records: list[StepRecord], version: int, *,
-                dispatch: Dispatch | None = None, lease_ms: int | None = None, fenced: bool = True) -> int:
+                dispatch: Dispatch | None = None, lease_ms: int | None = None, fenced: bool = True,
+                events: Sequence[Mapping[str, Any]] = ()) -> int:
         """One version-checked commit (``VersionConflict``: another writer moved the run first).
 
         ``fenced``: the writer holds the run's lease (a tick or effect task, with the fencing
@@ -108,7 +110,7 @@ class EngineBase:
         """
         fence = self.backend.fence_of(run.run_id) if fenced else None
         v = self.backend.commit(run, records, expected_version=version, dispatch=dispatch, lease_ms=lease_ms,
-                                fence=fence)
+                                fence=fence, events=events)
         logs.note(run.run_id, version=v)  # the version the task's outcome line shows
         return v
 
@@ -117,18 +119,20 @@ class EngineBase:
         of ``run_id`` granted."""
         return self.backend.fence_of(run_id)
 
-    def _commit_tick(self, run: RunState, records: list[StepRecord], version: int, *, fenced: bool = True) -> int:
+    def _commit_tick(self, run: RunState, records: list[StepRecord], version: int, *, fenced: bool = True,
+                     events: Sequence[Mapping[str, Any]] = ()) -> int:
         """Commit and expect a tick (under a tick lease); the caller sends it."""
         return self._commit(run, records, version, dispatch=Dispatch.tick(), lease_ms=self._tick_lease,
-                            fenced=fenced)
+                            fenced=fenced, events=events)
 
-    def _commit_end(self, run: RunState, records: list[StepRecord], version: int, *, fenced: bool = True) -> int:
+    def _commit_end(self, run: RunState, records: list[StepRecord], version: int, *, fenced: bool = True,
+                    events: Sequence[Mapping[str, Any]] = ()) -> int:
         """Commit a run that ended: one with a parent expects to tell it (under a lease, so the
         sweep tells it if this process dies first); one without expects nothing."""
         if run.parent_run_id:
             return self._commit(run, records, version, dispatch=Dispatch.notify(), lease_ms=self._tick_lease,
-                                fenced=fenced)
-        return self._commit(run, records, version, fenced=fenced)
+                                fenced=fenced, events=events)
+        return self._commit(run, records, version, fenced=fenced, events=events)
 
     @staticmethod
     def _fail(run: RunState, records: list[StepRecord], message: str) -> None:
@@ -172,6 +176,12 @@ class EngineBase:
         def _notify_parent(self, child: RunState) -> None: ...  # children.py
 
         def _tick_children(self) -> None: ...  # children.py
+
+        def _advance(self, run: RunState, v: int, now_ms: int, attempt: int = 1) -> str: ...  # tick.py
+
+        def _park_set(self, run: RunState, v: int, records: list[StepRecord], now_ms: int) -> str: ...  # waits.py
+
+        def _wake_set(self, run: RunState, v: int, now_ms: int) -> str: ...  # waits.py
 
         def _after_end(self, run: RunState) -> None: ...  # children.py
 

@@ -24,6 +24,30 @@ from .base import REFUSED, EngineBase, logger
 __all__ = ["Effects"]
 
 
+def _open_waits_by(now_ms: int) -> Any:
+    """OPEN_WAITS with its deadlines and reminders counted from ``now_ms`` (the Redis clock)."""
+    from runtime.waitset import handle_open_waits
+
+    def handle(run: RunState, effect: Any, default_next_node: str | None) -> EffectOutcome:
+        return handle_open_waits(run, effect, default_next_node, lambda: now_ms)
+
+    return handle
+
+
+def _ask_user_by(now_ms: int) -> Any:
+    """ASK_USER; with a ``waits`` list it opens a named set, by the Redis clock."""
+    from runtime.effects import handle_ask_user
+
+    open_waits = _open_waits_by(now_ms)
+
+    def handle(run: RunState, effect: Any, default_next_node: str | None) -> EffectOutcome:
+        if "waits" in effect.payload:
+            return open_waits(run, effect, default_next_node)  # type: ignore[no-any-return]
+        return handle_ask_user(run, effect, default_next_node)
+
+    return handle
+
+
 def _wait_until_by(now_ms: int) -> Any:
     """WAIT_UNTIL judged by the Redis clock (``now_ms``, read with the run), not this worker's:
     a worker whose clock runs ahead must not take a future time for a past one."""
@@ -184,6 +208,8 @@ class Effects(EngineBase):
         handlers: dict[Any, Any] = dict(builtin_wait_handlers())
         if now_ms is not None:
             handlers[EffectType.WAIT_UNTIL] = _wait_until_by(now_ms)
+            handlers[EffectType.OPEN_WAITS] = _open_waits_by(now_ms)
+            handlers[EffectType.ASK_USER] = _ask_user_by(now_ms)
         handlers[EffectType.START_SUBWORKFLOW] = self._start_subworkflow
         handlers.update(self.registry.effect_handlers)
         return handlers

@@ -15,6 +15,7 @@ from runtime.models import validate_run_id
 from runtime.spec import WorkflowSpec
 from runtime.step import apply_cancel, apply_resume
 from runtime.waits import WaitAction, check_wait_ends
+from runtime.waitset import UnknownWait, WaitClosed, deliver, delivery_record, is_wait_set, recorded, target_of
 from stores.redis.admission import Decision, Verdict
 from stores.redis.dispatch import Dispatch
 
@@ -26,9 +27,13 @@ from .children import CONFLICT_RETRIES
 
 __all__ = ["ProducerOperations"]
 
+#: The ledger record type of each kind of delivery.
+_DELIVERY = {"respond": "wait_answer", "resume": "wait_resume", "emit": "wait_emit"}
+
 #: What a change gives ``_retrying``: the run, what to send ("tick" or "none"), and optionally
-#: the records to append in the same commit.
-_Change = tuple[RunState, str] | tuple[RunState, str, list[StepRecord]]
+#: the records to append in the same commit, and the named waits' events it adds.
+_Change = (tuple[RunState, str] | tuple[RunState, str, list[StepRecord]]
+           | tuple[RunState, str, list[StepRecord], list[dict[str, Any]]])
 
 
 class ProducerOperations(EngineBase):
@@ -121,47 +126,66 @@ class ProducerOperations(EngineBase):
             if loaded is None:
                 raise RunNotFound(run_id)
             v = loaded.version
+            indexed = self.backend.wait_entries(loaded.run)  # its open named waits, before the change
             result = change(loaded.run, v)
             if result is None:
                 return loaded.run
             try:
                 changed, what = result[0], result[1]
                 records = list(result[2]) if len(result) > 2 else []  # type: ignore[misc]
+                events = list(result[3]) if len(result) > 3 else []  # type: ignore[misc]
+                now_indexed = self.backend.wait_entries(changed)
+                self.backend.put_wait_entries(now_indexed - indexed)  # before: an index never misses a wait
                 if what == "tick":
-                    v = self._commit_tick(changed, records, v, fenced=False)
+                    v = self._commit_tick(changed, records, v, fenced=False, events=events)
                     self.dispatcher.tick(run_id, v, workflow=changed.workflow_id, node=changed.current_node,
                                          token=self._token(run_id))
                 else:
-                    self._commit(changed, records, v, fenced=False)
+                    self._commit(changed, records, v, fenced=False, events=events)
+                self.backend.drop_wait_entries(indexed - now_indexed)  # after: closed waits leave the indexes
                 return changed
             except VersionConflict:
                 time.sleep(0.001)
         raise VersionConflict(run_id=run_id, expected_version=-1, actual_version=None)
 
-    def resume(self, run_id: str, *, wait_key: str | None, payload: Any, action: WaitAction = "resume") -> RunState:
+    def resume(self, run_id: str, *, wait_key: str | None, payload: Any, action: WaitAction = "resume",
+               by: str | None = None) -> RunState:
         """Deliver ``payload`` to a run whose wait ``action`` may end, and send its tick.
 
         The wait decides (:func:`runtime.waits.check_wait_ends`): ``resume`` and ``emit`` need
         the run's own wait key, ``respond`` answers only a person's question, and a timer or a
-        child run's wait is never ended this way (:class:`WaitNotEnded`, nothing written).
+        child run's wait is never ended this way (:class:`WaitNotEnded`, nothing written). On a
+        named wait set it delivers to the one wait meant (:func:`runtime.waitset.target_of`:
+        :class:`AmbiguousWait` for a ``respond`` with several questions open). The delivery is
+        a ledger record (``wait_answer``, ``wait_resume``, ``wait_emit``) naming the wait,
+        ``by`` and when, in the commit that resumes the run.
         """
         ensure_json(payload, "payload")
+        kind = _DELIVERY[action]
 
-        def change(run: RunState, v: int) -> tuple[RunState, str]:
+        def change(run: RunState, v: int) -> _Change:
             w = check_wait_ends(run, action, wait_key)
+            now_ms = self.backend.time_ms()
+            if is_wait_set(w):
+                d = deliver(run, target_of(run, action, wait_key), payload, by=by, now_ms=now_ms, kind=kind)
+                return run, "tick" if d.resumed else "none", d.records, d.events
+            node = run.current_node
             apply_resume(run, wait_key=w.wait_key, payload=payload)
-            return run, "tick"
+            return run, "tick", [delivery_record(run, kind, w.wait_key, by=by, at_ms=now_ms, node=node,
+                                                 result={"answer": recorded(payload), "resumed": True})]
 
         return self._retrying(run_id, change)
 
-    def emit(self, wait_key: str, payload: Any) -> list[str]:
-        """Resume every run waiting on ``wait_key`` (found through the wait-key index)."""
+    def emit(self, wait_key: str, payload: Any, *, by: str | None = None) -> list[str]:
+        """Resume every run waiting on ``wait_key`` (found through the wait-key index), and
+        deliver to every named wait of that key (through the named waits' index)."""
         ensure_json(payload, "payload")
         resumed = []
-        for rid in self.backend.runs_waiting_on(wait_key):
+        found = [*self.backend.runs_waiting_on(wait_key), *(rid for rid, _ in self.backend.waits_keyed_by(wait_key))]
+        for rid in dict.fromkeys(found):
             try:
-                self.resume(rid, wait_key=wait_key, payload=payload, action="emit")
-            except (RunNotWaiting, WaitKeyMismatch, WaitNotEnded, RunNotFound):
+                self.resume(rid, wait_key=wait_key, payload=payload, action="emit", by=by)
+            except (RunNotWaiting, WaitKeyMismatch, WaitNotEnded, RunNotFound, UnknownWait, WaitClosed):
                 continue  # it moved on between the index read and the resume, or waits on a child
             resumed.append(rid)
         return resumed

@@ -11,6 +11,7 @@ from runtime import EffectType, RunState, RunStatus, StepRecord, VersionConflict
 from runtime._clock import epoch_ms
 from runtime.execution import Execution, executing
 from runtime.step import Action, PendingEffect, Transition, apply_outcome, start_attempt, step, wake_if_due
+from runtime.waitset import is_wait_set
 from stores.redis.admission import Verdict
 from stores.redis.dispatch import Dispatch
 
@@ -56,6 +57,8 @@ class Ticks(EngineBase):
         run, v, now_ms = loaded.run, loaded.version, loaded.now_ms
         logs.note(run_id, workflow=run.workflow_id, node=run.current_node, version=v)
         w = run.waiting
+        if run.status == RunStatus.WAITING and is_wait_set(w):  # named waits: their due timers
+            return self._wake_set(run, v, now_ms)
         # No version check: whether the run waits and is due is the whole question, and two
         # wakes of one run (countdown and sweep) race to one commit.
         if run.status != RunStatus.WAITING or w is None or w.reason != WaitReason.UNTIL or not w.until:
@@ -157,6 +160,8 @@ class Ticks(EngineBase):
             self.dispatcher.tick(rid, v, workflow=run.workflow_id, node=run.current_node, token=self._token(rid))
             return "next"
         if tr.action is Action.PARK:
+            if is_wait_set(run.waiting):
+                return self._park_set(run, v, records, now_ms)
             v = self._commit(run, records, v)
             self._tick_children()
             w = run.waiting

@@ -48,7 +48,9 @@
 --                                a lease is a grant: the fencing token goes up by one
 -- ARGV[20]     fence             the fencing token the writer holds ("" for a writer holding no lease: a
 --                                producer, an operator); older than field g: refused
--- ARGV[21..]   records           n, then n msgpack records, then m, then m pairs (idempotency key, msgpack result)
+-- ARGV[21..]   records           n, then n msgpack records, then m, then m pairs (idempotency key, msgpack result),
+--                                then (optional, "all" mode) e, then e triples (event name, wait name, JSON):
+--                                events added to the events stream with the commit (named waits' events)
 --
 -- Returns {OK, new version, fencing token}; {CONFLICT, stored version} (-1 when the run does not
 -- exist); {HEAD_MOVED, stored head}; {EXISTS, version} when a "new" run already exists;
@@ -117,4 +119,11 @@ move_entries(
   {run_id = run_id, updated = updated, status = ARGV[7], wait_old = ARGV[12], wait_new = ARGV[11],
    until_ms = ARGV[13], has_parent = ARGV[14], events_maxlen = ARGV[15], version = new_version,
    lease_ms = ARGV[19]})
+local ev_at = at + 2 * m + 1
+local e = tonumber(ARGV[ev_at] or '0') or 0
+for i = 1, e do
+  local j = ev_at + 3 * (i - 1)
+  redis.call('XADD', KEYS[14], 'MAXLEN', '~', ARGV[15], '*', 'event', ARGV[j + 1], 'run_id', run_id,
+             'wait', ARGV[j + 2], 'data', ARGV[j + 3])
+end
 return {OK, new_version, fence}
