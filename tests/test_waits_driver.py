@@ -7,7 +7,9 @@ The same stories on real worker processes and beat: ``tests/test_waits_acceptanc
 from __future__ import annotations
 
 import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -236,3 +238,47 @@ def test_a_stale_index_entry_is_dropped_when_read(client):
     client.backend.put_wait_entries(entries)
     assert client.list_waits(assignee="finance-team") == []
     assert client.backend.client.zcard(client.backend.keys.waits_of("finance-team")) == 0
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    got: list[tuple[Any, bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (the http.server name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).got.append((self.headers, body))  # header names compare case-insensitively
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_wait_events_are_posted_signed_to_the_webhook_once(store):
+    from workers.alerts import SIGNATURE_HEADER, deliveries, sign
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Receiver.got = []
+    try:
+        settings = WorkerSettings(waits_webhook_url=f"http://127.0.0.1:{server.server_port}/hooks",
+                                  sla_webhook_secret="hook-secret")
+        stub = StubDispatcher()
+        client = Client(settings, backend=store, dispatcher=stub)
+        client.engine.sweep()  # the first sweep starts reading the events from now
+        run_id = start(client, stub, [FINANCE, COMMENT])
+        client.answer(run_id, "finance", 3, "ann")
+        client.engine.sweep()
+        client.engine.sweep()  # a second sweep schedules nothing again
+        assert deliveries().wait(10)
+        bodies = []
+        for headers, body in _Receiver.got:
+            assert headers[SIGNATURE_HEADER] == sign("hook-secret", body)
+            bodies.append(json.loads(body))
+        assert [(b["type"], b["wait"], b["run_id"]) for b in bodies] == [
+            ("wait.opened", "finance", run_id), ("wait.opened", "comment", run_id),
+            ("wait.answered", "finance", run_id)]
+        assert bodies[2]["by"] == "ann" and "url" not in bodies[2]
+        assert store.count_pending_alerts() == 0 and not store.client.hlen(store.keys.sla_alerts())
+    finally:
+        server.shutdown()
+        server.server_close()

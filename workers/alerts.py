@@ -61,7 +61,7 @@ def sign(secret: str | bytes, body: bytes) -> str:
 
 def body_of(alert: Mapping[str, Any]) -> bytes:
     """The JSON the receiver gets: the alert without its delivery bookkeeping; the same bytes on
-    every attempt."""
+    every attempt. Its ``type`` is ``sla.breached``, or the named wait's event (``wait.reminder``...)."""
     public = {k: v for k, v in alert.items() if k not in _PRIVATE}
     return json.dumps({"type": "sla.breached", **public}, sort_keys=True, separators=(",", ":"),
                       ensure_ascii=False, default=str).encode()
@@ -153,14 +153,20 @@ def deliver(backend: Any, settings: Any, alert_id: str, alert: dict[str, Any]) -
             alert["state"] = "failed"
             logger.error("SLA webhook %s to %s failed for good after %d attempt(s): %s", alert_id,
                          _host(alert.get("url")), attempt, alert["last_error"])
-            backend.update_alert(alert_id, alert)
+            if alert.get("rule") == "waits":
+                backend.drop_alerts([alert_id])
+            else:
+                backend.update_alert(alert_id, alert)
         else:
             logger.warning("SLA webhook %s attempt %d failed (%s); retried in %.0f s", alert_id, attempt,
                            alert["last_error"], backoff_ms(attempt) / 1000)
             backend.update_alert(alert_id, alert, retry_at_ms=backend.time_ms() + backoff_ms(attempt))
         return False
     alert.update(state="done", outcome=f"HTTP {status}", done_at=_iso(backend.time_ms()))
-    backend.update_alert(alert_id, alert)
+    if alert.get("rule") == "waits":  # a named wait's event: nothing to keep once delivered
+        backend.drop_alerts([alert_id])
+    else:
+        backend.update_alert(alert_id, alert)
     logger.info("SLA webhook %s delivered to %s (HTTP %d, attempt %d)", alert_id, _host(alert.get("url")), status,
                 attempt)
     return True

@@ -39,7 +39,7 @@ STUCK_FIELDS = ("stuck_no_consumer_s", "stuck_lease_expired_s", "stuck_orphaned_
                 "stuck_waiting_job_s", "stuck_recheck_s")
 ENV_VARS.update({f"ABSTRACTRUNTIME_{name.upper()}": name for name in (
     *STUCK_FIELDS, "sla_webhook_secret", "sla_webhook_timeout_s", "sla_webhook_attempts", "flow_rules_cache_s",
-    "flow_llm_estimate_tokens")})
+    "flow_llm_estimate_tokens", "waits_webhook_url")})
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,9 @@ class WorkerSettings:
     sla_webhook_timeout_s: float = 5.0
     #: Attempts of one webhook (the backoff doubles from 1 s) before it is given up.
     sla_webhook_attempts: int = 5
+    #: Named waits' events (``wait.opened``, ``wait.reminder``...; ``docs/waits.md``) are also
+    #: posted here, signed like the SLA webhooks (``sla_webhook_secret``, timeout, attempts).
+    waits_webhook_url: str | None = None
     #: Flow control: seconds a process keeps the limits registry it read from Redis (0: read it at
     #: every admission). A rule changed with ``abstractruntime limits set`` applies within this time.
     flow_rules_cache_s: float = 1.0
@@ -155,6 +158,9 @@ class WorkerSettings:
         if isinstance(estimate, bool) or not isinstance(estimate, int) or estimate < 0:
             raise ValueError(f"WorkerSettings.flow_llm_estimate_tokens must be a whole number of 0 or more, "
                              f"got {estimate!r}")
+        url = self.waits_webhook_url
+        if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+            raise ValueError(f"WorkerSettings.waits_webhook_url must be an http(s) URL, got {url!r}")
         attempts = self.sla_webhook_attempts
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ValueError(f"WorkerSettings.sla_webhook_attempts must be a whole number of 1 or more, "

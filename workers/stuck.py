@@ -267,6 +267,12 @@ class _Detector:
         over = [a for a, alert in alerts.items() if alert.get("state") in ("done", "failed")]
         self.b.drop_alerts(over)
 
+    def wait_hooks(self) -> None:
+        """Named waits' events to ``waits_webhook_url`` (``docs/waits.md``), posted by :meth:`act`."""
+        url = self.s.waits_webhook_url
+        if url:
+            self.counts["wait_hooks"] = self.b.schedule_wait_hooks(url, limit=10 * self.s.sweep_batch)
+
     def act(self) -> None:
         """Do the due alert actions: webhooks on this process's threads, the others here."""
         from .alerts import deliveries
@@ -329,7 +335,7 @@ def detect_stuck(engine: Any) -> dict[str, int]:
 
     Never raises: a failure is logged, and the next sweep carries on from the cursors."""
     detector = _Detector(engine)
-    for step in (detector.windows, detector.looks, detector.act):
+    for step in (detector.windows, detector.looks, detector.wait_hooks, detector.act):
         try:
             step()
         except Exception as exc:

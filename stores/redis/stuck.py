@@ -49,8 +49,15 @@ class RedisStuck:
         return [(_text(m), float(score)) for m, score in members]
 
     def stuck_cursors(self) -> dict[str, float]:
-        """Index name -> the highest score the detector has read of it."""
-        return {_text(k): float(v) for k, v in self.client.hgetall(self.keys.stuck_cursors()).items()}
+        """Index name -> the highest score the detector has read of it. (The same hash keeps the
+        events-stream cursors, ids like ``1764...-0``, read on their own: they are left out.)"""
+        out = {}
+        for k, v in self.client.hgetall(self.keys.stuck_cursors()).items():
+            try:
+                out[_text(k)] = float(v)
+            except ValueError:
+                continue
+        return out
 
     def set_stuck_cursors(self, cursors: Mapping[str, float | str]) -> None:
         if cursors:
@@ -157,6 +164,49 @@ class RedisStuck:
                     pipe.execute()
                     return True
                 except redis.WatchError:  # another alert was written meanwhile: look again
+                    continue
+
+    def schedule_wait_hooks(self, url: str, *, limit: int) -> int:
+        """Schedule a webhook for each named waits' event (``wait.*``) added to the events stream
+        since the last call, as an alert (``rule: "waits"``) the detector posts. The cursor and
+        the alerts move in one transaction watched on the cursor, so that two sweeps never
+        schedule one event twice. Returns how many were scheduled."""
+        k = self.keys
+        field = "waits_webhook"
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(k.stuck_cursors())
+                    raw = pipe.hget(k.stuck_cursors(), field)
+                    if raw is None:  # first time: from now on (not the whole capped stream)
+                        newest = pipe.xrevrange(k.events(), count=1)
+                        pipe.multi()
+                        pipe.hset(k.stuck_cursors(), field, newest[0][0] if newest else "0-0")
+                        pipe.execute()
+                        return 0
+                    entries = pipe.xrange(k.events(), min=f"({_text(raw)}", max="+", count=int(limit))
+                    if not entries:
+                        pipe.unwatch()
+                        return 0
+                    sec, usec = self.client.time()
+                    now_ms = int(sec) * 1000 + int(usec) // 1000
+                    pipe.multi()
+                    n = 0
+                    for entry_id, fields in entries:
+                        name = _text(fields.get(b"event", b""))
+                        if not name.startswith("wait.") or b"data" not in fields:
+                            continue
+                        event = json.loads(fields[b"data"])
+                        alert_id = f"wait {_text(entry_id)}"
+                        alert = {**event, "type": name, "action": "webhook", "rule": "waits", "url": url,
+                                 "state": "pending"}
+                        pipe.hset(k.sla_alerts(), alert_id, json.dumps(alert, ensure_ascii=False, default=str))
+                        pipe.zadd(k.sla_outbox(), {alert_id: now_ms})
+                        n += 1
+                    pipe.hset(k.stuck_cursors(), field, entries[-1][0])
+                    pipe.execute()
+                    return n
+                except redis.WatchError:  # another sweep took this window: read on from its cursor
                     continue
 
     def claim_alerts(self, *, limit: int, hold_ms: int) -> list[str]:

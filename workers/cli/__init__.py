@@ -12,7 +12,8 @@ id taken); 5 Redis or the broker cannot be reached; 6 a hash chain does not veri
 out.
 
 The commands live by what they act on: :mod:`workers.cli.runs` (start, status, ledger, verify,
-resume, respond, wake, emit, cancel, runs, waiting) and :mod:`workers.cli.processes` (worker,
+resume, respond, wake, emit, cancel, runs, waiting), :mod:`workers.cli.waits` (waits, answer)
+and :mod:`workers.cli.processes` (worker,
 beat, dev, stop, demo, doctor); :mod:`workers.cli._common` holds what they share. This module
 is the group, which adds them, and :func:`main`, which turns errors into exit codes.
 """
@@ -38,10 +39,11 @@ from runtime.errors import (
     WaitNotEnded,
     WorkflowNotRegistered,
 )
+from runtime.waitset import AmbiguousWait, AnswerTooLarge, NotAssignee, UnknownWait, WaitClosed
 from stores.redis.errors import RedisUnavailable
 
 from ..flow.rules import InvalidLimitRule
-from . import explain, limits, processes, runs, stuck
+from . import explain, limits, processes, runs, stuck, waits
 from ._common import (
     EXIT_CONFLICT,
     EXIT_FAILURE,
@@ -66,6 +68,8 @@ Examples:
   abstractruntime start refund --vars '{"order_id": "A-17"}' --wait 10
   abstractruntime waiting                              who is being asked what
   abstractruntime respond RUN_ID yes
+  abstractruntime waits --assignee legal-team          open named waits, soonest deadline first
+  abstractruntime answer RUN_ID legal --payload true   answer one of them by name
   abstractruntime status RUN_ID --json
   abstractruntime wake RUN_ID --now --reason "skip the cool-down for the hotfix"
   abstractruntime retry RUN_ID --reason "fixed in 1.4.2"       a failed run again, after a fix
@@ -73,9 +77,9 @@ Examples:
 
 \b
 Exit codes: 0 ok; 1 failed (also a run that ended failed or cancelled under start --wait);
-2 bad usage or input; 3 unknown run; 4 the run's state refuses it (not waiting, waits for
-something else, run id taken); 5 Redis or the broker unreachable, or no deployment here;
-6 a hash chain does not verify; 7 timed out.
+2 bad usage or input; 3 unknown run or wait; 4 the run's state refuses it (not waiting, waits
+for something else, answered already, run id taken); 5 Redis or the broker unreachable, or no
+deployment here; 6 a hash chain does not verify; 7 timed out.
 """
 
 
@@ -119,7 +123,7 @@ for _command in (processes.worker, processes.beat,
                  runs.start, runs.status, runs.ledger, runs.verify, runs.resume, runs.respond, runs.wake, runs.emit,
                  runs.cancel, runs.retry, runs.runs, runs.waiting,
                  processes.doctor, processes.demo, processes.dev, processes.stop, explain.explain,
-                 stuck.stuck, limits.limits, limits.prices):
+                 stuck.stuck, limits.limits, limits.prices, waits.waits, waits.answer):
     cli.add_command(_command)
 del _command
 
@@ -133,6 +137,11 @@ _CODES: list[tuple[type[BaseException], int]] = [
     (PayloadNotSerializable, EXIT_USAGE),
     (InvalidLimitRule, EXIT_USAGE),  # a malformed --tenant, --user or --agent
     (InvalidAnswer, EXIT_USAGE),  # an answer its question's schema refuses (nothing written)
+    (AmbiguousWait, EXIT_USAGE),  # respond with several questions open: name one (answer RUN WAIT)
+    (AnswerTooLarge, EXIT_USAGE),
+    (UnknownWait, EXIT_NOT_FOUND),  # no such open wait (the message lists the open ones)
+    (WaitClosed, EXIT_CONFLICT),  # answered already (by whom, when), expired or superseded
+    (NotAssignee, EXIT_CONFLICT),
     (RunAlreadyExists, EXIT_CONFLICT),
     (RunNotWaiting, EXIT_CONFLICT),
     (WaitKeyMismatch, EXIT_CONFLICT),

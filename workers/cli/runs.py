@@ -17,6 +17,8 @@ import click
 
 from runtime import RunState, RunStatus
 from runtime.errors import RunNotFailed, UnknownNodeError
+from runtime.waits import describe_wait
+from runtime.waitset import open_names
 
 from ._common import (
     EXIT_CONFLICT,
@@ -365,9 +367,16 @@ def waiting(state: State, limit: int) -> None:
     """Runs waiting for a person: their questions and choices."""
     _require_deployment(state)
     found = state.client.list_runs(status="waiting", wait_reason="user", limit=limit)
-    rows = [{"run_id": r.run_id, "workflow_id": r.workflow_id, "prompt": r.waiting.prompt if r.waiting else None,
-             "choices": r.waiting.choices if r.waiting else None,
-             "wait_key": r.waiting.wait_key if r.waiting else None} for r in found]
+    rows = []
+    for r in found:
+        w = r.waiting
+        named = open_names(w)
+        if named:  # a named wait set: its questions (answer each with `answer RUN_ID WAIT`)
+            rows.append({"run_id": r.run_id, "workflow_id": r.workflow_id, "prompt": describe_wait(w),  # type: ignore[arg-type]
+                         "choices": None, "wait_key": None, "waits": named})
+            continue
+        rows.append({"run_id": r.run_id, "workflow_id": r.workflow_id, "prompt": w.prompt if w else None,
+                     "choices": w.choices if w else None, "wait_key": w.wait_key if w else None})
 
     def human() -> None:
         if not rows:
@@ -376,6 +385,7 @@ def waiting(state: State, limit: int) -> None:
             choices = f"  [{', '.join(map(str, row['choices']))}]" if row["choices"] else ""
             click.echo(f"{row['run_id']}  {row['workflow_id']}: {row['prompt']}{choices}")
         if rows:
-            click.echo("answer with: abstractruntime respond RUN_ID ANSWER")
+            click.echo("answer with: abstractruntime respond RUN_ID ANSWER (named waits: abstractruntime answer "
+                       "RUN_ID WAIT --payload JSON; list them with abstractruntime waits)")
 
     state.out(rows, human)
