@@ -254,3 +254,10 @@ def test_parse_duration():
     assert [parse_duration(t) for t in ("90", "90s", "10m", "2h", "1d", "1.5m")] == [90, 90, 600, 7200, 86400, 90]
     with pytest.raises(ValueError):
         parse_duration("-1m")
+
+
+def test_the_events_cursor_beside_the_index_cursors_does_not_break_the_windows(store):
+    # The detector keeps the events stream's cursor (a stream id) in the same hash as the
+    # index cursors (scores): reading the scores must not trip on it.
+    store.set_stuck_cursors({"events": "1764526474000-0", "running": 1234.5})
+    assert store.stuck_cursors() == {"running": 1234.5}
