@@ -121,7 +121,7 @@ class RedisWaits:
             key = k.waits_open()
         by_deadline = assignee is not None or overdue
         out: list[dict[str, Any]] = []
-        skipped, start, batch = 0, 0, max(limit * 2, 50)
+        skipped, start, batch = 0, 0, limit + offset  # more only when stale entries were dropped
         while len(out) < limit:
             if overdue:
                 members = self.client.zrangebyscore(key, "-inf", f"({now_ms}", start=start, num=batch)
