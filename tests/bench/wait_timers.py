@@ -154,11 +154,11 @@ def by_countdown(server: RedisServer, runs: int, tmp: Path) -> dict[str, Any]:
 
 
 def by_sweep(server: RedisServer, runs: int, period: float) -> dict[str, Any]:
+    from workers.registry import registry
     from workers.settings import WorkerSettings
     from workers.testing import make_stub_engine
 
     import support.wait_scenarios  # noqa: F401
-    from workers.registry import registry
 
     backend = RedisBackend(server.client(), prefix="sweep")
     engine, stub = make_stub_engine(backend, registry, WorkerSettings(timer_hold_s=30))
@@ -198,7 +198,8 @@ def table(out: dict[str, Any]) -> str:
     lst = out["listing"]
     lines = [f"listing, {lst['waits']} open waits      p50 ms    p99 ms    max ms",
              *(f"  {name:<28}{v['p50_ms']:>8}  {v['p99_ms']:>8}  {v['max_ms']:>8}"
-               for name, v in (("assignee page of 50", lst["assignee_page"]), ("overdue page of 50", lst["overdue_page"]),
+               for name, v in (("assignee page of 50", lst["assignee_page"]),
+                               ("overdue page of 50", lst["overdue_page"]),
                                ("baseline ZRANGE + HGETs", lst["baseline_zrange_hget"]))),
              f"  ratio assignee page / baseline (p50): "
              f"{lst['assignee_page']['p50_ms'] / lst['baseline_zrange_hget']['p50_ms']:.2f}x", ""]
@@ -210,7 +211,8 @@ def table(out: dict[str, Any]) -> str:
                      f"max {o['max_ms']:.1f} ms  early {o['early']}")
         if part == "countdown":
             b = out[part]["baseline_wait_until"]
-            lines.append(f"  baseline WAIT_UNTIL (wake + last node)  p50 {b['p50_ms']:.1f} ms  p99 {b['p99_ms']:.1f} ms")
+            lines.append(f"  baseline WAIT_UNTIL (wake + last node)  p50 {b['p50_ms']:.1f} ms  "
+                         f"p99 {b['p99_ms']:.1f} ms")
         else:
             lines.append(f"  baseline: the sweep period, {out[part]['baseline_period_ms']:.0f} ms")
     return "\n".join(lines)
