@@ -17,7 +17,16 @@ import pytest
 from runtime import RunStatus
 from runtime.answers import InvalidAnswer
 from runtime.errors import RunNotWaiting
-from runtime.waitset import EXPIRED, AmbiguousWait, UnknownWait, WaitClosed, WaitExpired, n_of
+from runtime.waitset import (
+    EXPIRED,
+    AmbiguousWait,
+    AnswerTooLarge,
+    NotAssignee,
+    UnknownWait,
+    WaitClosed,
+    WaitExpired,
+    n_of,
+)
 from workers.client import Client
 from workers.settings import WorkerSettings
 from workers.testing import StubDispatcher
@@ -214,9 +223,10 @@ def test_a_deadline_in_the_past_expires_at_once(client):
     assert state.output["answers"] == {"finance": {EXPIRED: "2020-01-01T00:00:00+00:00"}}
 
 
-def test_waits_of_a_child_are_listed_under_the_root_and_cancel_clears_them(client):
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_waits_of_a_child_are_listed_under_the_root_and_cancel_clears_them(client, is_async):
     client, stub = client
-    root = client.start("tree_of_waits", vars={"waits": [FINANCE, COMMENT]})
+    root = client.start("tree_of_waits", vars={"waits": [FINANCE, COMMENT], "async": is_async})
     stub.run_until_quiet(client.engine)
     listed = client.list_waits(root_run_id=root)
     assert sorted(w["wait"] for w in listed) == ["comment", "finance"]  # opened in the same ms
@@ -282,3 +292,32 @@ def test_wait_events_are_posted_signed_to_the_webhook_once(store):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_unassigned_answerer_and_an_oversized_answer_are_refused_and_change_nothing(client):
+    client, stub = client
+    run_id = start(client, stub, [{**FINANCE, "assignees": ["ann"], "enforce_assignees": True},
+                                  {"name": "notes", "prompt": "Notes?"}])
+    ledger = client.get_ledger(run_id)
+    with pytest.raises(NotAssignee, match="'bob' may not answer wait 'finance'"):
+        client.answer(run_id, "finance", 5, "bob")
+    with pytest.raises(AnswerTooLarge, match="at most 65536"):
+        client.answer(run_id, "notes", "x" * 70_000, "bob")
+    assert client.get_ledger(run_id) == ledger
+    client.answer(run_id, "notes", "x" * 5000, "bob")  # large, but allowed: the ledger keeps its digest
+    [(kind, wait, kept)] = delivery_records(client.get_ledger(run_id))
+    assert kept == {"sha256": kept["sha256"], "bytes": 5002} and len(kept["sha256"]) == 64
+    assert client.get_state(run_id).waiting.details["answers"]["notes"] == "x" * 5000
+
+
+def test_explain_names_the_open_waits_and_the_next_timer(client):
+    from workers.explain import Code
+    from workers.fleet import explain_run
+
+    client, stub = client
+    run_id = start(client, stub, [LEGAL, FINANCE])
+    client.answer(run_id, "finance", 5, "ann")
+    d = explain_run(client.backend, client.settings, run_id)
+    assert d.code is Code.WAITING_USER and d.evidence["waits"] == ["legal"]
+    assert "all 2 of its named waits (open: legal)" in d.sentence and "next reminder" in d.sentence
+    assert d.action.startswith(f"abstractruntime answer {run_id} legal --payload JSON")

@@ -186,6 +186,8 @@ def _waiting(f: Facts, since: str, ev: dict[str, Any]) -> Diagnosis:
     reason, key = w.get("reason"), w.get("wait_key")
     ev = {**ev, "reason": reason, "wait_key": key}
     when = _at(_ms(since))
+    if (w.get("details") or {}).get("set") == 1:
+        return _waiting_named(f, since, ev, w, when)
     if reason == "user":
         prompt = f": {w['prompt']!r}" if w.get("prompt") else ""
         return Diagnosis(Code.WAITING_USER, f"waiting for a person since {when}{prompt}", since,
@@ -209,6 +211,23 @@ def _waiting(f: Facts, since: str, ev: dict[str, Any]) -> Diagnosis:
                          f"to wake it early: abstractruntime wake {f.run_id} --now --reason WHY")
     return Diagnosis(Code.WAITING_JOB, f"waiting for `{key}` ({reason}) since {when}", since, ev,
                      f"abstractruntime resume {f.run_id} --wait-key {key} --payload JSON")
+
+
+def _waiting_named(f: Facts, since: str, ev: dict[str, Any], w: dict[str, Any], when: str) -> Diagnosis:
+    """A run parked on named waits (``runtime/waitset.py``): which are open and the next timer."""
+    from runtime.models import WaitState
+    from runtime.waitset import describe_set, next_due_ms, open_names
+
+    state = WaitState.from_dict(w)
+    names = open_names(state)
+    due = next_due_ms(state)
+    nxt = f"; next reminder, escalation or deadline {_at(due)}" if due is not None else ""
+    code = Code.WAITING_USER if w.get("reason") == "user" else Code.WAITING_EVENT
+    first = names[0] if names else "WAIT"
+    return Diagnosis(code, f"waiting {describe_set(state)} since {when}{nxt}", since,
+                     {**ev, "waits": names, "next_timer_ms": due},
+                     f"abstractruntime answer {f.run_id} {first} --payload JSON (list them: abstractruntime waits "
+                     f"--root {f.run_id})")
 
 
 def _waiting_child(f: Facts, since: str, ev: dict[str, Any]) -> Diagnosis:

@@ -5,8 +5,9 @@ registry (worker processes list it in ``ABSTRACTRUNTIME_IMPORTS``).
 * ``named_waits``: node ``ask`` opens the set ``vars["waits"]`` in mode ``vars["mode"]``
   (default ``all``); ``done`` completes with the answers; ``chase`` (an ``on_timeout`` goto
   target) completes with them and ``chased: true``.
-* ``tree_of_waits``: starts ``named_waits`` as a sync child with ``vars["waits"]``, so its
-  waits are listed under this run too.
+* ``tree_of_waits``: starts ``named_waits`` as a child with ``vars["waits"]`` (sync, or async
+  with ``vars["async"]``, the parent then waiting for the event ``hold:<its run id>``), so the
+  child's waits are listed under this run too.
 """
 
 from __future__ import annotations
@@ -45,13 +46,18 @@ def named_waits() -> WorkflowSpec:
 def tree_of_waits() -> WorkflowSpec:
     def start(run: Any, ctx: Any) -> StepPlan:
         return StepPlan(node_id="start", effect=Effect(EffectType.START_SUBWORKFLOW, {
-            "workflow_id": "named_waits", "vars": {"waits": run.vars["waits"]}}, result_key="child"),
-            next_node="done")
+            "workflow_id": "named_waits", "vars": {"waits": run.vars["waits"]}, "async": run.vars.get("async", False)},
+            result_key="child"), next_node="hold" if run.vars.get("async") else "done")
+
+    def hold(run: Any, ctx: Any) -> StepPlan:  # an async parent waits for an event of its own
+        return StepPlan(node_id="hold", effect=Effect(EffectType.WAIT_EVENT, {"wait_key": f"hold:{run.run_id}"}),
+                        next_node="done")
 
     def done(run: Any, ctx: Any) -> StepPlan:
         return StepPlan(node_id="done", complete_output={"child": run.vars.get("child")})
 
-    return WorkflowSpec(workflow_id="tree_of_waits", entry_node="start", nodes={"start": start, "done": done})
+    return WorkflowSpec(workflow_id="tree_of_waits", entry_node="start",
+                        nodes={"start": start, "hold": hold, "done": done})
 
 
 def register(reg: Any) -> None:
