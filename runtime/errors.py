@@ -13,8 +13,10 @@ them (module in brackets) and join the tree through its branches::
     │   ├── WorkflowAlreadyRegistered   (ValueError)
     │   ├── InvalidSlaRule              (ValueError) an SLA rule refused at registration,
     │   │                                              naming the field [workers.sla]
-    │   └── InvalidAnswerSchema         (ValueError) a question's schema outside the subset,
-    │                                                  naming the keyword [runtime.answers]
+    │   ├── InvalidAnswerSchema         (ValueError) a question's schema outside the subset,
+    │   │                                              naming the keyword [runtime.answers]
+    │   └── InvalidWaitSpec             (ValueError) a named wait set refused as it opens,
+    │                                                  naming the field [runtime.waitspec]
     ├── RunError
     │   ├── RunNotFound                 (KeyError)
     │   ├── RunAlreadyExists            (ValueError) explicit run id taken (D7)
@@ -25,6 +27,14 @@ them (module in brackets) and join the tree through its branches::
     │   ├── WaitNotEnded                (ValueError) an action that cannot end this wait (workers)
     │   ├── InvalidAnswer               (ValueError) an answer its question's schema refuses;
     │   │                                              nothing written [runtime.answers]
+    │   ├── UnknownWait                 (KeyError)   an answer to no open wait; lists the open
+    │   │                                              ones [runtime.waitset]
+    │   ├── AmbiguousWait               (ValueError) respond with several waits open [runtime.waitset]
+    │   ├── WaitClosed                  (ValueError) a wait answered (by whom, when), superseded
+    │   │   │                                          or expired [runtime.waitset]
+    │   │   └── WaitExpired                          its deadline passed
+    │   ├── NotAssignee                 (PermissionError) not an assignee of a wait that enforces them
+    │   ├── AnswerTooLarge              (ValueError) an answer over 64 KiB of JSON
     │   └── WaitTimeout                 (TimeoutError) a run did not get there in time
     │                                                  [workers.client]
     ├── EffectError                                  an effect could not be performed

@@ -241,7 +241,9 @@ def test_follow_ledger_and_counts(client):
     client.wait_for(run_id, timeout=30)
     client.respond(run_id, "yes")
     records = list(client.follow_ledger(run_id, block_ms=2000))
-    assert [r["node_id"] for r in records] == ["think", "think", "act", "act", "ask", "ask", "done"]
+    # the last "ask" is the delivery of the answer (wait_answer), recorded at the node that asked
+    assert [r["node_id"] for r in records] == ["think", "think", "act", "act", "ask", "ask", "ask", "done"]
+    assert records[6]["effect"]["type"] == "wait_answer" and records[6]["result"]["answer"] == "yes"
     assert client.count(status="completed") >= 1
     assert client.count(workflow_id="agent") == len(client.list_runs(workflow_id="agent", limit=1000))
     assert run_id in [r.run_id for r in client.list_runs(status="completed", workflow_id="agent")]

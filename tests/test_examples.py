@@ -26,7 +26,8 @@ EXPECTED = {
     "05_persistence.py": ["[process 1] chain ok: True", "status: completed"],
     "06_redis.py": ["[process 2] answered", "output: {'shipped': True}", "status: completed", "chain ok: True"],
     "07_celery.py": ["waiting at 'confirm': Pay 7.00? ['yes', 'no']",
-                     "ledger: quote/started, quote/completed, confirm/started, confirm/waiting, done/completed",
+                     "ledger: quote/started, quote/completed, confirm/started, confirm/waiting, confirm/completed, "
+                     "done/completed",
                      "output: {'paid': 7.0}", "status: completed", "chain ok: True"],
     "08_llm_call.py": ["status: completed", "reply: echo: Say hello in five words."],
     "09_react_agent.py": ["the agent asks: Run add(", "answer: answer: 5;", "status: completed"],

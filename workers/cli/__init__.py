@@ -12,7 +12,7 @@ id taken); 5 Redis or the broker cannot be reached; 6 a hash chain does not veri
 out.
 
 The commands live by what they act on: :mod:`workers.cli.runs` (start, status, ledger, verify,
-resume, respond, wake, emit, cancel, runs, waiting), :mod:`workers.cli.waits` (waits, answer)
+resume, respond, wake, emit, cancel, runs), :mod:`workers.cli.waits` (waiting, waits, answer)
 and :mod:`workers.cli.processes` (worker,
 beat, dev, stop, demo, doctor); :mod:`workers.cli._common` holds what they share. This module
 is the group, which adds them, and :func:`main`, which turns errors into exit codes.
@@ -121,7 +121,7 @@ def cli(ctx: click.Context, redis_url: str | None, broker_url: str | None, prefi
 # The order they were written in (``--help`` lists them alphabetically).
 for _command in (processes.worker, processes.beat,
                  runs.start, runs.status, runs.ledger, runs.verify, runs.resume, runs.respond, runs.wake, runs.emit,
-                 runs.cancel, runs.retry, runs.runs, runs.waiting,
+                 runs.cancel, runs.retry, runs.runs, waits.waiting,
                  processes.doctor, processes.demo, processes.dev, processes.stop, explain.explain,
                  stuck.stuck, limits.limits, limits.prices, waits.waits, waits.answer):
     cli.add_command(_command)

@@ -1,5 +1,5 @@
 """The commands on runs: start, status, ledger, verify, resume, respond, wake, retry, emit, cancel,
-runs list / count, and waiting.
+and runs list / count.
 
 Each one needs a deployment (``_require_deployment``), calls the client and prints the run
 or what changed; ``workers.cli`` adds them to the ``abstractruntime`` group.
@@ -17,7 +17,6 @@ import click
 
 from runtime import RunState, RunStatus
 from runtime.errors import RunNotFailed, UnknownNodeError
-from runtime.waits import describe_wait
 from runtime.waitset import open_names, wait_named
 
 from ._common import (
@@ -368,34 +367,3 @@ def runs_count(state: State, status: str | None, workflow: str | None) -> None:
         return
     n = state.client.count(status=status, workflow_id=workflow)
     state.out({"count": n, "status": status, "workflow_id": workflow}, str(n))
-
-
-@click.command()
-@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
-@pass_state
-def waiting(state: State, limit: int) -> None:
-    """Runs waiting for a person: their questions and choices."""
-    _require_deployment(state)
-    found = state.client.list_runs(status="waiting", wait_reason="user", limit=limit)
-    rows = []
-    for r in found:
-        w = r.waiting
-        named = open_names(w)
-        if named:  # a named wait set: its questions (answer each with `answer RUN_ID WAIT`)
-            rows.append({"run_id": r.run_id, "workflow_id": r.workflow_id, "prompt": describe_wait(w),  # type: ignore[arg-type]
-                         "choices": None, "wait_key": None, "waits": named})
-            continue
-        rows.append({"run_id": r.run_id, "workflow_id": r.workflow_id, "prompt": w.prompt if w else None,
-                     "choices": w.choices if w else None, "wait_key": w.wait_key if w else None})
-
-    def human() -> None:
-        if not rows:
-            click.echo("nobody is being asked anything")
-        for row in rows:
-            choices = f"  [{', '.join(map(str, row['choices']))}]" if row["choices"] else ""
-            click.echo(f"{row['run_id']}  {row['workflow_id']}: {row['prompt']}{choices}")
-        if rows:
-            click.echo("answer with: abstractruntime respond RUN_ID ANSWER (named waits: abstractruntime answer "
-                       "RUN_ID WAIT --payload JSON; list them with abstractruntime waits)")
-
-    state.out(rows, human)

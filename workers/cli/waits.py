@@ -1,5 +1,6 @@
-"""The commands on named waits (``runtime/waitset.py``): ``waits`` lists the open ones from the
-indexes, ``answer`` answers one by name."""
+"""The commands on what runs wait for from people: ``waiting`` lists the runs waiting for a
+person, ``waits`` the open named waits (``runtime/waitset.py``) from their indexes, and
+``answer`` answers one of them by name."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from typing import Any
 import click
 
 from runtime import RunStatus
+from runtime.waits import describe_wait
+from runtime.waitset import open_names
 
 from ._common import EXIT_USAGE, CliError, State, _json_arg, _require_deployment, pass_state
 from .runs import _state_dict
 
-__all__ = ["waits", "answer"]
+__all__ = ["waiting", "waits", "answer"]
 
 
 def _line(w: dict[str, Any]) -> str:
@@ -75,8 +78,35 @@ def answer(state: State, run_id: str, wait: str, payload: str, answered_by: str 
 
 
 def _open(run: Any) -> str:
-    from runtime.waitset import open_names
-
     return ", ".join(open_names(run.waiting)) or "nothing"
 
 
+@click.command()
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@pass_state
+def waiting(state: State, limit: int) -> None:
+    """Runs waiting for a person: their questions and choices."""
+    _require_deployment(state)
+    found = state.client.list_runs(status="waiting", wait_reason="user", limit=limit)
+    rows = []
+    for r in found:
+        w = r.waiting
+        named = open_names(w)
+        if named:  # a named wait set: its questions (answer each with `answer RUN_ID WAIT`)
+            rows.append({"run_id": r.run_id, "workflow_id": r.workflow_id, "prompt": describe_wait(w),  # type: ignore[arg-type]
+                         "choices": None, "wait_key": None, "waits": named})
+            continue
+        rows.append({"run_id": r.run_id, "workflow_id": r.workflow_id, "prompt": w.prompt if w else None,
+                     "choices": w.choices if w else None, "wait_key": w.wait_key if w else None})
+
+    def human() -> None:
+        if not rows:
+            click.echo("nobody is being asked anything")
+        for row in rows:
+            choices = f"  [{', '.join(map(str, row['choices']))}]" if row["choices"] else ""
+            click.echo(f"{row['run_id']}  {row['workflow_id']}: {row['prompt']}{choices}")
+        if rows:
+            click.echo("answer with: abstractruntime respond RUN_ID ANSWER (named waits: abstractruntime answer "
+                       "RUN_ID WAIT --payload JSON; list them with abstractruntime waits)")
+
+    state.out(rows, human)
