@@ -16,6 +16,8 @@ It starts its own redis-server on a free port (no AOF). Three parts:
 2. **Timers by countdown**, on a real Celery worker (solo) and beat: ``--runs`` runs each open
    one wait with reminders at 1, 2 and 3 s and a deadline at 4 s (default answer); lateness is
    the ``late_ms`` each fire records (the Redis clock at the fire minus the timer's due time).
+   The runs start over ``--spread`` s (5; 0 puts every timer at the same instants, and then the
+   one worker's queue is what is measured).
    Baseline in the same run, on the same worker: ``--runs`` ``WAIT_UNTIL`` runs due in 2 s,
    their lateness being the commit that completes them minus their due time (an upper bound:
    it includes running their last node).
@@ -131,7 +133,7 @@ def summary(values: list[float]) -> dict[str, float]:
             "early": sum(1 for v in values if v < 0)}
 
 
-def by_countdown(server: RedisServer, runs: int, tmp: Path) -> dict[str, Any]:
+def by_countdown(server: RedisServer, runs: int, tmp: Path, spread: float) -> dict[str, Any]:
     from support.celery_workers import WorkerGroup
 
     group = WorkerGroup(server.url, tmp / "workers", imports="support.celery_scenarios,support.wait_scenarios")
@@ -140,13 +142,17 @@ def by_countdown(server: RedisServer, runs: int, tmp: Path) -> dict[str, Any]:
         group.start_beat()
         client = group.client()
         log(f"countdown: {runs} runs x 4 timers, and {runs} WAIT_UNTIL runs")
-        ids = [client.start("named_waits", vars={"waits": [TIMED]}) for _ in range(runs)]
-        due = datetime.now(timezone.utc) + timedelta(seconds=2)
-        sleepers = [client.start("sleep_until", vars={"until": due.isoformat()}) for _ in range(runs)]
+        ids, sleepers, dues = [], [], {}
+        for _ in range(runs):  # started over ``spread`` s, so that the timers do not all fall due at once
+            ids.append(client.start("named_waits", vars={"waits": [TIMED]}))
+            due = datetime.now(timezone.utc) + timedelta(seconds=2)
+            sleepers.append(client.start("sleep_until", vars={"until": due.isoformat()}))
+            dues[sleepers[-1]] = due
+            time.sleep(spread / runs)
         for rid in ids + sleepers:
             client.wait_for(rid, ["completed", "failed"], timeout=60)
         ours = late_ms(client, ids)
-        base = [(datetime.fromisoformat(client.get_state(r).updated_at) - due).total_seconds() * 1000
+        base = [(datetime.fromisoformat(client.get_state(r).updated_at) - dues[r]).total_seconds() * 1000
                 for r in sleepers]
         return {"ours": summary(ours), "baseline_wait_until": summary(base)}
     finally:
@@ -223,13 +229,15 @@ def main() -> int:
     parser.add_argument("--waits", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--period", type=float, default=1.0)
+    parser.add_argument("--spread", type=float, default=5.0,
+                        help="seconds over which the countdown part starts its runs (0: all timers at once)")
     parser.add_argument("--skip-workers", action="store_true", help="leave out part 2 (real workers)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp)) as server:
         out: dict[str, Any] = {"listing": listing(server, args.waits)}
         if not args.skip_workers:
-            out["countdown"] = by_countdown(server, args.runs, Path(tmp))
+            out["countdown"] = by_countdown(server, args.runs, Path(tmp), args.spread)
         out["sweep"] = by_sweep(server, args.runs, args.period)
     print(json.dumps(out, indent=2) if args.json else table(out))
     return 0
