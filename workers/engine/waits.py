@@ -51,6 +51,11 @@ class NamedWaits(ProducerOperations):
         if answer_id is not None and (not isinstance(answer_id, str) or not answer_id):
             raise ValueError("answer_id must be a non-empty text (the same on every retry of one submit)")
         ensure_json(payload, "payload")
+        single = self.backend.runs.load(run_id)
+        w = single.waiting if single is not None and single.status == RunStatus.WAITING else None
+        if w is not None and not is_wait_set(w) and w.wait_key is not None and wait_name == w.wait_key:
+            # a 0.2.0 single wait, named by its wait key: a resume by that key, recorded as an answer
+            return self.resume(run_id, wait_key=wait_name, payload=payload, action="resume", by=answered_by)
 
         def change(run: RunState, v: int) -> Any:
             if run.status != RunStatus.WAITING or not is_wait_set(run.waiting):
@@ -68,7 +73,9 @@ class NamedWaits(ProducerOperations):
         returns for a retry under the same ``answer_id``, raises otherwise."""
         found = recorded_closure(self.backend.ledger.list(run.run_id), name)
         if found is None:
-            raise UnknownWait(run.run_id, name, open_names(run.waiting))
+            w = run.waiting if run.status == RunStatus.WAITING else None
+            single = [w.wait_key] if w is not None and not is_wait_set(w) and w.wait_key else []
+            raise UnknownWait(run.run_id, name, open_names(run.waiting) or single)
         if answer_id is not None and found.get("answer_id") == answer_id:
             return
         raise WaitClosed(run.run_id, name, found.get("by"), found.get("at"), found["state"])
