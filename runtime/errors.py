@@ -15,8 +15,10 @@ them (module in brackets) and join the tree through its branches::
     │   │                                              naming the field [workers.sla]
     │   ├── InvalidAnswerSchema         (ValueError) a question's schema outside the subset,
     │   │                                              naming the keyword [runtime.answers]
-    │   └── InvalidWaitSpec             (ValueError) a named wait set refused as it opens,
-    │                                                  naming the field [runtime.waitspec]
+    │   ├── InvalidWaitSpec             (ValueError) a named wait set refused as it opens,
+    │   │                                              naming the field [runtime.waitspec]
+    │   └── InvalidSchedule             (ValueError) a schedule refused when set, naming the
+    │                                                  field [workers.schedules]
     ├── RunError
     │   ├── RunNotFound                 (KeyError)
     │   ├── RunAlreadyExists            (ValueError) explicit run id taken (D7)
@@ -69,6 +71,8 @@ them (module in brackets) and join the tree through its branches::
     │                                                  [stores.redis.limits]
     ├── UnknownModelPrice               (KeyError)   a model with no price and no `*` default
     │                                                  [stores.redis.limits]
+    ├── UnknownSchedule                 (KeyError)   no schedule of that name [workers.schedules]
+    ├── ScheduleExists                  (ValueError) a schedule name taken [stores.redis.schedules]
     └── DrainLimitReached               (RuntimeError) a stub drain whose runs never rest
                                                        [workers.testing]
 

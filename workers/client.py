@@ -310,6 +310,67 @@ class Client:
             self.import_workflows()
         return self.engine.retry(run_id, reason=reason, actor=actor or operator_actor(), from_node=from_node)
 
+    # -- schedules (docs/schedules.md) ------------------------------------------------------------
+
+    def _registered(self, workflow_id: str) -> None:
+        self.import_workflows()
+        if self.registry.workflows.get(workflow_id) is None:
+            known = ", ".join(sorted(self.registry.workflows.list_ids())) or "none"
+            raise WorkflowNotRegistered(workflow_id, hint=f"registered here: {known}; modules imported from "
+                                        f"ABSTRACTRUNTIME_IMPORTS: {', '.join(self.settings.imports) or 'none'}")
+
+    def add_schedule(self, name: str, cron: str, workflow_id: str, *, timezone: str = "UTC",
+                     vars: dict[str, Any] | None = None, overlap: str = "skip", catchup_s: float = 60.0,
+                     jitter_s: float = 0.0, paused: bool = False, replace: bool = False) -> dict[str, Any]:
+        """Start a run of ``workflow_id`` at each time of ``cron`` (5 fields, or 6 with the second
+        first) in ``timezone``; returns the schedule with its next fire. Refused, nothing stored:
+        :class:`~workers.schedules.InvalidSchedule` naming the field, :class:`WorkflowNotRegistered`,
+        :class:`~stores.redis.schedules.ScheduleExists` (unless ``replace``). See
+        :class:`~workers.schedules.Schedule` for ``overlap``, ``catchup_s`` and ``jitter_s``."""
+        from .schedules import Schedule
+
+        spec = Schedule(name=name, cron=cron, workflow_id=workflow_id, timezone=timezone, vars=dict(vars or {}),
+                        overlap=overlap, catchup_s=catchup_s, jitter_s=jitter_s, paused=paused)
+        self._registered(workflow_id)
+        return self.engine.add_schedule(spec, replace=replace)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule, with its last fire (and what it did) and its next."""
+        return self.engine.list_schedules()
+
+    def pause_schedule(self, name: str) -> dict[str, Any]:
+        return self.engine.set_paused(name, True)
+
+    def resume_schedule(self, name: str) -> dict[str, Any]:
+        """Fire again, from the first time after now (the fires of the pause are not caught up)."""
+        return self.engine.set_paused(name, False)
+
+    def delete_schedule(self, name: str) -> None:
+        from .schedules import UnknownSchedule
+
+        if not self.backend.delete_schedule(name):
+            raise UnknownSchedule(name)
+
+    def trigger_schedule(self, name: str) -> str:
+        """Start one run of the schedule's workflow now; returns its id."""
+        self._registered(self.engine.get_schedule(name)["workflow_id"])
+        return self.engine.trigger_schedule(name)
+
+    def backfill_schedule(self, name: str, start: str, end: str) -> dict[str, Any]:
+        """Start the runs of the fire times in [``start``, ``end``] (ISO 8601) that have none."""
+        from runtime._clock import epoch_ms
+
+        from .schedules import InvalidSchedule
+
+        self._registered(self.engine.get_schedule(name)["workflow_id"])
+        bounds = []
+        for label, value in (("from", start), ("to", end)):
+            try:
+                bounds.append(epoch_ms(value, field=label))
+            except Exception as exc:
+                raise InvalidSchedule(label, str(exc)) from None
+        return self.engine.backfill_schedule(name, bounds[0], bounds[1])
+
     def close(self) -> None:
         """Close the Redis connections, and the broker connections of an app this client made."""
         self.backend.close()

@@ -34,6 +34,7 @@ from .indexes import RedisIndexes
 from .keys import Keys
 from .ledger import RedisLedgerStore, chain_records
 from .runs import RedisRunStore
+from .schedules import RedisSchedules
 from .scripts import SOURCES, Reply
 from .settings import RedisSettings, connect, mask_url
 from .stuck import RedisStuck
@@ -111,7 +112,7 @@ def _describe(client: Any) -> str:
     return mask_url(f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}")
 
 
-class RedisBackend(RedisIndexes, RedisStuck, RedisWaits):
+class RedisBackend(RedisIndexes, RedisStuck, RedisWaits, RedisSchedules):
     """One Redis connection's view of runs and ledgers under a key prefix."""
 
     def __init__(

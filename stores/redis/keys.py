@@ -130,6 +130,20 @@ class Keys:
         """SET of the open named waits an event with this wait key reaches."""
         return f"{self._g}waits:key:{wait_key}"
 
+    # -- schedules (stores/redis/schedules.py) ------------------------------------------------
+
+    def schedule(self, name: str) -> str:
+        """STRING, JSON ``{"spec": Schedule.to_dict(), "state": {...}}`` of one schedule."""
+        return f"{self._g}schedule:{name}"
+
+    def schedules(self) -> str:
+        """SET of the schedule names."""
+        return f"{self._g}schedules"
+
+    def schedules_due(self) -> str:
+        """ZSET schedule name -> when its next fire is due (epoch ms); a paused one is not in it."""
+        return f"{self._g}schedules:due"
+
     def events(self) -> str:
         """STREAM of every commit (run id, status, version), capped; followed with XREAD BLOCK.
         The stuck detector adds its own entries, with an ``event`` field (``run.stuck``,

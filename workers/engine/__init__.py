@@ -21,6 +21,7 @@ what expired leases name and wakes due timers.
   :meth:`~Engine.force_wake`, :meth:`~Engine.cancel`;
 * ``operator.py`` — :meth:`~Engine.retry` of a failed run;
 * ``waits.py`` — named waits: :meth:`~Engine.answer`, parking on a set, firing its timers;
+* ``schedules.py`` — cron schedules: setting them, and :meth:`~Engine.fire_schedules` (the sweep's step);
 * ``base.py`` — what they share: the state, the :class:`Dispatcher`, the commit, a run's failure.
 """
 
@@ -30,6 +31,7 @@ from .base import EFFECT_QUEUES, Dispatcher
 from .children import Subworkflows
 from .effects import Effects
 from .operator import OperatorActions
+from .schedules import Schedules
 from .sweep import DEAD_LETTERS_MAX, Recovery
 from .tick import Ticks
 from .waits import NamedWaits
@@ -37,7 +39,7 @@ from .waits import NamedWaits
 __all__ = ["Dispatcher", "Engine", "EFFECT_QUEUES", "DEAD_LETTERS_MAX"]
 
 
-class Engine(Ticks, Effects, Subworkflows, Recovery, OperatorActions, NamedWaits):
+class Engine(Ticks, Effects, Subworkflows, Recovery, OperatorActions, NamedWaits, Schedules):
     """Ticks, effects, wakes and sweeps of runs kept in one :class:`~stores.redis.RedisBackend`.
 
     ``Engine(backend, registry, settings, dispatcher)``; each Celery task calls one method.

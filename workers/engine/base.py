@@ -183,6 +183,8 @@ class EngineBase:
 
         def _wake_set(self, run: RunState, v: int, now_ms: int) -> str: ...  # waits.py
 
+        def fire_schedules(self) -> dict[str, int]: ...  # schedules.py
+
         def _after_end(self, run: RunState) -> None: ...  # children.py
 
         def create(self, workflow: WorkflowSpec, *, vars: dict[str, Any] | None = None,  # producer.py

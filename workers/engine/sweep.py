@@ -73,6 +73,10 @@ class Recovery(EngineBase):
         for rid in ids:
             counts["timers"] += 1
             self.dispatcher.wake(rid, None)
+        try:  # cron schedules (workers/engine/schedules.py): every beat's sweep fires the due ones, once each
+            counts.update(self.fire_schedules())
+        except Exception as exc:
+            logger.error("sweep: cannot fire schedules: %s", exc)
         if counts.get("slots_reclaimed") or counts.get("parked"):
             counts["flow_sent"] = self.flow_dispatch()  # a backstop: passes run at each park and release too
         counts.update(detect_stuck(self))  # stuck runs and SLA rules (workers/stuck.py)
