@@ -112,5 +112,33 @@ def run_checks(settings: WorkerSettings, env: dict[str, str]) -> list[dict[str, 
     key = backend.keys.dead_letters()
     checks.append(_check("dead letters", "ok" if not dead else "warn", f"{dead} refused message(s) in {key}",
                          f"read them: redis-cli LRANGE {key} 0 20 (each names its task and reason)"))
+    checks.extend(_schedules(backend, now))
     backend.close()
     return checks
+
+
+def _schedules(backend: Any, now_ms: int) -> list[dict[str, Any]]:
+    """One line per schedule: its last fire (and what it did) and its next; a warning when a
+    fire is overdue (no sweep ran it: beat is down)."""
+    from datetime import datetime, timezone
+
+    def at(ms: Any) -> str:
+        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat() if ms is not None else "never"
+
+    out = []
+    for name in backend.schedule_names():
+        found = backend.load_schedule(name)
+        if found is None:
+            continue
+        entry = found[1]
+        spec, st = entry["spec"], entry["state"]
+        nxt = st.get("next_fire_ms")
+        late_s = (now_ms - nxt) / 1000 if nxt is not None and not spec["paused"] else 0.0
+        detail = (f"{spec['cron']} ({spec['timezone']}) starts {spec['workflow_id']}: last fire "
+                  f"{at(st.get('last_fire_ms'))} ({st.get('last_outcome') or '-'}), next "
+                  f"{'paused' if spec['paused'] else at(nxt)}")
+        bad = late_s > OVERDUE_S
+        out.append(_check(f"schedule {name}", "warn" if bad else "ok",
+                          detail + (f", {late_s:.0f}s overdue" if bad else ""),
+                          "start beat (abstractruntime beat) and a worker on the maintenance queue" if bad else ""))
+    return out

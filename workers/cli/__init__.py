@@ -41,9 +41,11 @@ from runtime.errors import (
 )
 from runtime.waitset import AmbiguousWait, AnswerTooLarge, NotAssignee, UnknownWait, WaitClosed
 from stores.redis.errors import RedisUnavailable
+from stores.redis.schedules import ScheduleExists
 
 from ..flow.rules import InvalidLimitRule
-from . import explain, limits, processes, runs, stuck, waits
+from ..schedules import InvalidSchedule, UnknownSchedule
+from . import explain, limits, processes, runs, schedules, stuck, waits
 from ._common import (
     EXIT_CONFLICT,
     EXIT_FAILURE,
@@ -74,6 +76,7 @@ Examples:
   abstractruntime wake RUN_ID --now --reason "skip the cool-down for the hotfix"
   abstractruntime retry RUN_ID --reason "fixed in 1.4.2"       a failed run again, after a fix
   abstractruntime stuck --older-than 10m               runs without progress, grouped by cause
+  abstractruntime schedule add nightly --cron '0 2 * * *' --workflow report   a cron schedule, HA
 
 \b
 Exit codes: 0 ok; 1 failed (also a run that ended failed or cancelled under start --wait);
@@ -123,7 +126,7 @@ for _command in (processes.worker, processes.beat,
                  runs.start, runs.status, runs.ledger, runs.verify, runs.resume, runs.respond, runs.wake, runs.emit,
                  runs.cancel, runs.retry, runs.runs, waits.waiting,
                  processes.doctor, processes.demo, processes.dev, processes.stop, explain.explain,
-                 stuck.stuck, limits.limits, limits.prices, waits.waits, waits.answer):
+                 stuck.stuck, limits.limits, limits.prices, waits.waits, waits.answer, schedules.schedule):
     cli.add_command(_command)
 del _command
 
@@ -142,6 +145,9 @@ _CODES: list[tuple[type[BaseException], int]] = [
     (UnknownWait, EXIT_NOT_FOUND),  # no such open wait (the message lists the open ones)
     (WaitClosed, EXIT_CONFLICT),  # answered already (by whom, when), expired or superseded
     (NotAssignee, EXIT_CONFLICT),
+    (InvalidSchedule, EXIT_USAGE),  # a cron, time zone, overlap... naming the field
+    (UnknownSchedule, EXIT_NOT_FOUND),
+    (ScheduleExists, EXIT_CONFLICT),
     (RunAlreadyExists, EXIT_CONFLICT),
     (RunNotWaiting, EXIT_CONFLICT),
     (WaitKeyMismatch, EXIT_CONFLICT),
