@@ -83,10 +83,12 @@ def test_effect_lines_name_their_queue_and_attempt_and_never_the_payload(group, 
     assert "SECRET-4242" not in text and "hunter2" not in text
 
 
-def _cli_worker(g: WorkerGroup, name: str, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+def _cli_worker(g: WorkerGroup, name: str, *args: str, extra: dict[str, str] | None = None
+                ) -> tuple[subprocess.Popen[bytes], Path]:
     """``abstractruntime worker ARGS`` as a user starts it, its output in ``<folder>/<name>.log``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ABSTRACTRUNTIME_")}
     env.update(g.env)
+    env.update(extra or {})
     env["PYTHONPATH"] = str(TESTS_DIR)
     log_path = g.folder / f"{name}.log"
     with open(log_path, "wb") as log:
@@ -138,6 +140,42 @@ def test_json_lines_carry_the_run_id_and_debug_brings_celery_lines_back(redis_se
         assert any(r["message"].startswith("sweep -> leases=0 timers=0") and r["level"] == "DEBUG"
                    for r in records)
         assert {"time", "level", "logger", "process", "run_id", "message"} <= set(ready)
+    finally:
+        if proc is not None:
+            _stop(proc)
+        g.close()
+
+
+def test_json_lines_inside_a_run_say_where_and_no_configured_secret_is_ever_written(redis_server, tmp_path):
+    # Given a worker with JSON lines whose environment holds an API key and the webhook secret
+    secrets = {"OPENAI_API_KEY": "sk-test-0123456789abcdef", "ABSTRACTRUNTIME_SLA_WEBHOOK_SECRET": "whsec-s3cr3t-42"}
+    g = WorkerGroup(redis_server.url, tmp_path / "g", tick_backoff_s=0.05, tick_max_attempts=2,
+                                    sla_webhook_secret=secrets["ABSTRACTRUNTIME_SLA_WEBHOOK_SECRET"])
+    proc = None
+    try:
+        proc, log_path = _cli_worker(g, "json", "--log-format", "json", "-l", "INFO", "-P", "solo", "-Q", ALL_QUEUES,
+                                     "--", "--without-gossip", "--without-mingle", "--without-heartbeat",
+                                     extra={"OPENAI_API_KEY": secrets["OPENAI_API_KEY"]})
+        wait_for_line(log_path, r'"message": "[^"]+ ready\."', READY_TIMEOUT_S)
+        client = g.client()
+        # If a node logs both secrets and raises with one of them in its message
+        run_id = client.start("leaky")
+        assert client.wait_for(run_id, ["completed", "failed"], timeout=30).status == RunStatus.FAILED
+        wait_for_line(log_path, rf"tick run={run_id[:8]} wf=leaky node=leak attempt=2 -> failed")
+        text = log_path.read_text()
+        # I expect neither secret anywhere in the log, and the redaction marker where they were
+        for value in secrets.values():
+            assert value not in text
+        records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        leak = [r for r in records if r["logger"] == "user.node"]
+        assert leak and all("[redacted]" in r["message"] for r in leak)
+        # and every record logged inside the run's ticks to say which run, workflow, node,
+        # step, attempt and Celery task it belongs to
+        mine = [r for r in records if r["run_id"] == run_id and r["logger"] != "celery.app.trace"]
+        assert mine and all(r.get("workflow") == "leaky" and r.get("node") == "leak" and r.get("task_id")
+                            and r.get("attempt") in (1, 2) and isinstance(r.get("step"), int) for r in mine), mine
+        assert {r["attempt"] for r in mine} == {1, 2} and len({r["task_id"] for r in mine}) == 2
+        assert not re.search(r"^\[\d{4}-\d\d-\d\d ", text, re.M)  # every logged line is JSON (the banner is printed)
     finally:
         if proc is not None:
             _stop(proc)

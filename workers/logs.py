@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -29,8 +30,9 @@ from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["RunIdFilter", "JsonFormatter", "CeleryTaskLinesFilter", "task_outcome", "note", "short_run_id",
-           "run_id_of", "current_run_id", "connect", "LOG_FORMATS"]
+__all__ = ["RunIdFilter", "SecretRedactor", "configured_secrets", "REDACTED", "JsonFormatter",
+           "CeleryTaskLinesFilter", "task_outcome", "note", "short_run_id", "run_id_of", "current_run_id", "connect",
+           "LOG_FORMATS"]
 
 #: Values of ``ABSTRACTRUNTIME_LOG_FORMAT``: Celery's text lines, or one JSON object a line.
 LOG_FORMATS = ("text", "json")
@@ -39,6 +41,8 @@ LOG_FORMATS = ("text", "json")
 NO_RUN = "-"
 
 _run_id: ContextVar[str] = ContextVar("abstractruntime_run_id", default=NO_RUN)
+#: The id of the Celery task running in this context (None outside one).
+_task_id: ContextVar[str | None] = ContextVar("abstractruntime_task_id", default=None)
 #: What the engine noted about the current task's run (None outside a task).
 _notes: ContextVar[dict[str, Any] | None] = ContextVar("abstractruntime_notes", default=None)
 
@@ -56,12 +60,83 @@ def current_run_id() -> str:
 
 
 class RunIdFilter(logging.Filter):
-    """Sets ``record.run_id`` (the current task's run, ``-`` outside a task); drops nothing."""
+    """Sets ``record.run_id`` (the current task's run, ``-`` outside a task) and, inside a task,
+    what is known of it: ``workflow``, ``node``, ``step`` (the run's version), ``attempt`` and
+    ``task_id`` (the Celery task's id); drops nothing."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "run_id"):
             record.run_id = _run_id.get()
+        notes = _notes.get()
+        context = {"workflow": notes.get("wf"), "node": notes.get("node"), "step": notes.get("v"),
+                   "attempt": notes.get("attempt")} if notes is not None else {}
+        context["task_id"] = _task_id.get()
+        for key, value in context.items():
+            if value is not None and not hasattr(record, key):
+                setattr(record, key, value)
         return True
+
+
+class SecretRedactor(logging.Filter):
+    """Replaces each configured secret (:func:`configured_secrets`) in a record's message, its
+    traceback and its stack with ``[redacted]``; drops nothing. On every handler of a worker
+    and beat, in both log formats."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        # the longest first, so that a secret containing another is replaced whole
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        clean = self.redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        return True
+
+
+#: What a redacted secret reads as.
+REDACTED = "[redacted]"
+#: Secrets shorter than this are not looked for (they would hide ordinary words).
+MIN_SECRET_LEN = 6
+
+
+def configured_secrets(env: dict[str, str] | None = None) -> list[str]:
+    """The values no log line may show: ``ABSTRACTRUNTIME_SLA_WEBHOOK_SECRET``, the passwords in
+    the Redis and broker URLs, and the value of every environment variable whose name says it
+    holds one (``*_API_KEY``, ``*PASSWORD*``, ``*SECRET*``, ``*TOKEN*``...; the pattern of
+    ``runtime._redact``), at least :data:`MIN_SECRET_LEN` characters long."""
+    from urllib.parse import urlsplit
+
+    from runtime._redact import SECRET_KEY_PATTERN
+
+    env = dict(os.environ if env is None else env)
+    out = []
+    for name, value in env.items():
+        if SECRET_KEY_PATTERN.search(name) and len(value) >= MIN_SECRET_LEN:
+            out.append(value)
+    for name in ("ABSTRACTRUNTIME_REDIS_URL", "ABSTRACTRUNTIME_BROKER_URL"):
+        try:
+            password = urlsplit(env.get(name, "")).password
+        except ValueError:
+            password = None
+        if password and len(password) >= MIN_SECRET_LEN:
+            out.append(password)
+    return out
 
 
 def note(run_id: str, *, workflow: str | None = None, node: str | None = None, version: int | None = None) -> None:
@@ -94,7 +169,7 @@ def task_outcome(logger: logging.Logger, task: str, run_id: str | None, *, attem
     ``-> raised <type>`` (Celery logs the traceback) and propagates.
     """
     out = _Outcome()
-    notes: dict[str, Any] = {"run": run_id}
+    notes: dict[str, Any] = {"run": run_id, "attempt": attempt}
     run_token = _run_id.set(run_id or NO_RUN)
     notes_token = _notes.set(notes)
     t0 = time.perf_counter()
@@ -140,8 +215,13 @@ def _line(task: str, notes: dict[str, Any], result: Any, raised: BaseException |
     return level, " ".join(parts)
 
 
+#: The fields :class:`RunIdFilter` adds inside a task, in the order JSON lines show them.
+_CONTEXT_FIELDS = ("workflow", "node", "step", "attempt", "task_id", "trace_id", "span_id")
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, process, run_id, message (and exc)."""
+    """One JSON object a line: time, level, logger, process, run_id, message, and inside a task
+    workflow, node, step, attempt and task_id (and exc)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -152,8 +232,12 @@ class JsonFormatter(logging.Formatter):
             "run_id": getattr(record, "run_id", NO_RUN),
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+        for key in _CONTEXT_FIELDS:  # inside a task: what is known of the run and the task
+            value = getattr(record, key, None)
+            if value is not None:
+                entry[key] = value
+        if record.exc_info or record.exc_text:
+            entry["exc"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
@@ -192,10 +276,12 @@ def run_id_of(args: Any) -> str | None:
         return None
 
 
-def _install(logger: logging.Logger, json_lines: bool) -> None:
+def _install(logger: logging.Logger, json_lines: bool, redactor: SecretRedactor | None = None) -> None:
     for handler in logger.handlers:
         if not any(isinstance(f, RunIdFilter) for f in handler.filters):
             handler.addFilter(RunIdFilter())
+        if redactor is not None and not any(isinstance(f, SecretRedactor) for f in handler.filters):
+            handler.addFilter(redactor)
         if json_lines and not isinstance(handler.formatter, JsonFormatter):
             handler.setFormatter(JsonFormatter())
 
@@ -211,9 +297,10 @@ def connect(task_names: Iterable[str], *, log_format: str = "text") -> None:
     json_lines = log_format == "json"
     names = frozenset(task_names)
     quiet = CeleryTaskLinesFilter(names)
+    redactor = SecretRedactor(configured_secrets())
 
     def on_logger(logger: logging.Logger, **_: Any) -> None:
-        _install(logger, json_lines)
+        _install(logger, json_lines, redactor)
         for name in _CELERY_TASK_LOGGERS:
             target = logging.getLogger(name)
             for f in [f for f in target.filters if isinstance(f, CeleryTaskLinesFilter)]:
@@ -221,15 +308,17 @@ def connect(task_names: Iterable[str], *, log_format: str = "text") -> None:
             target.addFilter(quiet)
 
     def on_task_logger(logger: logging.Logger, **_: Any) -> None:
-        _install(logger, json_lines)
+        _install(logger, json_lines, redactor)
 
-    def on_prerun(task: Any = None, args: Any = None, **_: Any) -> None:
+    def on_prerun(task: Any = None, args: Any = None, task_id: Any = None, **_: Any) -> None:
         if getattr(task, "name", None) in names:
             _run_id.set(run_id_of(args) or NO_RUN)
+            _task_id.set(str(task_id) if task_id else None)
 
     def on_postrun(task: Any = None, **_: Any) -> None:
         if getattr(task, "name", None) in names:
             _run_id.set(NO_RUN)
+            _task_id.set(None)
 
     signals.after_setup_logger.connect(on_logger, weak=False, dispatch_uid="abstractruntime.logs.logger")
     signals.after_setup_task_logger.connect(on_task_logger, weak=False,

@@ -483,3 +483,20 @@ WORKFLOWS.append(_wf(_wait_on_key()))
 WORKFLOWS.append(_wf(_tool_retry()))
 WORKFLOWS.append(_wf(_slow_tool_once()))
 WORKFLOWS.append(_wf(_fix_me_then_slow()))
+
+
+def _leaky() -> WorkflowSpec:
+    """Node ``leak`` logs the values of ``OPENAI_API_KEY`` and ``ABSTRACTRUNTIME_SLA_WEBHOOK_SECRET``
+    (a careless node) and raises with one in its message: the log-redaction test's run."""
+    import logging
+    import os
+
+    def leak(run: Any, ctx: Any) -> StepPlan:
+        key, secret = os.environ.get("OPENAI_API_KEY", ""), os.environ.get("ABSTRACTRUNTIME_SLA_WEBHOOK_SECRET", "")
+        logging.getLogger("user.node").warning("calling the model with key %s (webhook secret %s)", key, secret)
+        raise RuntimeError(f"bad credentials: {key}")
+
+    return WorkflowSpec(workflow_id="leaky", entry_node="leak", nodes={"leak": leak})
+
+
+WORKFLOWS.append(_wf(_leaky()))
