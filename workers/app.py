@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import warnings
 from typing import Any
 
@@ -19,7 +20,7 @@ from celery import Celery
 
 from stores.redis import RedisBackend
 
-from . import heartbeat, logs
+from . import heartbeat, logs, metrics
 from .engine import Engine
 from .registry import Registry, registry
 from .settings import WorkerSettings
@@ -210,6 +211,7 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
     settings = settings if settings is not None else WorkerSettings.from_env()
     reg = reg if reg is not None else registry
     serve_due_timers_at_once()
+    metrics.prepare_environment()  # ABSTRACTRUNTIME_METRICS_DIR, before any prometheus_client import
     app = Celery(main, broker=broker_url_of(settings), set_as_current=False)
     q = settings.queue
     transport: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout_s,
@@ -298,9 +300,15 @@ def _traced(holder: _Holder, task: str, args: tuple[Any, ...], arity: tuple[int,
     run_id = logs.run_id_of(args)
     at = {"tick": 2, "effect": 3}.get(task)
     attempt = args[at] if at is not None and len(args) > at and type(args[at]) is int else 1
-    with logs.task_outcome(logger, label or task, run_id, attempt=attempt) as outcome:
-        outcome.result = _guarded(holder.get(), task, args, arity, call)
-        return outcome.result
+    t0 = time.perf_counter()
+    seen: dict[str, Any] = {"workflow": None, "result": None}  # None, None: it raised
+    try:
+        with logs.task_outcome(logger, label or task, run_id, attempt=attempt) as outcome:
+            outcome.result = seen["result"] = _guarded(holder.get(), task, args, arity, call)
+            seen["workflow"] = logs.current_workflow()
+            return outcome.result
+    finally:  # counted after its outcome line (docs/metrics.md); a no-op with metrics off
+        metrics.task_done(label or task, seen["workflow"], seen["result"], time.perf_counter() - t0)
 
 
 def _padded(args: tuple[Any, ...], defaults: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -31,8 +31,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 __all__ = ["RunIdFilter", "SecretRedactor", "configured_secrets", "REDACTED", "JsonFormatter",
-           "CeleryTaskLinesFilter", "task_outcome", "note", "short_run_id", "run_id_of", "current_run_id", "connect",
-           "LOG_FORMATS"]
+           "CeleryTaskLinesFilter", "task_outcome", "note", "short_run_id", "run_id_of", "current_run_id",
+           "current_workflow", "connect", "LOG_FORMATS"]
 
 #: Values of ``ABSTRACTRUNTIME_LOG_FORMAT``: Celery's text lines, or one JSON object a line.
 LOG_FORMATS = ("text", "json")
@@ -57,6 +57,12 @@ def short_run_id(run_id: str) -> str:
 def current_run_id() -> str:
     """The run of the task running in this context, or ``-``."""
     return _run_id.get()
+
+
+def current_workflow() -> str | None:
+    """The workflow of the current task's run, once the engine has noted it (else None)."""
+    notes = _notes.get()
+    return notes.get("wf") if notes is not None else None
 
 
 class RunIdFilter(logging.Filter):

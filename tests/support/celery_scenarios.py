@@ -58,6 +58,9 @@ def fake_llm(run: Any, effect: Effect) -> EffectOutcome:
         time.sleep(float(prompt.split(":")[1]))
     if prompt.startswith("die-once:"):
         die_once(prompt.split(":", 1)[1])
+    if prompt.startswith("usage"):  # a provider that reports its token usage (flow control, metrics)
+        return EffectOutcome.completed({"content": prompt[::-1], "attempt": attempt, "model": "fake-1",
+                                        "usage": {"prompt_tokens": len(prompt), "completion_tokens": 7}})
     return EffectOutcome.completed({"content": prompt[::-1], "attempt": attempt})
 
 
@@ -157,6 +160,7 @@ WORKFLOWS = [
     _wf(_llm("slow:1.5", "llm_slow")),
     _wf(_llm("slow:5", "llm_slow5")),
     _wf(_llm("raise", "llm_raises")),
+    _wf(_llm("usage: twelve tokens", "llm_usage")),
     _wf(one_effect(Effect(type=EffectType.ASK_USER, payload={"prompt": "Go?", "choices": ["y", "n"]},
                           result_key="answer"), workflow_id="ask")),
     _wf(one_effect(Effect(type=EffectType.ASK_USER, payload={}), workflow_id="ask_no_prompt")),

@@ -45,7 +45,7 @@ from stores.redis.schedules import ScheduleExists
 
 from ..flow.rules import InvalidLimitRule
 from ..schedules import InvalidSchedule, UnknownSchedule
-from . import explain, limits, processes, runs, schedules, stuck, waits
+from . import explain, limits, metrics, processes, runs, schedules, stuck, waits
 from ._common import (
     EXIT_CONFLICT,
     EXIT_FAILURE,
@@ -126,7 +126,8 @@ for _command in (processes.worker, processes.beat,
                  runs.start, runs.status, runs.ledger, runs.verify, runs.resume, runs.respond, runs.wake, runs.emit,
                  runs.cancel, runs.retry, runs.runs, waits.waiting,
                  processes.doctor, processes.demo, processes.dev, processes.stop, explain.explain,
-                 stuck.stuck, limits.limits, limits.prices, waits.waits, waits.answer, schedules.schedule):
+                 stuck.stuck, limits.limits, limits.prices, waits.waits, waits.answer, schedules.schedule,
+                 metrics.metrics):
     cli.add_command(_command)
 del _command
 

@@ -15,7 +15,7 @@ from runtime.waitset import is_wait_set
 from stores.redis.admission import Verdict
 from stores.redis.dispatch import Dispatch
 
-from .. import logs
+from .. import logs, metrics
 from ..flow.dispatch import start_holder
 from ..flow.rules import FLOW_VARS
 from .base import EFFECT_QUEUES, REFUSED, EngineBase, iso, logger
@@ -68,6 +68,7 @@ class Ticks(EngineBase):
             self.dispatcher.wake(run_id, v, countdown=(due_ms - now_ms) / 1000, workflow=run.workflow_id,
                                  node=run.current_node)
             return "early"
+        metrics.timer_fired("until", now_ms - due_ms)
         wake_if_due(run, iso(now_ms))
         try:
             v = self._commit_tick(run, [], v, fenced=False)  # a wake holds no lease: this commit grants one

@@ -32,6 +32,7 @@ from runtime.waitset import (
     recorded_closure,
 )
 
+from .. import metrics
 from .producer import ProducerOperations
 
 __all__ = ["NamedWaits"]
@@ -109,6 +110,15 @@ class NamedWaits(ProducerOperations):
             self.dispatcher.wake(run.run_id, v, countdown=max(0.0, (due - now_ms) / 1000), workflow=run.workflow_id,
                                  node=run.current_node)
 
+    @staticmethod
+    def _count_fired(records: list[Any]) -> None:
+        """Each timer fired, in the lateness histogram (``workers/metrics.py``)."""
+        kinds = {"wait_reminder": "reminder", "wait_escalated": "escalation", "wait_expired": "deadline"}
+        for r in records:
+            kind = kinds.get(str((r.effect or {}).get("type")))
+            if kind is not None:
+                metrics.timer_fired(kind, float((r.result or {}).get("late_ms") or 0))
+
     def _wake_set(self, run: RunState, v: int, now_ms: int) -> str:
         """Fire the set's timers due at ``now_ms`` (a wake calls it); never one early."""
         due = next_due_ms(run.waiting)
@@ -125,6 +135,7 @@ class NamedWaits(ProducerOperations):
                 self._fail(run, records, fired.fail)
                 self._commit_end(run, records, v, fenced=False, events=fired.events)
                 self.backend.drop_wait_entries(indexed)
+                self._count_fired(records)
                 self._after_end(run)
                 return "failed"
             now_indexed = self.backend.wait_entries(run)
@@ -136,6 +147,7 @@ class NamedWaits(ProducerOperations):
         except VersionConflict:
             return "stale"  # another wake or an answer moved it first: its commit did what was due
         self.backend.drop_wait_entries(indexed - now_indexed)
+        self._count_fired(records)
         if fired.resumed:
             return self._advance(run, v, now_ms)
         self._wake_at(run, v, now_ms)

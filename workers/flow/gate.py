@@ -210,6 +210,9 @@ class FlowGate:
         if not tokens_in and not tokens_out:
             return
         model = str(result.get("model") or _model_and_tools(pending)[0] or "*")
+        from .. import metrics
+
+        metrics.llm_tokens(model, tokens_in, tokens_out)
         try:
             cost = registry(self.backend).cost_usd(model, tokens_in, tokens_out)
         except KeyError:
