@@ -75,7 +75,8 @@ def test_the_dashboard_queries_only_metrics_the_exporter_declares():
 def test_a_scrape_after_a_mixed_workload(fresh, tmp_path):
     folder = tmp_path / "metrics"
     g = fresh(metrics_dir=str(folder), effect_lease_s=2, imports="support.celery_scenarios,support.wait_scenarios")
-    g.start_worker("w1", queues="ticks,tools,subworkflows,timers,maintenance")  # no llm worker yet
+    # (prefork: each pool child writes its own series; no llm worker yet)
+    g.start_worker("w1", queues="ticks,tools,subworkflows,timers,maintenance", pool="prefork", concurrency=2)
     g.start_beat()
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ABSTRACTRUNTIME_") and k != "PYTHONPATH"}

@@ -18,7 +18,8 @@ never run ids):
 * ``abstractruntime_lease_expiries_total``: leases the sweep found expired and sent again;
 * ``abstractruntime_timer_lateness_seconds{kind}``: every timer fired (``until`` wakes, named
   waits' ``reminder``, ``escalation``, ``deadline``), from its due time by the Redis clock;
-* ``abstractruntime_llm_tokens_total{model, direction}``.
+* ``abstractruntime_llm_tokens_total{model, direction}`` and ``abstractruntime_llm_cost_usd_total{model}``
+  (by the flow-control price table, when it prices the model).
 
 Fleet-wide, computed at each scrape (:class:`FleetCollector`): runs by status, waiting runs by
 reason, open named waits, overdue timers, expired leases, stuck runs by cause, and per queue
@@ -31,7 +32,7 @@ import os
 import socket
 from typing import Any
 
-__all__ = ["enabled", "task_done", "lease_expiries", "timer_fired", "llm_tokens", "FleetCollector",
+__all__ = ["enabled", "task_done", "lease_expiries", "timer_fired", "llm_tokens", "llm_cost", "FleetCollector",
            "prepare_environment", "WorkerSeries", "METRIC_NAMES"]
 
 _ENV_DIR = "ABSTRACTRUNTIME_METRICS_DIR"
@@ -40,7 +41,7 @@ _PROM_DIR = "PROMETHEUS_MULTIPROC_DIR"
 #: Every metric name the exporter serves (the dashboard's queries may use only these).
 METRIC_NAMES = (
     "abstractruntime_tasks_total", "abstractruntime_task_duration_seconds", "abstractruntime_lease_expiries_total",
-    "abstractruntime_timer_lateness_seconds", "abstractruntime_llm_tokens_total",
+    "abstractruntime_timer_lateness_seconds", "abstractruntime_llm_tokens_total", "abstractruntime_llm_cost_usd_total",
     "abstractruntime_runs", "abstractruntime_waiting_runs", "abstractruntime_open_named_waits",
     "abstractruntime_overdue_timers", "abstractruntime_expired_leases", "abstractruntime_stuck_runs",
     "abstractruntime_queue_depth", "abstractruntime_queue_consumers",
@@ -91,12 +92,20 @@ def enabled() -> bool:
 _LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+_off_pid = 0
+
+
 def _get() -> dict[str, Any] | None:
-    """The metric objects of this process (made on first use; None when metrics are off)."""
-    global _metrics, _pid
-    if _metrics is not None and _pid == os.getpid():
+    """The metric objects of this process (made on first use; None when metrics are off, which is
+    decided once per process)."""
+    global _metrics, _pid, _off_pid
+    pid = os.getpid()
+    if _pid == pid:
         return _metrics
+    if _off_pid == pid:
+        return None
     if not enabled():
+        _off_pid = pid
         return None
     prepare_environment()
     from prometheus_client import Counter, Histogram, values
@@ -107,13 +116,19 @@ def _get() -> dict[str, Any] | None:
 
     _pid = os.getpid()
     _metrics = {
+        # registry=None: the files are what the exporter reads, and a process forked after these
+        # were made (a pool child) makes its own without a clash in the default registry
         "tasks": Counter("abstractruntime_tasks", "Tasks run, by kind, workflow and outcome",
-                         ["task", "workflow", "outcome"]),
-        "duration": Histogram("abstractruntime_task_duration_seconds", "Task duration", ["task", "workflow"]),
-        "leases": Counter("abstractruntime_lease_expiries", "Expired leases the sweep sent again"),
+                         ["task", "workflow", "outcome"], registry=None),
+        "duration": Histogram("abstractruntime_task_duration_seconds", "Task duration", ["task", "workflow"],
+                              registry=None),
+        "leases": Counter("abstractruntime_lease_expiries", "Expired leases the sweep sent again", registry=None),
         "lateness": Histogram("abstractruntime_timer_lateness_seconds", "How late timers fired (Redis clock)",
-                              ["kind"], buckets=_LATENESS_BUCKETS),
-        "tokens": Counter("abstractruntime_llm_tokens", "LLM tokens", ["model", "direction"]),
+                              ["kind"], buckets=_LATENESS_BUCKETS, registry=None),
+        "tokens": Counter("abstractruntime_llm_tokens", "LLM tokens", ["model", "direction"], registry=None),
+        "cost": Counter("abstractruntime_llm_cost_usd", "LLM cost by the price table, US dollars", ["model"],
+                        registry=None),
+        "children": {},
     }
     return _metrics
 
@@ -129,8 +144,15 @@ def task_done(task: str, workflow: str | None, outcome: Any, seconds: float) -> 
         word = "swept"
     else:
         word = str(outcome) if outcome is not None else "raised"
-    m["tasks"].labels(task, wf, word).inc()
-    m["duration"].labels(task, wf).observe(seconds)
+    children = m["children"]  # labels() costs more than the write itself: keep each child
+    counter = children.get((task, wf, word))
+    if counter is None:
+        counter = children[(task, wf, word)] = m["tasks"].labels(task, wf, word)
+    histogram = children.get((task, wf))
+    if histogram is None:
+        histogram = children[(task, wf)] = m["duration"].labels(task, wf)
+    counter.inc()
+    histogram.observe(seconds)
 
 
 def lease_expiries(n: int) -> None:
@@ -150,6 +172,12 @@ def llm_tokens(model: str, tokens_in: int, tokens_out: int) -> None:
     if m is not None:
         m["tokens"].labels(model, "input").inc(max(0, tokens_in))
         m["tokens"].labels(model, "output").inc(max(0, tokens_out))
+
+
+def llm_cost(model: str, usd: float) -> None:
+    m = _get()
+    if m is not None and usd > 0:
+        m["cost"].labels(model).inc(usd)
 
 
 class FleetCollector:

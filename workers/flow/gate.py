@@ -37,6 +37,7 @@ from runtime.step import PendingEffect
 from stores.redis.admission import Admission, Decision, Verdict
 from stores.redis.flowkeys import FlowKeys
 
+from .. import metrics
 from .dispatch import fairness_key
 from .resolve import Applicable, registry, resolver_for
 from .rules import FLOW_VARS, AdmissionKeys
@@ -210,14 +211,13 @@ class FlowGate:
         if not tokens_in and not tokens_out:
             return
         model = str(result.get("model") or _model_and_tools(pending)[0] or "*")
-        from .. import metrics
-
         metrics.llm_tokens(model, tokens_in, tokens_out)
         try:
             cost = registry(self.backend).cost_usd(model, tokens_in, tokens_out)
         except KeyError:
             return
         result["cost_usd"] = round(cost, 8)
+        metrics.llm_cost(model, cost)
         flow = run.vars.get(FLOW_VARS)
         flow = dict(flow) if isinstance(flow, dict) else {}
         flow["cost_usd"] = round(float(flow.get("cost_usd") or 0.0) + cost, 8)
