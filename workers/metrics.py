@@ -16,6 +16,7 @@ never run ids):
   ``retry``, ``stale``...; ``stale`` is a delivery the run had moved past, a version conflict
   or a refused stale lease);
 * ``abstractruntime_lease_expiries_total``: leases the sweep found expired and sent again;
+* ``abstractruntime_commit_refusals_total{reason}``: ``version_conflict`` or ``stale_lease``;
 * ``abstractruntime_timer_lateness_seconds{kind}``: every timer fired (``until`` wakes, named
   waits' ``reminder``, ``escalation``, ``deadline``), from its due time by the Redis clock;
 * ``abstractruntime_llm_tokens_total{model, direction}`` and ``abstractruntime_llm_cost_usd_total{model}``
@@ -32,7 +33,8 @@ import os
 import socket
 from typing import Any
 
-__all__ = ["enabled", "task_done", "lease_expiries", "timer_fired", "llm_tokens", "llm_cost", "FleetCollector",
+__all__ = ["enabled", "task_done", "lease_expiries", "timer_fired", "llm_tokens", "llm_cost", "commit_refused",
+           "FleetCollector",
            "prepare_environment", "WorkerSeries", "METRIC_NAMES"]
 
 _ENV_DIR = "ABSTRACTRUNTIME_METRICS_DIR"
@@ -42,9 +44,22 @@ _PROM_DIR = "PROMETHEUS_MULTIPROC_DIR"
 METRIC_NAMES = (
     "abstractruntime_tasks_total", "abstractruntime_task_duration_seconds", "abstractruntime_lease_expiries_total",
     "abstractruntime_timer_lateness_seconds", "abstractruntime_llm_tokens_total", "abstractruntime_llm_cost_usd_total",
+    "abstractruntime_commit_refusals_total",
     "abstractruntime_runs", "abstractruntime_waiting_runs", "abstractruntime_open_named_waits",
     "abstractruntime_overdue_timers", "abstractruntime_expired_leases", "abstractruntime_stuck_runs",
     "abstractruntime_queue_depth", "abstractruntime_queue_consumers",
+)
+
+#: The families the workers write: (name, type, help, labels); the exporter serves them all.
+_WORKER_FAMILIES = (
+    ("abstractruntime_tasks", "counter", "Tasks run, by kind, workflow and outcome", ["task", "workflow", "outcome"]),
+    ("abstractruntime_task_duration_seconds", "histogram", "Task duration", ["task", "workflow"]),
+    ("abstractruntime_lease_expiries", "counter", "Expired leases the sweep sent again", []),
+    ("abstractruntime_timer_lateness_seconds", "histogram", "How late timers fired (Redis clock)", ["kind"]),
+    ("abstractruntime_llm_tokens", "counter", "LLM tokens", ["model", "direction"]),
+    ("abstractruntime_llm_cost_usd", "counter", "LLM cost by the price table, US dollars", ["model"]),
+    ("abstractruntime_commit_refusals", "counter", "Commits refused: another writer moved the run "
+     "(version_conflict) or the writer's lease was granted again (stale_lease)", ["reason"]),
 )
 
 _metrics: dict[str, Any] | None = None
@@ -73,10 +88,18 @@ class WorkerSeries:
     def collect(self) -> Any:
         import glob
 
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
         from prometheus_client.multiprocess import MultiProcessCollector
 
         files = glob.glob(os.path.join(self.folder, "*.db")) + glob.glob(os.path.join(self.folder, "*", "*.db"))
-        return MultiProcessCollector.merge(files, accumulate=True)
+        merged = list(MultiProcessCollector.merge(files, accumulate=True))
+        yield from merged
+        # a series no process has written yet (no lease expired so far...) is served empty, so
+        # that a dashboard or an alert finds the name from the first scrape
+        seen = {m.name for m in merged}
+        for name, kind, doc, labels in _WORKER_FAMILIES:
+            if name not in seen:
+                yield (CounterMetricFamily if kind == "counter" else HistogramMetricFamily)(name, doc, labels=labels)
 
 
 def enabled() -> bool:
@@ -128,6 +151,9 @@ def _get() -> dict[str, Any] | None:
         "tokens": Counter("abstractruntime_llm_tokens", "LLM tokens", ["model", "direction"], registry=None),
         "cost": Counter("abstractruntime_llm_cost_usd", "LLM cost by the price table, US dollars", ["model"],
                         registry=None),
+        "refused": Counter("abstractruntime_commit_refusals", "Commits refused: another writer moved the run "
+                           "(version_conflict) or the writer's lease was granted again (stale_lease)", ["reason"],
+                           registry=None),
         "children": {},
     }
     return _metrics
@@ -172,6 +198,13 @@ def llm_tokens(model: str, tokens_in: int, tokens_out: int) -> None:
     if m is not None:
         m["tokens"].labels(model, "input").inc(max(0, tokens_in))
         m["tokens"].labels(model, "output").inc(max(0, tokens_out))
+
+
+def commit_refused(reason: str) -> None:
+    """A commit refused (``version_conflict`` or ``stale_lease``); its task's outcome is ``stale``."""
+    m = _get()
+    if m is not None:
+        m["refused"].labels(reason).inc()
 
 
 def llm_cost(model: str, usd: float) -> None:

@@ -15,14 +15,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
-from runtime import EffectType, RunState, RunStatus, StepRecord
-from runtime.errors import PayloadNotSerializable, WorkflowNotRegistered
+from runtime import EffectType, RunState, RunStatus, StepRecord, VersionConflict
+from runtime.errors import PayloadNotSerializable, StaleLease, WorkflowNotRegistered
 from runtime.spec import WorkflowSpec
 from stores.redis import RedisBackend
 from stores.redis.codec import ValueTooLarge
 from stores.redis.dispatch import Dispatch
 
-from .. import logs
+from .. import logs, metrics
 from ..flow.dispatch import FairDispatch
 from ..flow.gate import FlowGate
 from ..registry import Registry
@@ -109,8 +109,15 @@ class EngineBase:
         none and commit with the version check alone.
         """
         fence = self.backend.fence_of(run.run_id) if fenced else None
-        v = self.backend.commit(run, records, expected_version=version, dispatch=dispatch, lease_ms=lease_ms,
-                                fence=fence, events=events)
+        try:
+            v = self.backend.commit(run, records, expected_version=version, dispatch=dispatch, lease_ms=lease_ms,
+                                    fence=fence, events=events)
+        except StaleLease:
+            metrics.commit_refused("stale_lease")
+            raise
+        except VersionConflict:
+            metrics.commit_refused("version_conflict")
+            raise
         logs.note(run.run_id, version=v)  # the version the task's outcome line shows
         return v
 
