@@ -51,7 +51,7 @@ METRIC_NAMES = (
 )
 
 #: The families the workers write: (name, type, help, labels); the exporter serves them all.
-_WORKER_FAMILIES = (
+_WORKER_FAMILIES: tuple[tuple[str, str, str, list[str]], ...] = (
     ("abstractruntime_tasks", "counter", "Tasks run, by kind, workflow and outcome", ["task", "workflow", "outcome"]),
     ("abstractruntime_task_duration_seconds", "histogram", "Task duration", ["task", "workflow"]),
     ("abstractruntime_lease_expiries", "counter", "Expired leases the sweep sent again", []),
