@@ -95,7 +95,7 @@ def test_a_scrape_after_a_mixed_workload(fresh, tmp_path):
         sleepers = [client.start("sleep_until", vars={"until": due}) for _ in range(3)]
         asks = client.start("named_waits", vars={"waits": [{"name": "q", "prompt": "?", "reminders": ["300ms", "600ms"],
                                                            "deadline": "1s", "on_timeout": {"answer": "late"}}]})
-        llm = client.start("llm_usage")
+        llm = client.start("llm_usage", tenant="acme")
         for rid in [*chains, *sleepers, asks]:
             assert client.wait_for(rid, ["completed", "failed"], timeout=30).status == RunStatus.COMPLETED
         # I expect the llm queue to hold the call, with no consumer
@@ -109,8 +109,8 @@ def test_a_scrape_after_a_mixed_workload(fresh, tmp_path):
         time.sleep(1.5)  # the outcome lines and the series are written after each task
         samples = scrape(port)
         assert total(samples, "abstractruntime_queue_depth", queue="llm") == 0
-        assert total(samples, "abstractruntime_llm_tokens_total", model="fake-1", direction="input") == len(
-            "usage: twelve tokens")
+        assert total(samples, "abstractruntime_llm_tokens_total", model="fake-1", direction="input",
+                     tenant="acme") == len("usage: twelve tokens")
         # Ticks counted: as many as the tick outcome lines the workers logged (stale ones are
         # logged at DEBUG, so they are left out of both)
         logged = sum(len(re.findall(r"\] tick run=", g.log(name))) for name in ("w1", "w2"))

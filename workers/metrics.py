@@ -19,8 +19,9 @@ never run ids):
 * ``abstractruntime_commit_refusals_total{reason}``: ``version_conflict`` or ``stale_lease``;
 * ``abstractruntime_timer_lateness_seconds{kind}``: every timer fired (``until`` wakes, named
   waits' ``reminder``, ``escalation``, ``deadline``), from its due time by the Redis clock;
-* ``abstractruntime_llm_tokens_total{model, direction}`` and ``abstractruntime_llm_cost_usd_total{model}``
-  (by the flow-control price table, when it prices the model).
+* ``abstractruntime_llm_tokens_total{model, direction, tenant}`` and
+  ``abstractruntime_llm_cost_usd_total{model, tenant}`` (by the flow-control price table, when it
+  prices the model; ``tenant``: the run's flow-control tenant, ``-`` for none).
 
 Fleet-wide, computed at each scrape (:class:`FleetCollector`): runs by status, waiting runs by
 reason, open named waits, overdue timers, expired leases, stuck runs by cause, and per queue
@@ -56,8 +57,8 @@ _WORKER_FAMILIES: tuple[tuple[str, str, str, list[str]], ...] = (
     ("abstractruntime_task_duration_seconds", "histogram", "Task duration", ["task", "workflow"]),
     ("abstractruntime_lease_expiries", "counter", "Expired leases the sweep sent again", []),
     ("abstractruntime_timer_lateness_seconds", "histogram", "How late timers fired (Redis clock)", ["kind"]),
-    ("abstractruntime_llm_tokens", "counter", "LLM tokens", ["model", "direction"]),
-    ("abstractruntime_llm_cost_usd", "counter", "LLM cost by the price table, US dollars", ["model"]),
+    ("abstractruntime_llm_tokens", "counter", "LLM tokens", ["model", "direction", "tenant"]),
+    ("abstractruntime_llm_cost_usd", "counter", "LLM cost by the price table, US dollars", ["model", "tenant"]),
     ("abstractruntime_commit_refusals", "counter", "Commits refused: another writer moved the run "
      "(version_conflict) or the writer's lease was granted again (stale_lease)", ["reason"]),
 )
@@ -148,8 +149,9 @@ def _get() -> dict[str, Any] | None:
         "leases": Counter("abstractruntime_lease_expiries", "Expired leases the sweep sent again", registry=None),
         "lateness": Histogram("abstractruntime_timer_lateness_seconds", "How late timers fired (Redis clock)",
                               ["kind"], buckets=_LATENESS_BUCKETS, registry=None),
-        "tokens": Counter("abstractruntime_llm_tokens", "LLM tokens", ["model", "direction"], registry=None),
-        "cost": Counter("abstractruntime_llm_cost_usd", "LLM cost by the price table, US dollars", ["model"],
+        "tokens": Counter("abstractruntime_llm_tokens", "LLM tokens", ["model", "direction", "tenant"],
+                          registry=None),
+        "cost": Counter("abstractruntime_llm_cost_usd", "LLM cost by the price table, US dollars", ["model", "tenant"],
                         registry=None),
         "refused": Counter("abstractruntime_commit_refusals", "Commits refused: another writer moved the run "
                            "(version_conflict) or the writer's lease was granted again (stale_lease)", ["reason"],
@@ -193,11 +195,12 @@ def timer_fired(kind: str, late_ms: float) -> None:
         m["lateness"].labels(kind).observe(max(0.0, late_ms) / 1000)
 
 
-def llm_tokens(model: str, tokens_in: int, tokens_out: int) -> None:
+def llm_tokens(model: str, tokens_in: int, tokens_out: int, tenant: str | None = None) -> None:
+    """Tokens of one LLM call; ``tenant``: the flow-control tenant the run was started under."""
     m = _get()
     if m is not None:
-        m["tokens"].labels(model, "input").inc(max(0, tokens_in))
-        m["tokens"].labels(model, "output").inc(max(0, tokens_out))
+        m["tokens"].labels(model, "input", tenant or "-").inc(max(0, tokens_in))
+        m["tokens"].labels(model, "output", tenant or "-").inc(max(0, tokens_out))
 
 
 def commit_refused(reason: str) -> None:
@@ -207,10 +210,10 @@ def commit_refused(reason: str) -> None:
         m["refused"].labels(reason).inc()
 
 
-def llm_cost(model: str, usd: float) -> None:
+def llm_cost(model: str, usd: float, tenant: str | None = None) -> None:
     m = _get()
     if m is not None and usd > 0:
-        m["cost"].labels(model).inc(usd)
+        m["cost"].labels(model, tenant or "-").inc(usd)
 
 
 class FleetCollector:

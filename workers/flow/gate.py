@@ -211,13 +211,15 @@ class FlowGate:
         if not tokens_in and not tokens_out:
             return
         model = str(result.get("model") or _model_and_tools(pending)[0] or "*")
-        metrics.llm_tokens(model, tokens_in, tokens_out)
+        flow_keys = run.vars.get(FLOW_VARS)
+        tenant = flow_keys.get("tenant") if isinstance(flow_keys, dict) else None
+        metrics.llm_tokens(model, tokens_in, tokens_out, tenant if isinstance(tenant, str) else None)
         try:
             cost = registry(self.backend).cost_usd(model, tokens_in, tokens_out)
         except KeyError:
             return
         result["cost_usd"] = round(cost, 8)
-        metrics.llm_cost(model, cost)
+        metrics.llm_cost(model, cost, tenant if isinstance(tenant, str) else None)
         flow = run.vars.get(FLOW_VARS)
         flow = dict(flow) if isinstance(flow, dict) else {}
         flow["cost_usd"] = round(float(flow.get("cost_usd") or 0.0) + cost, 8)
