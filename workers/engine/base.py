@@ -22,7 +22,7 @@ from stores.redis import RedisBackend
 from stores.redis.codec import ValueTooLarge
 from stores.redis.dispatch import Dispatch
 
-from .. import logs, metrics
+from .. import logs, metrics, tracing
 from ..flow.dispatch import FairDispatch
 from ..flow.gate import FlowGate
 from ..registry import Registry
@@ -110,8 +110,10 @@ class EngineBase:
         """
         fence = self.backend.fence_of(run.run_id) if fenced else None
         try:
-            v = self.backend.commit(run, records, expected_version=version, dispatch=dispatch, lease_ms=lease_ms,
-                                    fence=fence, events=events)
+            with tracing.child_span("abstractruntime.commit", run_id=run.run_id, version=version,
+                                    records=len(records)):
+                v = self.backend.commit(run, records, expected_version=version, dispatch=dispatch,
+                                        lease_ms=lease_ms, fence=fence, events=events)
         except StaleLease:
             metrics.commit_refused("stale_lease")
             raise

@@ -13,11 +13,13 @@ from runtime._clock import epoch_ms
 from runtime.errors import InvalidTimeError, StaleLease
 from runtime.execution import Execution, executing
 from runtime.models import EffectOutcome
+from runtime.outbound import outbound_headers
 from runtime.step import PendingEffect, apply_outcome, execute_effect, start_attempt
 from stores.redis.admission import Decision, Verdict
 from stores.redis.dispatch import Dispatch
 
-from .. import logs
+from .. import logs, tracing
+from ..flow.gate import llm_usage
 from ..flow.rules import BudgetExceeded
 from .base import REFUSED, EngineBase, logger
 
@@ -100,7 +102,16 @@ class Effects(EngineBase):
         refused = gated[0] if gated is not None and gated[0].verdict is Verdict.REFUSED else None
         if refused is not None and gated is not None:
             self.flow.note_refused(run_id, refused, gated[1])
-        result, value = self._attempt(run, v, d, pending, held, now_ms, refused, dict(gated[1]) if gated else {})
+        etype = getattr(pending.effect.type, "value", pending.effect.type)
+        with tracing.run_span("abstractruntime.effect", run, effect=etype, attempt=attempt, version=v,
+                              lease_token=held, idempotency_key=key) as span:
+            result, value = self._attempt(run, v, d, pending, held, now_ms, refused,
+                                          dict(gated[1]) if gated else {})
+            if span is not None and etype == "llm_call" and isinstance(value, dict):
+                tokens_in, tokens_out = llm_usage(value)  # GenAI semantic conventions
+                span.set_attributes({"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": tokens_in,
+                                     "gen_ai.usage.output_tokens": tokens_out,
+                                     "gen_ai.response.model": str(value.get("model") or "")})
         if gated is not None and result != "stale":
             try:
                 if self.flow.settle(run, pending, value, gated[1]):
@@ -133,7 +144,11 @@ class Effects(EngineBase):
         else:
             with self._renewing(run_id, held, pending), \
                     executing(Execution(run_id, pending.node_id, held, key, attempt)):
-                outcome = self._run_effect(run, pending, self._handlers())
+                token = outbound_headers.set(tracing.carrier() or None)  # an LLM request's traceparent
+                try:
+                    outcome = self._run_effect(run, pending, self._handlers())
+                finally:
+                    outbound_headers.reset(token)
             if outcome.status == "completed":
                 self.flow.price(run, pending, outcome.result)
         tr = apply_outcome(run, pending, outcome, record=record, policy=self.registry.effect_policy)

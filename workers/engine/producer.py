@@ -19,6 +19,7 @@ from runtime.waitset import UnknownWait, WaitClosed, deliver, delivery_record, i
 from stores.redis.admission import Decision, Verdict
 from stores.redis.dispatch import Dispatch
 
+from .. import tracing
 from ..flow.dispatch import fairness_key, start_holder
 from ..flow.resolve import Applicable
 from ..flow.rules import FLOW_VARS, AdmissionKeys, BudgetExceeded
@@ -60,6 +61,7 @@ class ProducerOperations(EngineBase):
             run_vars[FLOW_VARS] = flow.to_dict()
         run = RunState.new(workflow_id=workflow.workflow_id, entry_node=workflow.entry_node, actor_id=actor_id,
                            session_id=session_id, vars=run_vars, parent_run_id=parent_run_id, run_id=run_id)
+        tracing.keep_start_context(run.vars, run.run_id, run.workflow_id)  # the run's trace (workers/tracing.py)
         admitted = self._admit_start(run) if dispatch else None
         try:
             v = self.backend.commit(run, [], create=True, dispatch=Dispatch.tick(), lease_ms=self._tick_lease)
@@ -166,6 +168,7 @@ class ProducerOperations(EngineBase):
         def change(run: RunState, v: int) -> _Change:
             w = check_wait_ends(run, action, wait_key)
             now_ms = self.backend.time_ms()
+            tracing.keep_caller_link(run.vars)
             if is_wait_set(w):
                 d = deliver(run, target_of(run, action, wait_key), payload, by=by, now_ms=now_ms, kind=kind)
                 return run, "tick" if d.resumed else "none", d.records, d.events

@@ -15,7 +15,7 @@ from runtime.waitset import is_wait_set
 from stores.redis.admission import Verdict
 from stores.redis.dispatch import Dispatch
 
-from .. import logs, metrics
+from .. import logs, metrics, tracing
 from ..flow.dispatch import start_holder
 from ..flow.rules import FLOW_VARS
 from .base import EFFECT_QUEUES, REFUSED, EngineBase, iso, logger
@@ -47,7 +47,8 @@ class Ticks(EngineBase):
         if run.status != RunStatus.RUNNING or d is None or d.kind != "tick" or (version is not None
                                                                                 and version != v):
             return "stale"
-        return self._advance(run, v, now_ms, attempt)
+        with tracing.run_span("abstractruntime.tick", run, version=v, lease_token=loaded.token, attempt=attempt):
+            return self._advance(run, v, now_ms, attempt)
 
     def wake(self, run_id: str, version: int | None = None) -> str:
         """Wake a run waiting until a time, if that time has come by the Redis clock, and tick it."""
@@ -58,7 +59,8 @@ class Ticks(EngineBase):
         logs.note(run_id, workflow=run.workflow_id, node=run.current_node, version=v)
         w = run.waiting
         if run.status == RunStatus.WAITING and is_wait_set(w):  # named waits: their due timers
-            return self._wake_set(run, v, now_ms)
+            with tracing.run_span("abstractruntime.wake", run, version=v):
+                return self._wake_set(run, v, now_ms)
         # No version check: whether the run waits and is due is the whole question, and two
         # wakes of one run (countdown and sweep) race to one commit.
         if run.status != RunStatus.WAITING or w is None or w.reason != WaitReason.UNTIL or not w.until:
@@ -69,12 +71,13 @@ class Ticks(EngineBase):
                                  node=run.current_node)
             return "early"
         metrics.timer_fired("until", now_ms - due_ms)
-        wake_if_due(run, iso(now_ms))
-        try:
-            v = self._commit_tick(run, [], v, fenced=False)  # a wake holds no lease: this commit grants one
-        except VersionConflict:
-            return "stale"
-        return self._advance(run, v, now_ms)
+        with tracing.run_span("abstractruntime.wake", run, version=v, late_ms=now_ms - due_ms):
+            wake_if_due(run, iso(now_ms))
+            try:
+                v = self._commit_tick(run, [], v, fenced=False)  # a wake holds no lease: this commit grants one
+            except VersionConflict:
+                return "stale"
+            return self._advance(run, v, now_ms)
 
     def _advance(self, run: RunState, v: int, now_ms: int, attempt: int = 1) -> str:
         rid = run.run_id

@@ -32,7 +32,7 @@ from runtime.waitset import (
     recorded_closure,
 )
 
-from .. import metrics
+from .. import metrics, tracing
 from .producer import ProducerOperations
 
 __all__ = ["NamedWaits"]
@@ -65,6 +65,7 @@ class NamedWaits(ProducerOperations):
             d = deliver(run, wait_name, payload, by=answered_by, now_ms=self.backend.time_ms(), answer_id=answer_id)
             if d.duplicate:
                 return None
+            tracing.keep_caller_link(run.vars)
             return run, "tick" if d.resumed else "none", d.records, d.events
 
         return self._retrying(run_id, change)

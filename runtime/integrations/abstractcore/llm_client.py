@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ...errors import AbstractRuntimeError, EffectError
+from ...outbound import outbound_headers
 from .request_sender import HttpResponse, HttpStatusError, RequestSender, UrllibRequestSender, mask_url
 from .tool_schema import tool_schema
 
@@ -209,6 +210,7 @@ class RemoteAbstractCoreLLMClient:
             for key in TRACE_KEYS:
                 if trace.get(key) is not None:
                     extra["X-AbstractCore-" + "-".join(p.capitalize() for p in key.split("_"))] = str(trace[key])
+        extra.update(outbound_headers.get() or {})  # a driver's (traceparent), runtime/outbound.py
         headers.update({k: v for k, v in extra.items() if k.lower() not in given})  # the caller's win
         try:
             sent = self.request_sender.post(self.endpoint, headers=headers, json=body, timeout=self.timeout_s)
