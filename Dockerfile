@@ -16,7 +16,7 @@ COPY runtime ./runtime
 COPY stores ./stores
 COPY workers ./workers
 
-RUN pip install --no-cache-dir '.[celery,flower,metrics]' \
+RUN pip install --no-cache-dir '.[celery,flower,metrics,otel]' \
     && rm -rf build ./*.egg-info \
     && useradd --system --create-home --uid 10001 --user-group app
 
