@@ -114,6 +114,7 @@ def test_one_trace_per_run_across_workers_llm_and_child(fresh):
         assert until(lambda: any(s["name"] == "abstractruntime.effect" for s in _Receiver.spans), timeout=10), [
             (s["name"], s["service"]) for s in _Receiver.spans]
         g.kill("w1")
+        g.env["ABSTRACTRUNTIME_LOG_FORMAT"] = "json"  # (w2's lines say their trace and span)
         g.start_worker("w2")
         emitted = producer(g, otel, "emit", f"trace:{run_id}")
         assert emitted["out"] == [run_id]
@@ -155,6 +156,12 @@ def test_one_trace_per_run_across_workers_llm_and_child(fresh):
         # after the restart: the tick the emit sent links to the emit's caller
         [done] = [s for s in ticks if s["attrs"]["abstractruntime.node"] == "done"]
         assert (emitted["trace"], emitted["span"]) in done["links"]
+        # and the JSON log line of that tick names its trace and span
+        import json
+
+        lines = [json.loads(x) for x in g.log("w2").splitlines() if x.startswith("{")]
+        [line] = [x for x in lines if x["run_id"] == run_id and x.get("node") == "done"]
+        assert (line["trace_id"], line["span_id"]) == (trace_id, done["id"])
     finally:
         fake.__exit__(None, None, None)
         server.shutdown()

@@ -32,7 +32,7 @@ from typing import Any
 
 __all__ = ["RunIdFilter", "SecretRedactor", "configured_secrets", "REDACTED", "JsonFormatter",
            "CeleryTaskLinesFilter", "task_outcome", "note", "short_run_id", "run_id_of", "current_run_id",
-           "current_workflow", "connect", "LOG_FORMATS"]
+           "current_workflow", "note_trace", "connect", "LOG_FORMATS"]
 
 #: Values of ``ABSTRACTRUNTIME_LOG_FORMAT``: Celery's text lines, or one JSON object a line.
 LOG_FORMATS = ("text", "json")
@@ -75,7 +75,8 @@ class RunIdFilter(logging.Filter):
             record.run_id = _run_id.get()
         notes = _notes.get()
         context = {"workflow": notes.get("wf"), "node": notes.get("node"), "step": notes.get("v"),
-                   "attempt": notes.get("attempt")} if notes is not None else {}
+                   "attempt": notes.get("attempt"), "trace_id": notes.get("trace_id"),
+                   "span_id": notes.get("span_id")} if notes is not None else {}
         context["task_id"] = _task_id.get()
         for key, value in context.items():
             if value is not None and not hasattr(record, key):
@@ -143,6 +144,14 @@ def configured_secrets(env: dict[str, str] | None = None) -> list[str]:
         if password and len(password) >= MIN_SECRET_LEN:
             out.append(password)
     return out
+
+
+def note_trace(trace_id: str, span_id: str) -> None:
+    """The current task's span (``workers/tracing.py``): its records, the outcome line included,
+    carry ``trace_id`` and ``span_id`` (ignored outside a task)."""
+    notes = _notes.get()
+    if notes is not None:
+        notes["trace_id"], notes["span_id"] = trace_id, span_id
 
 
 def note(run_id: str, *, workflow: str | None = None, node: str | None = None, version: int | None = None) -> None:

@@ -155,6 +155,10 @@ def run_span(name: str, run: Any, **attributes: Any) -> Iterator[Any]:
              "abstractruntime.node": run.current_node or "",
              **{f"abstractruntime.{k}": v for k, v in attributes.items() if v is not None}}
     with tracer.start_as_current_span(name, context=parent, links=links, attributes=attrs) as span:
+        ctx = span.get_span_context()
+        from . import logs
+
+        logs.note_trace(format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"))  # on the task's log lines
         yield span
 
 
