@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import InvalidTimeError
 
-__all__ = ["Clock", "utc_now_iso", "parse_iso", "epoch_ms"]
+__all__ = ["Clock", "utc_now_iso", "iso_ms", "parse_iso", "epoch_ms"]
 
 #: A clock: no arguments, the current UTC time as ISO-8601 text (what :func:`utc_now_iso` gives).
 Clock = Callable[[], str]
@@ -39,6 +39,11 @@ def utc_now_iso() -> str:
 
 
 _second_cache: tuple[int, str] = (-1, "")
+
+
+def iso_ms(ms: int) -> str:
+    """An epoch-ms time as ISO 8601 UTC (``2026-12-01T00:00:01.500000+00:00``)."""
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
 
 
 def parse_iso(value: Any, *, field: str = "until") -> datetime:

@@ -28,9 +28,9 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
+from ._clock import iso_ms
 from ._json import ensure_json
 from .answers import InvalidAnswer, check_answer
 from .errors import RunError, RunNotWaiting
@@ -165,12 +165,8 @@ def describe_set(w: WaitState) -> str:
 
 # -- records and events ----------------------------------------------------------------------------
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
-
-
-def _recorded(payload: Any) -> Any:
-    """What the ledger keeps of a payload: itself, or its digest and size when large."""
+def recorded(payload: Any) -> Any:
+    """What a delivery record keeps of ``payload``: itself, or ``{sha256, bytes}`` when large."""
     raw = json.dumps(payload, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
     if len(raw) <= DIGEST_OVER_BYTES:
         return payload
@@ -181,18 +177,19 @@ def delivery_record(run: RunState, kind: str, wait: str | None, *, by: str | Non
                     result: dict[str, Any], node: str | None = None) -> StepRecord:
     """A ledger record of what reached a wait (``wait_answer``, ``wait_emit``...): who, which, when.
     ``node``: the node that waited (default: the run's current node)."""
-    record = StepRecord.start(run=run, node_id=node or run.current_node or "", effect=None, started_at=_iso(at_ms))
+    record = StepRecord.start(run=run, node_id=node or run.current_node or "", effect=None, started_at=iso_ms(at_ms))
     record.effect = {"type": kind, "payload": {"wait": wait}, "result_key": None}
     if by is not None:
         record.actor_id = by
-    record.finish_success({"wait": wait, "by": by, "at": _iso(at_ms), **result}, ended_at=_iso(at_ms))
+    record.finish_success({"wait": wait, "by": by, "at": iso_ms(at_ms), **result}, ended_at=iso_ms(at_ms))
     return record
 
 
 def _event(run: RunState, kind: str, name: str, w: dict[str, Any], at_ms: int, **extra: Any) -> dict[str, Any]:
     return {"event": kind, "run_id": run.run_id, "workflow_id": run.workflow_id, "wait": name,
             "assignees": w["assignees"], "level": w["level"],
-            "deadline": _iso(w["deadline_ms"]) if w["deadline_ms"] is not None else None, "at": _iso(at_ms), **extra}
+            "deadline": iso_ms(w["deadline_ms"]) if w["deadline_ms"] is not None else None, "at": iso_ms(at_ms),
+            **extra}
 
 
 @dataclass
@@ -212,7 +209,7 @@ def _resolve(run: RunState, d: dict[str, Any], at_ms: int, goto: str | None = No
     for name in d["order"]:
         w = d["waits"][name]
         if w["state"] == "open":
-            w["state"], w["closed"] = "superseded", {"at": _iso(at_ms)}
+            w["state"], w["closed"] = "superseded", {"at": iso_ms(at_ms)}
             superseded.append(name)
     wait = run.waiting
     assert wait is not None
@@ -224,7 +221,7 @@ def _resolve(run: RunState, d: dict[str, Any], at_ms: int, goto: str | None = No
     if target:
         run.current_node = target
     run.status, run.waiting = RunStatus.RUNNING, None
-    run.updated_at = _iso(at_ms)
+    run.updated_at = iso_ms(at_ms)
     return superseded
 
 
@@ -249,7 +246,7 @@ def deliver(run: RunState, name: str, payload: Any, *, by: str | None, now_ms: i
             return Delivery(duplicate=True)
         raise WaitClosed(run.run_id, name, closed.get("by"), closed.get("at"), w["state"])
     if w["deadline_ms"] is not None and now_ms >= w["deadline_ms"]:
-        raise WaitExpired(run.run_id, name, _iso(w["deadline_ms"]))
+        raise WaitExpired(run.run_id, name, iso_ms(w["deadline_ms"]))
     if w["enforce"] and by not in w["assignees"]:
         raise NotAssignee(run.run_id, name, str(by), w["assignees"])
     ensure_json(payload, "payload")
@@ -263,24 +260,19 @@ def deliver(run: RunState, name: str, payload: Any, *, by: str | None, now_ms: i
             raise InvalidAnswer(exc.path, exc.problem, run_id=run.run_id) from None
     node = run.current_node
     w["state"] = "answered"
-    w["closed"] = {"by": by, "at": _iso(now_ms), **({"answer_id": answer_id} if answer_id is not None else {})}
+    w["closed"] = {"by": by, "at": iso_ms(now_ms), **({"answer_id": answer_id} if answer_id is not None else {})}
     d["answers"][name] = payload
     out = Delivery(events=[_event(run, "wait.answered", name, w, now_ms, by=by)])
-    result: dict[str, Any] = {"answer": _recorded(payload)}
+    result: dict[str, Any] = {"answer": recorded(payload)}
     if answer_id is not None:
         result["answer_id"] = answer_id
     if _closed_enough(d):
         result["superseded"] = _resolve(run, d, now_ms)
         result["resumed"] = out.resumed = True
     else:
-        run.updated_at = _iso(now_ms)
+        run.updated_at = iso_ms(now_ms)
     out.records.append(delivery_record(run, kind, name, by=by, at_ms=now_ms, result=result, node=node))
     return out
-
-
-def recorded(payload: Any) -> Any:
-    """What a delivery record keeps of ``payload``: itself, or ``{sha256, bytes}`` when large."""
-    return _recorded(payload)
 
 
 def opened_events(run: RunState, now_ms: int) -> list[dict[str, Any]]:
@@ -320,21 +312,21 @@ def fire_due(run: RunState, now_ms: int) -> Fired:
         if t["kind"] == "reminder":
             out.events.append(_event(run, "wait.reminder", name, w, now_ms, timer=t["id"]))
             out.records.append(delivery_record(run, "wait_reminder", name, by=None, at_ms=now_ms,
-                                               result={"timer": t["id"], "due": _iso(at_ms), "late_ms": lateness}))
+                                               result={"timer": t["id"], "due": iso_ms(at_ms), "late_ms": lateness}))
         elif t["kind"] == "escalation":
             w["level"] = t["level"]
             if t["reassign"]:
                 w["assignees"] = list(t["reassign"])
             out.events.append(_event(run, "wait.escalated", name, w, now_ms, timer=t["id"], notify=t["notify"]))
             out.records.append(delivery_record(run, "wait_escalated", name, by=None, at_ms=now_ms, result={
-                "timer": t["id"], "due": _iso(at_ms), "late_ms": lateness, "level": t["level"],
+                "timer": t["id"], "due": iso_ms(at_ms), "late_ms": lateness, "level": t["level"],
                 "assignees": w["assignees"], "notify": t["notify"]}))
         else:
             out_ = _expire(run, d, name, w, t, at_ms, now_ms, out)
             if out_:
                 return out
     if not out.resumed and out.fail is None and (out.records or due):
-        run.updated_at = _iso(now_ms)
+        run.updated_at = iso_ms(now_ms)
     return out
 
 
@@ -342,14 +334,15 @@ def _expire(run: RunState, d: dict[str, Any], name: str, w: dict[str, Any], t: d
             now_ms: int, out: Fired) -> bool:
     """A deadline: the wait closes as its ``on_timeout`` says. True when the set is over."""
     rule, node = w["on_timeout"], run.current_node
-    w["state"], w["closed"] = "expired", {"at": _iso(at_ms)}
-    result: dict[str, Any] = {"timer": t["id"], "due": _iso(at_ms), "late_ms": now_ms - at_ms, "on_timeout": rule["do"]}
+    w["state"], w["closed"] = "expired", {"at": iso_ms(at_ms)}
+    result: dict[str, Any] = {"timer": t["id"], "due": iso_ms(at_ms), "late_ms": now_ms - at_ms,
+                              "on_timeout": rule["do"]}
     out.events.append(_event(run, "wait.expired", name, w, now_ms, on_timeout=rule["do"]))
     if rule["do"] == "fail":
         out.records.append(delivery_record(run, "wait_expired", name, by=None, at_ms=now_ms, result=result, node=node))
-        out.fail = f"Wait {name!r} passed its deadline ({_iso(at_ms)}) with no answer (on_timeout: fail)"
+        out.fail = f"Wait {name!r} passed its deadline ({iso_ms(at_ms)}) with no answer (on_timeout: fail)"
         return True
-    d["answers"][name] = rule["answer"] if rule["do"] == "answer" else {EXPIRED: _iso(at_ms)}
+    d["answers"][name] = rule["answer"] if rule["do"] == "answer" else {EXPIRED: iso_ms(at_ms)}
     if rule["do"] == "goto" or _closed_enough(d):
         result["superseded"] = _resolve(run, d, now_ms, goto=rule.get("node"))
         result["resumed"] = out.resumed = True

@@ -23,6 +23,7 @@ from celery import Celery
 
 from runtime import RunState, RunStatus, WaitReason
 from runtime.errors import RunError, RunNotFound, WorkflowNotRegistered
+from runtime.spec import WorkflowSpec
 from stores.redis import RedisBackend
 
 from .app import CeleryDispatcher, create_app
@@ -117,12 +118,7 @@ class Client:
         that defers it parks it (the run exists, ``explain`` says why it waits).
         :class:`WorkflowNotRegistered` when no imported module registered the workflow.
         """
-        self.import_workflows()
-        workflow = self.registry.workflows.get(workflow_id)
-        if workflow is None:
-            known = ", ".join(sorted(self.registry.workflows.list_ids())) or "none"
-            raise WorkflowNotRegistered(workflow_id, hint=f"registered here: {known}; modules imported from "
-                                        f"ABSTRACTRUNTIME_IMPORTS: {', '.join(self.settings.imports) or 'none'}")
+        workflow = self._registered(workflow_id)
         flow = AdmissionKeys(tenant=tenant, user=user, agent=agent, priority=priority)
         return self.engine.create(workflow, vars=vars, run_id=run_id, actor_id=actor_id, session_id=session_id,
                                   flow=flow)
@@ -312,12 +308,16 @@ class Client:
 
     # -- schedules (docs/schedules.md) ------------------------------------------------------------
 
-    def _registered(self, workflow_id: str) -> None:
+    def _registered(self, workflow_id: str) -> WorkflowSpec:
+        """The workflow, once the modules of ``ABSTRACTRUNTIME_IMPORTS`` are imported; else
+        :class:`WorkflowNotRegistered` naming what is registered and what was imported."""
         self.import_workflows()
-        if self.registry.workflows.get(workflow_id) is None:
+        workflow = self.registry.workflows.get(workflow_id)
+        if workflow is None:
             known = ", ".join(sorted(self.registry.workflows.list_ids())) or "none"
             raise WorkflowNotRegistered(workflow_id, hint=f"registered here: {known}; modules imported from "
                                         f"ABSTRACTRUNTIME_IMPORTS: {', '.join(self.settings.imports) or 'none'}")
+        return workflow
 
     def add_schedule(self, name: str, cron: str, workflow_id: str, *, timezone: str = "UTC",
                      vars: dict[str, Any] | None = None, overlap: str = "skip", catchup_s: float = 60.0,

@@ -120,25 +120,18 @@ def run_checks(settings: WorkerSettings, env: dict[str, str]) -> list[dict[str, 
 def _schedules(backend: Any, now_ms: int) -> list[dict[str, Any]]:
     """One line per schedule: its last fire (and what it did) and its next; a warning when a
     fire is overdue (no sweep ran it: beat is down)."""
-    from datetime import datetime, timezone
-
-    def at(ms: Any) -> str:
-        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat() if ms is not None else "never"
+    from .engine.schedules import Schedules
 
     out = []
     for name in backend.schedule_names():
         found = backend.load_schedule(name)
         if found is None:
             continue
-        entry = found[1]
-        spec, st = entry["spec"], entry["state"]
-        nxt = st.get("next_fire_ms")
-        late_s = (now_ms - nxt) / 1000 if nxt is not None and not spec["paused"] else 0.0
-        detail = (f"{spec['cron']} ({spec['timezone']}) starts {spec['workflow_id']}: last fire "
-                  f"{at(st.get('last_fire_ms'))} ({st.get('last_outcome') or '-'}), next "
-                  f"{'paused' if spec['paused'] else at(nxt)}")
-        bad = late_s > OVERDUE_S
+        s = Schedules.describe_schedule(found[1], now_ms)
+        detail = (f"{s['cron']} ({s['timezone']}) starts {s['workflow_id']}: last fire {s['last_fire'] or 'never'} "
+                  f"({s['last_outcome'] or '-'}), next {'paused' if s['paused'] else s['next_fire']}")
+        bad = s["overdue_s"] > OVERDUE_S
         out.append(_check(f"schedule {name}", "warn" if bad else "ok",
-                          detail + (f", {late_s:.0f}s overdue" if bad else ""),
+                          detail + (f", {s['overdue_s']:.0f}s overdue" if bad else ""),
                           "start beat (abstractruntime beat) and a worker on the maintenance queue" if bad else ""))
     return out

@@ -34,33 +34,35 @@ import os
 import socket
 from typing import Any
 
-__all__ = ["enabled", "task_done", "lease_expiries", "timer_fired", "llm_tokens", "llm_cost", "commit_refused",
+__all__ = ["enabled", "task_done", "timer_fired", "llm_tokens", "llm_cost", "commit_refused",
            "FleetCollector",
            "prepare_environment", "WorkerSeries", "METRIC_NAMES"]
 
 _ENV_DIR = "ABSTRACTRUNTIME_METRICS_DIR"
 _PROM_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
+#: The families the workers write, by key: (name, type, help, labels). The workers make their
+#: metrics from it, and the exporter serves each from the first scrape.
+_WORKER_FAMILIES: dict[str, tuple[str, str, str, list[str]]] = {
+    "tasks": ("abstractruntime_tasks", "counter", "Tasks run, by kind, workflow and outcome",
+              ["task", "workflow", "outcome"]),
+    "duration": ("abstractruntime_task_duration_seconds", "histogram", "Task duration", ["task", "workflow"]),
+    "leases": ("abstractruntime_lease_expiries", "counter", "Expired leases the sweep sent again", []),
+    "lateness": ("abstractruntime_timer_lateness_seconds", "histogram", "How late timers fired (Redis clock)",
+                 ["kind"]),
+    "tokens": ("abstractruntime_llm_tokens", "counter", "LLM tokens", ["model", "direction", "tenant"]),
+    "cost": ("abstractruntime_llm_cost_usd", "counter", "LLM cost by the price table, US dollars",
+             ["model", "tenant"]),
+    "refused": ("abstractruntime_commit_refusals", "counter", "Commits refused: another writer moved the run "
+                "(version_conflict) or the writer's lease was granted again (stale_lease)", ["reason"]),
+}
+
 #: Every metric name the exporter serves (the dashboard's queries may use only these).
 METRIC_NAMES = (
-    "abstractruntime_tasks_total", "abstractruntime_task_duration_seconds", "abstractruntime_lease_expiries_total",
-    "abstractruntime_timer_lateness_seconds", "abstractruntime_llm_tokens_total", "abstractruntime_llm_cost_usd_total",
-    "abstractruntime_commit_refusals_total",
+    *(name + ("_total" if kind == "counter" else "") for name, kind, _doc, _labels in _WORKER_FAMILIES.values()),
     "abstractruntime_runs", "abstractruntime_waiting_runs", "abstractruntime_open_named_waits",
     "abstractruntime_overdue_timers", "abstractruntime_expired_leases", "abstractruntime_stuck_runs",
     "abstractruntime_queue_depth", "abstractruntime_queue_consumers",
-)
-
-#: The families the workers write: (name, type, help, labels); the exporter serves them all.
-_WORKER_FAMILIES: tuple[tuple[str, str, str, list[str]], ...] = (
-    ("abstractruntime_tasks", "counter", "Tasks run, by kind, workflow and outcome", ["task", "workflow", "outcome"]),
-    ("abstractruntime_task_duration_seconds", "histogram", "Task duration", ["task", "workflow"]),
-    ("abstractruntime_lease_expiries", "counter", "Expired leases the sweep sent again", []),
-    ("abstractruntime_timer_lateness_seconds", "histogram", "How late timers fired (Redis clock)", ["kind"]),
-    ("abstractruntime_llm_tokens", "counter", "LLM tokens", ["model", "direction", "tenant"]),
-    ("abstractruntime_llm_cost_usd", "counter", "LLM cost by the price table, US dollars", ["model", "tenant"]),
-    ("abstractruntime_commit_refusals", "counter", "Commits refused: another writer moved the run "
-     "(version_conflict) or the writer's lease was granted again (stale_lease)", ["reason"]),
 )
 
 _metrics: dict[str, Any] | None = None
@@ -98,7 +100,7 @@ class WorkerSeries:
         # a series no process has written yet (no lease expired so far...) is served empty, so
         # that a dashboard or an alert finds the name from the first scrape
         seen = {m.name for m in merged}
-        for name, kind, doc, labels in _WORKER_FAMILIES:
+        for name, kind, doc, labels in _WORKER_FAMILIES.values():
             if name not in seen:
                 yield (CounterMetricFamily if kind == "counter" else HistogramMetricFamily)(name, doc, labels=labels)
 
@@ -139,25 +141,17 @@ def _get() -> dict[str, Any] | None:
     values.ValueClass = values.get_value_class()
 
     _pid = os.getpid()
-    _metrics = {
-        # registry=None: the files are what the exporter reads, and a process forked after these
-        # were made (a pool child) makes its own without a clash in the default registry
-        "tasks": Counter("abstractruntime_tasks", "Tasks run, by kind, workflow and outcome",
-                         ["task", "workflow", "outcome"], registry=None),
-        "duration": Histogram("abstractruntime_task_duration_seconds", "Task duration", ["task", "workflow"],
-                              registry=None),
-        "leases": Counter("abstractruntime_lease_expiries", "Expired leases the sweep sent again", registry=None),
-        "lateness": Histogram("abstractruntime_timer_lateness_seconds", "How late timers fired (Redis clock)",
-                              ["kind"], buckets=_LATENESS_BUCKETS, registry=None),
-        "tokens": Counter("abstractruntime_llm_tokens", "LLM tokens", ["model", "direction", "tenant"],
-                          registry=None),
-        "cost": Counter("abstractruntime_llm_cost_usd", "LLM cost by the price table, US dollars", ["model", "tenant"],
-                        registry=None),
-        "refused": Counter("abstractruntime_commit_refusals", "Commits refused: another writer moved the run "
-                           "(version_conflict) or the writer's lease was granted again (stale_lease)", ["reason"],
-                           registry=None),
-        "children": {},
-    }
+    # registry=None: the files are what the exporter reads, and a process forked after these
+    # were made (a pool child) makes its own without a clash in the default registry
+    made: dict[str, Any] = {}
+    for key, (name, kind, doc, labels) in _WORKER_FAMILIES.items():
+        if kind == "counter":
+            made[key] = Counter(name, doc, labels, registry=None)
+        else:
+            buckets = _LATENESS_BUCKETS if key == "lateness" else Histogram.DEFAULT_BUCKETS
+            made[key] = Histogram(name, doc, labels, buckets=buckets, registry=None)
+    made["children"] = {}
+    _metrics = made
     return _metrics
 
 
@@ -181,12 +175,6 @@ def task_done(task: str, workflow: str | None, outcome: Any, seconds: float) -> 
         histogram = children[(task, wf)] = m["duration"].labels(task, wf)
     counter.inc()
     histogram.observe(seconds)
-
-
-def lease_expiries(n: int) -> None:
-    m = _get()
-    if m is not None and n:
-        m["leases"].inc(n)
 
 
 def timer_fired(kind: str, late_ms: float) -> None:

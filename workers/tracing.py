@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 __all__ = ["enabled", "setup", "carrier", "keep_start_context", "keep_caller_link", "run_span", "child_span",
@@ -34,7 +34,9 @@ TRACE_VARS = "_trace"
 #: Links a run keeps for its next tick span, at most.
 MAX_LINKS = 16
 
-_state: dict[str, Any] = {"pid": 0, "tracer": None, "off": None}
+_state: dict[str, Any] = {"pid": 0, "tracer": None}
+#: What a span hook gives with traces off (a null context can be entered again and again).
+_NOTHING: AbstractContextManager[None] = nullcontext()
 
 
 def enabled() -> bool:
@@ -131,14 +133,19 @@ def keep_caller_link(run_vars: dict[str, Any]) -> None:
     run_vars[TRACE_VARS] = {**stored, "links": [*links, caller["traceparent"]]}
 
 
-@contextmanager
-def run_span(name: str, run: Any, **attributes: Any) -> Iterator[Any]:
+def run_span(name: str, run: Any, **attributes: Any) -> AbstractContextManager[Any]:
     """A span (``abstractruntime.tick``...) that is a child of the run's kept context, with the
-    links kept since the last one (removed from the run: its next commit drops them)."""
+    links kept since the last one (removed from the run: its next commit drops them). Traces
+    off: a context manager that does nothing (on every tick: no generator is made)."""
+    return _NOTHING if setup() is None else _run_span(name, run, **attributes)
+
+
+@contextmanager
+def _run_span(name: str, run: Any, **attributes: Any) -> Iterator[Any]:
     tracer = setup()
-    stored = run.vars.get(TRACE_VARS) if tracer is not None else None
-    parent = _context_of(stored) if tracer is not None else None
-    if tracer is None or parent is None or not isinstance(stored, dict):
+    stored = run.vars.get(TRACE_VARS)
+    parent = _context_of(stored)
+    if parent is None or not isinstance(stored, dict):  # a run started with traces off, or a bad one
         yield None
         return
     from opentelemetry import trace
@@ -162,13 +169,14 @@ def run_span(name: str, run: Any, **attributes: Any) -> Iterator[Any]:
         yield span
 
 
-@contextmanager
-def child_span(name: str, **attributes: Any) -> Iterator[Any]:
+def child_span(name: str, **attributes: Any) -> AbstractContextManager[Any]:
     """A span under the current one (a commit in a tick), or nothing when there is none."""
+    return _NOTHING if setup() is None else _child_span(name, **attributes)
+
+
+@contextmanager
+def _child_span(name: str, **attributes: Any) -> Iterator[Any]:
     tracer = setup()
-    if tracer is None:
-        yield None
-        return
     from opentelemetry import trace
 
     if not trace.get_current_span().get_span_context().is_valid:

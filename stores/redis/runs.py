@@ -45,7 +45,7 @@ class RedisRunStore:
         found = self.backend.load_versioned(run_id)
         return found[0] if found else None
 
-    def _load_many(self, run_ids: list[str]) -> list[RunState]:
+    def load_many(self, run_ids: list[str]) -> list[RunState]:
         """The states of ``run_ids`` that exist, in that order (one pipelined round trip)."""
         if not run_ids:
             return []
@@ -83,7 +83,7 @@ class RedisRunStore:
             if not ids:
                 break
             start += len(ids)
-            for run in self._load_many(ids):
+            for run in self.load_many(ids):
                 if st is not None and RunStatus(run.status)._value_ != st:
                     continue
                 if workflow_id is not None and run.workflow_id != workflow_id:
@@ -96,10 +96,10 @@ class RedisRunStore:
     def list_due_wait_until(self, *, now_iso: str, limit: int = 100) -> list[RunState]:
         now_ms = epoch_ms(now_iso, field="now_iso")
         ids = self.backend.client.zrangebyscore(self.backend.keys.timers(), "-inf", now_ms, start=0, num=limit)
-        return self._load_many([i.decode() for i in ids])
+        return self.load_many([i.decode() for i in ids])
 
     def list_children(self, *, parent_run_id: str, status: RunStatus | None = None) -> list[RunState]:
-        runs = self._load_many(self.backend.children_of(parent_run_id))
+        runs = self.load_many(self.backend.children_of(parent_run_id))
         st = RunStatus(status)._value_ if status is not None else None
         return [r for r in runs if st is None or RunStatus(r.status)._value_ == st]
 

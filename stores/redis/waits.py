@@ -19,14 +19,16 @@ open. Entries of a run that will never commit again (deleted by hand) go the sam
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime import RunState, RunStatus
+from runtime._clock import iso_ms
 from runtime.waitset import is_wait_set, open_names, wait_named
 
-from .codec import decode_state
 from .keys import Keys
+
+if TYPE_CHECKING:
+    from .runs import RedisRunStore
 
 __all__ = ["RedisWaits", "Entry", "NO_DEADLINE_MS"]
 
@@ -37,16 +39,12 @@ NO_DEADLINE_MS = 10**14
 Entry = tuple[str, str, "float | None"]
 
 
-def _iso(ms: int | None) -> str | None:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat() if ms is not None else None
-
-
 class RedisWaits:
     """Named waits' indexes (a base class of :class:`~stores.redis.RedisBackend`)."""
 
     client: Any
     keys: Keys
-    max_value_bytes: int
+    runs: RedisRunStore
 
     def wait_entries(self, run: RunState) -> set[Entry]:
         """The index entries of ``run``'s open named waits (none when it waits on no set)."""
@@ -153,14 +151,7 @@ class RedisWaits:
         """The waits ``members`` name, read from their runs' states (one round trip); members
         whose wait is not open any more are removed from ``key``."""
         pairs = [m.split(" ", 1) for m in members]
-        run_ids = list(dict.fromkeys(rid for rid, _ in pairs))
-        pipe = self.client.pipeline(transaction=False)
-        for rid in run_ids:
-            pipe.hget(self.keys.run(rid), "s")
-        states: dict[str, RunState] = {}
-        for rid, raw in zip(run_ids, pipe.execute()):
-            if raw is not None:
-                states[rid] = decode_state(raw, key=self.keys.run(rid), run_id=rid, limit=self.max_value_bytes)
+        states = {run.run_id: run for run in self.runs.load_many(list(dict.fromkeys(rid for rid, _ in pairs)))}
         out, stale = [], []
         for member, (rid, name) in zip(members, pairs):
             run = states.get(rid)
@@ -187,9 +178,10 @@ def describe_open_wait(run: RunState, name: str, now_ms: int) -> dict[str, Any]:
         "run_id": run.run_id, "workflow_id": run.workflow_id, "wait": name, "kind": wait["kind"],
         "prompt": wait["prompt"], "choices": wait["choices"], "schema": wait["schema"],
         "assignees": list(wait["assignees"]), "level": wait["level"], "wait_key": wait["wait_key"],
-        "opened_at": _iso(wait["opened_ms"]), "deadline": _iso(deadline), "deadline_ms": deadline,
+        "opened_at": iso_ms(wait["opened_ms"]),
+        "deadline": iso_ms(deadline) if deadline is not None else None, "deadline_ms": deadline,
         "overdue": deadline is not None and deadline <= now_ms,
-        "next_timer": {"id": timers[0]["id"], "at": _iso(timers[0]["at_ms"])} if timers else None,
+        "next_timer": {"id": timers[0]["id"], "at": iso_ms(timers[0]["at_ms"])} if timers else None,
         "mode": w.details["mode"], "root_run_id": w.details.get("root") or run.run_id,
         "parent_run_id": run.parent_run_id,
     }

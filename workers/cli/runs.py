@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from runtime import RunState, RunStatus
+from runtime._clock import iso_ms
 from runtime.errors import RunNotFailed, UnknownNodeError
 from runtime.waitset import open_names, wait_named
 
@@ -34,12 +35,6 @@ from ._common import (
 )
 
 # -- showing a run ---------------------------------------------------------------------------------
-
-
-def _iso_ms(ms: int) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
 
 
 def _state_dict(run: RunState) -> dict[str, Any]:
@@ -62,7 +57,7 @@ def _describe(run: RunState) -> None:
             click.echo(f"question  {w.prompt}" + (f"  choices: {', '.join(map(str, w.choices))}" if w.choices else ""))
         for name in open_names(w):  # a named wait set: each open wait (answer with `answer RUN_ID NAME`)
             wait = wait_named(w, name) or {}
-            due = f", due {_iso_ms(wait['deadline_ms'])}" if wait.get("deadline_ms") is not None else ""
+            due = f", due {iso_ms(wait['deadline_ms'])}" if wait.get("deadline_ms") is not None else ""
             click.echo(f"wait      {name}: {wait.get('prompt') or wait.get('wait_key')}{due}")
     if run.output is not None:
         click.echo(f"output    {json.dumps(run.output, ensure_ascii=False)}")

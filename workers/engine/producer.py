@@ -163,21 +163,23 @@ class ProducerOperations(EngineBase):
         ``by`` and when, in the commit that resumes the run.
         """
         ensure_json(payload, "payload")
+        return self._retrying(run_id, lambda run, v: self._delivered(run, action, wait_key, payload, by))
+
+    def _delivered(self, run: RunState, action: WaitAction, wait_key: str | None, payload: Any,
+                   by: str | None) -> _Change:
+        """``payload`` delivered to the wait of ``run`` that ``action`` (with ``wait_key``) ends,
+        with its delivery record: the change a resume, a respond and an emit commit."""
         kind = _DELIVERY[action]
-
-        def change(run: RunState, v: int) -> _Change:
-            w = check_wait_ends(run, action, wait_key)
-            now_ms = self.backend.time_ms()
-            tracing.keep_caller_link(run.vars)
-            if is_wait_set(w):
-                d = deliver(run, target_of(run, action, wait_key), payload, by=by, now_ms=now_ms, kind=kind)
-                return run, "tick" if d.resumed else "none", d.records, d.events
-            node = run.current_node
-            apply_resume(run, wait_key=w.wait_key, payload=payload)
-            return run, "tick", [delivery_record(run, kind, w.wait_key, by=by, at_ms=now_ms, node=node,
-                                                 result={"answer": recorded(payload), "resumed": True})]
-
-        return self._retrying(run_id, change)
+        w = check_wait_ends(run, action, wait_key)
+        now_ms = self.backend.time_ms()
+        tracing.keep_caller_link(run.vars)
+        if is_wait_set(w):
+            d = deliver(run, target_of(run, action, wait_key), payload, by=by, now_ms=now_ms, kind=kind)
+            return run, "tick" if d.resumed else "none", d.records, d.events
+        node = run.current_node
+        apply_resume(run, wait_key=w.wait_key, payload=payload)
+        return run, "tick", [delivery_record(run, kind, w.wait_key, by=by, at_ms=now_ms, node=node,
+                                             result={"answer": recorded(payload), "resumed": True})]
 
     def emit(self, wait_key: str, payload: Any, *, by: str | None = None) -> list[str]:
         """Resume every run waiting on ``wait_key`` (found through the wait-key index), and

@@ -11,10 +11,10 @@ leaves the schedule due, and the next sweep finds the run started.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
 from runtime import RunStatus
+from runtime._clock import iso_ms
 from runtime.errors import RunAlreadyExists, RunNotFound, WorkflowNotRegistered
 
 from ..flow.rules import BudgetExceeded
@@ -43,7 +43,7 @@ BUFFER_POLL_MS = 0
 
 
 def _iso(ms: int | None) -> str | None:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat() if ms is not None else None
+    return iso_ms(ms) if ms is not None else None
 
 
 def _fresh_state(next_ms: int | None) -> dict[str, Any]:
@@ -66,7 +66,7 @@ class Schedules(ProducerOperations):
         entry = {"spec": schedule.to_dict(), "state": _fresh_state(nxt)}
         self.backend.save_schedule(schedule.name, entry, None if schedule.paused else nxt + jitter_ms(schedule, nxt),
                                    replace=replace)
-        return self._describe(entry, now)
+        return self.describe_schedule(entry, now)
 
     def _loaded(self, name: str) -> tuple[bytes, dict[str, Any], Schedule]:
         found = self.backend.load_schedule(name)
@@ -90,7 +90,7 @@ class Schedules(ProducerOperations):
                 if state.get("buffered_ms") is not None:  # kept through the pause: looked at from now
                     due = now
             if self.backend.swap_schedule(name, raw, entry, due):
-                return self._describe(entry, now)
+                return self.describe_schedule(entry, now)
 
     def list_schedules(self) -> list[dict[str, Any]]:
         now = self.backend.time_ms()
@@ -98,14 +98,14 @@ class Schedules(ProducerOperations):
         for name in self.backend.schedule_names():
             found = self.backend.load_schedule(name)
             if found is not None:
-                out.append(self._describe(found[1], now))
+                out.append(self.describe_schedule(found[1], now))
         return out
 
     def get_schedule(self, name: str) -> dict[str, Any]:
-        return self._describe(self._loaded(name)[1], self.backend.time_ms())
+        return self.describe_schedule(self._loaded(name)[1], self.backend.time_ms())
 
     @staticmethod
-    def _describe(entry: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    def describe_schedule(entry: dict[str, Any], now_ms: int) -> dict[str, Any]:
         st = entry["state"]
         nxt = st.get("next_fire_ms")
         return {**entry["spec"], "next_fire": _iso(nxt), "last_fire": _iso(st.get("last_fire_ms")),

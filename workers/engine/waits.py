@@ -52,14 +52,13 @@ class NamedWaits(ProducerOperations):
         if answer_id is not None and (not isinstance(answer_id, str) or not answer_id):
             raise ValueError("answer_id must be a non-empty text (the same on every retry of one submit)")
         ensure_json(payload, "payload")
-        single = self.backend.runs.load(run_id)
-        w = single.waiting if single is not None and single.status == RunStatus.WAITING else None
-        if w is not None and not is_wait_set(w) and w.wait_key is not None and wait_name == w.wait_key:
-            # a 0.2.0 single wait, named by its wait key: a resume by that key, recorded as an answer
-            return self.resume(run_id, wait_key=wait_name, payload=payload, action="resume", by=answered_by)
 
         def change(run: RunState, v: int) -> Any:
-            if run.status != RunStatus.WAITING or not is_wait_set(run.waiting):
+            w = run.waiting if run.status == RunStatus.WAITING else None
+            if w is not None and not is_wait_set(w) and w.wait_key is not None and wait_name == w.wait_key:
+                # a 0.2.0 single wait, named by its wait key: a resume by that key
+                return self._delivered(run, "resume", wait_name, payload, answered_by)
+            if w is None or not is_wait_set(w):
                 self._refuse_closed(run, wait_name, answer_id)
                 return None  # a retry of the answer that closed it
             d = deliver(run, wait_name, payload, by=answered_by, now_ms=self.backend.time_ms(), answer_id=answer_id)
