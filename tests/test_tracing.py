@@ -62,9 +62,18 @@ class _Receiver(BaseHTTPRequestHandler):
 
 _PRODUCER = r"""
 import json, sys
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from workers import tracing
 from workers.client import Client
-tracer = tracing.setup("test-producer")
+# the application's own OpenTelemetry setup: our spans in this process go through it
+provider = TracerProvider(resource=Resource.create({"service.name": "test-producer"}))
+provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+trace.set_tracer_provider(provider)
+tracer = trace.get_tracer("test")
 action = sys.argv[1]
 with tracer.start_as_current_span("test." + action) as span:
     client = Client()
@@ -73,6 +82,7 @@ with tracer.start_as_current_span("test." + action) as span:
     else:
         out = client.emit(sys.argv[2], {"go": True})
     ctx = span.get_span_context()
+assert tracing.mode() == "sdk"
 print(json.dumps({"out": out, "trace": format(ctx.trace_id, "032x"), "span": format(ctx.span_id, "016x")}))
 """
 

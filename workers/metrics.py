@@ -17,6 +17,8 @@ never run ids):
   or a refused stale lease);
 * ``abstractruntime_lease_expiries_total``: leases the sweep found expired and sent again;
 * ``abstractruntime_commit_refusals_total{reason}``: ``version_conflict`` or ``stale_lease``;
+* ``abstractruntime_trace_spans_dropped_total{reason}``: spans not exported (``queue_full``,
+  ``export_failed``: no collector, an error status, a timeout);
 * ``abstractruntime_timer_lateness_seconds{kind}``: every timer fired (``until`` wakes, named
   waits' ``reminder``, ``escalation``, ``deadline``), from its due time by the Redis clock;
 * ``abstractruntime_llm_tokens_total{model, direction, tenant}`` and
@@ -34,7 +36,7 @@ import os
 import socket
 from typing import Any
 
-__all__ = ["enabled", "task_done", "timer_fired", "llm_tokens", "llm_cost", "commit_refused",
+__all__ = ["enabled", "task_done", "timer_fired", "llm_tokens", "llm_cost", "commit_refused", "spans_dropped",
            "FleetCollector",
            "prepare_environment", "WorkerSeries", "METRIC_NAMES"]
 
@@ -53,6 +55,8 @@ _WORKER_FAMILIES: dict[str, tuple[str, str, str, list[str]]] = {
     "tokens": ("abstractruntime_llm_tokens", "counter", "LLM tokens", ["model", "direction", "tenant"]),
     "cost": ("abstractruntime_llm_cost_usd", "counter", "LLM cost by the price table, US dollars",
              ["model", "tenant"]),
+    "spans_dropped": ("abstractruntime_trace_spans_dropped", "counter", "Trace spans dropped: the queue was full "
+                      "(queue_full) or the collector could not take them (export_failed)", ["reason"]),
     "refused": ("abstractruntime_commit_refusals", "counter", "Commits refused: another writer moved the run "
                 "(version_conflict) or the writer's lease was granted again (stale_lease)", ["reason"]),
 }
@@ -196,6 +200,13 @@ def commit_refused(reason: str) -> None:
     m = _get()
     if m is not None:
         m["refused"].labels(reason).inc()
+
+
+def spans_dropped(reason: str, count: int) -> None:
+    """Spans the lean exporter dropped (``workers/otlp.py``)."""
+    m = _get()
+    if m is not None:
+        m["spans_dropped"].labels(reason).inc(count)
 
 
 def llm_cost(model: str, usd: float, tenant: str | None = None) -> None:

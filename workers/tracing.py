@@ -1,9 +1,14 @@
 """OpenTelemetry traces (``docs/tracing.md``): one trace per run, from the producer's request to
 its last LLM call, days later, on any worker.
 
-Off unless the OpenTelemetry SDK and its OTLP/HTTP exporter are installed (``.[otel]``) and
-``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set; off, every
-function here is a no-op (the kernel never imports OpenTelemetry).
+Off unless ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set;
+off, every function here is a no-op (the kernel never imports OpenTelemetry). On, spans are
+made one of two ways, per process:
+
+* ``lean`` (the default): our own recorder and batch exporter (``workers/otlp.py``), a few
+  microseconds a span, with dropped spans counted;
+* ``sdk``: through the OpenTelemetry SDK, when the application set an SDK tracer provider of its
+  own (its processors and sampler apply) or ``ABSTRACTRUNTIME_TRACES=sdk`` (``.[otel]``).
 
 The context travels in the run, not in Celery's messages: at the start the producer's current
 span context (or, with none, a new root span ``abstractruntime.start``) is kept in
@@ -18,14 +23,19 @@ effect span's ``traceparent`` (``runtime/outbound.py``).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, cast
 
-__all__ = ["enabled", "setup", "carrier", "keep_start_context", "keep_caller_link", "run_span", "child_span",
-           "TRACE_VARS"]
+from . import otlp
+
+__all__ = ["enabled", "mode", "setup", "carrier", "keep_start_context", "keep_caller_link", "run_span",
+           "child_span", "flush", "dropped", "reset", "TRACE_VARS"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,68 +44,117 @@ TRACE_VARS = "_trace"
 #: Links a run keeps for its next tick span, at most.
 MAX_LINKS = 16
 
-_state: dict[str, Any] = {"pid": 0, "tracer": None}
+_state: dict[str, Any] = {"pid": 0, "mode": None, "tracer": None, "exporter": None}
 #: What a span hook gives with traces off (a null context can be entered again and again).
 _NOTHING: AbstractContextManager[None] = nullcontext()
+#: The lean span being recorded in this task (its children and outbound requests hang under it).
+_current: ContextVar[_LeanSpan | None] = ContextVar("abstractruntime_span", default=None)
 
 
 def enabled() -> bool:
-    if not (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
-        return False
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None
-               for m in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"))
+    return bool(otlp.endpoint_from_env())
 
 
-def setup(service: str = "abstractruntime") -> Any:
-    """This process's tracer (made once per process; None when traces are off)."""
+def mode() -> str | None:
+    """``"lean"``, ``"sdk"`` or None (traces off), decided once per process."""
+    return setup()
+
+
+def setup(service: str = "abstractruntime") -> str | None:
+    """Decide how this process makes spans (once per process; None when traces are off)."""
     pid = os.getpid()
     if _state["pid"] == pid:
-        return _state["tracer"]
-    _state["pid"], _state["tracer"] = pid, None
+        return cast("str | None", _state["mode"])
+    _state.update(pid=pid, mode=None, tracer=None, exporter=None)
     if not enabled():
         return None
-    from opentelemetry import trace
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    wanted = os.environ.get("ABSTRACTRUNTIME_TRACES", "").strip().lower()
+    if wanted not in ("", "lean", "sdk"):
+        _warn_once(f"ABSTRACTRUNTIME_TRACES={wanted!r} is neither lean nor sdk; using lean")
+        wanted = ""
+    provider = _sdk_provider()
+    if wanted == "sdk" or (wanted == "" and provider is not None):
+        tracer = _sdk_tracer(service, provider)
+        if tracer is not None:
+            _state.update(mode="sdk", tracer=tracer)
+            return "sdk"
+        _warn_once("ABSTRACTRUNTIME_TRACES=sdk needs the OpenTelemetry SDK and its OTLP/HTTP exporter "
+                   "(pip install '.[otel]'); using lean spans")
+    try:
+        exporter = otlp.Exporter(otlp.endpoint_from_env(), otlp.resource_from_env(service))
+    except ValueError as exc:
+        _warn_once(f"traces are off: {exc}")
+        return None
+    atexit.register(exporter.flush, 2.0)
+    _state.update(mode="lean", exporter=exporter)
+    return "lean"
 
+
+def _sdk_provider() -> Any:
+    """The application's own SDK tracer provider, if it set one."""
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+    except ImportError:
+        return None
     provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):  # the application set none: ours, batched to OTLP/HTTP
+    return provider if isinstance(provider, TracerProvider) else None
+
+
+def _sdk_tracer(service: str, provider: Any) -> Any:
+    try:
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError:
+        return None
+    if provider is None:  # asked for, and the application set none: the SDK's, batched to OTLP/HTTP
         provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME",
                                                                                              service)}))
-        # a collector that cannot be reached drops spans (counted by the SDK's logs), never blocks a tick
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(timeout=5)))
         trace.set_tracer_provider(provider)
-    _state["tracer"] = trace.get_tracer("abstractruntime")
-    return _state["tracer"]
+    return trace.get_tracer("abstractruntime")
+
+
+def reset() -> None:
+    """Forget this process's decision (after its environment changed): the next span decides again."""
+    _state.update(pid=0, mode=None, tracer=None, exporter=None)
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Send this process's queued spans now (lean spans; the SDK's provider flushes its own)."""
+    exporter = _state["exporter"] if _state["pid"] == os.getpid() else None
+    if exporter is not None:
+        return bool(exporter.flush(timeout))
+    if _state["mode"] == "sdk":
+        from opentelemetry import trace
+
+        return bool(getattr(trace.get_tracer_provider(), "force_flush", lambda _t: True)(int(timeout * 1000)))
+    return True
+
+
+def dropped() -> dict[str, int]:
+    """Lean spans this process dropped, by reason (``queue_full``, ``export_failed``)."""
+    exporter = _state["exporter"] if _state["pid"] == os.getpid() else None
+    return dict(exporter.dropped) if exporter is not None else {}
 
 
 def carrier() -> dict[str, str]:
     """The current span context as W3C headers (``traceparent``, maybe ``tracestate``); {} if none."""
     if setup() is None:
         return {}
-    from opentelemetry.propagate import inject
-
+    span = _current.get()
+    if span is not None:
+        return {"traceparent": span.traceparent()}
+    try:
+        from opentelemetry.propagate import inject
+    except ImportError:
+        return {}
     out: dict[str, str] = {}
-    inject(out)
+    inject(out)  # the caller's own context (a producer's request span)
     return out
-
-
-def _context_of(stored: Any) -> Any:
-    """The OpenTelemetry context of a stored ``vars["_trace"]`` (None when absent or malformed)."""
-    if not isinstance(stored, dict) or not isinstance(stored.get("traceparent"), str):
-        return None
-    from opentelemetry import trace
-    from opentelemetry.propagate import extract
-
-    ctx = extract({k: v for k, v in stored.items() if k in ("traceparent", "tracestate") and isinstance(v, str)})
-    if not trace.get_current_span(ctx).get_span_context().is_valid:
-        _warn_once("a run's stored traceparent is malformed; its spans start a new trace")
-        return None
-    return ctx
 
 
 _warned: set[str] = set()
@@ -109,14 +168,18 @@ def _warn_once(message: str) -> None:
 
 def keep_start_context(run_vars: dict[str, Any], run_id: str, workflow_id: str) -> None:
     """At a run's start: keep the caller's span context, or a new root span's, in ``run_vars``."""
-    tracer = setup()
-    if tracer is None:
+    how = setup()
+    if how is None:
         return
     kept = carrier()
+    attrs = {"abstractruntime.run_id": run_id, "abstractruntime.workflow": workflow_id}
     if not kept.get("traceparent"):
-        with tracer.start_as_current_span("abstractruntime.start", attributes={
-                "abstractruntime.run_id": run_id, "abstractruntime.workflow": workflow_id}):
-            kept = carrier()
+        if how == "sdk":
+            with _state["tracer"].start_as_current_span("abstractruntime.start", attributes=attrs):
+                kept = carrier()
+        else:
+            with _LeanSpan("abstractruntime.start", otlp.new_trace_id(), b"", 1, attrs, []) as root:
+                kept = {"traceparent": root.traceparent()}
     if kept.get("traceparent"):
         run_vars[TRACE_VARS] = kept
 
@@ -133,55 +196,150 @@ def keep_caller_link(run_vars: dict[str, Any]) -> None:
     run_vars[TRACE_VARS] = {**stored, "links": [*links, caller["traceparent"]]}
 
 
+_PARSED: dict[str, tuple[bytes, bytes, int] | None] = {}
+
+
+def _parsed(traceparent: Any) -> tuple[bytes, bytes, int] | None:
+    if not isinstance(traceparent, str):
+        return None
+    got = _PARSED.get(traceparent, False)
+    if got is False:
+        got = otlp.parse_traceparent(traceparent)
+        if len(_PARSED) >= 4096:
+            _PARSED.clear()
+        _PARSED[traceparent] = got
+    return cast("tuple[bytes, bytes, int] | None", got)
+
+
+def _take_links(run: Any, stored: dict[str, Any]) -> list[str]:
+    """The links kept since the last span (removed from the run: its next commit drops them)."""
+    if "links" not in stored:
+        return []
+    run.vars[TRACE_VARS] = {k: v for k, v in stored.items() if k != "links"}
+    return [x for x in stored["links"] or [] if isinstance(x, str)]
+
+
 def run_span(name: str, run: Any, **attributes: Any) -> AbstractContextManager[Any]:
     """A span (``abstractruntime.tick``...) that is a child of the run's kept context, with the
-    links kept since the last one (removed from the run: its next commit drops them). Traces
-    off: a context manager that does nothing (on every tick: no generator is made)."""
-    return _NOTHING if setup() is None else _run_span(name, run, **attributes)
-
-
-@contextmanager
-def _run_span(name: str, run: Any, **attributes: Any) -> Iterator[Any]:
-    tracer = setup()
+    links kept since the last one. Traces off, or a run started with traces off: a context
+    manager that does nothing (on every tick: nothing is made)."""
+    how = setup()
+    if how is None:
+        return _NOTHING
     stored = run.vars.get(TRACE_VARS)
-    parent = _context_of(stored)
-    if parent is None or not isinstance(stored, dict):  # a run started with traces off, or a bad one
-        yield None
-        return
-    from opentelemetry import trace
-    from opentelemetry.propagate import extract
-
-    links = []
-    for tp in stored.get("links") or []:
-        ctx = trace.get_current_span(extract({"traceparent": tp})).get_span_context() if isinstance(tp, str) else None
-        if ctx is not None and ctx.is_valid:
-            links.append(trace.Link(ctx, {"abstractruntime.link": "delivery"}))
-    if "links" in stored:
-        run.vars[TRACE_VARS] = {k: v for k, v in stored.items() if k != "links"}
+    if not isinstance(stored, dict):
+        return _NOTHING
     attrs = {"abstractruntime.run_id": run.run_id, "abstractruntime.workflow": run.workflow_id,
-             "abstractruntime.node": run.current_node or "",
-             **{f"abstractruntime.{k}": v for k, v in attributes.items() if v is not None}}
-    with tracer.start_as_current_span(name, context=parent, links=links, attributes=attrs) as span:
-        ctx = span.get_span_context()
-        from . import logs
-
-        logs.note_trace(format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"))  # on the task's log lines
-        yield span
+             "abstractruntime.node": run.current_node or ""}
+    for k, v in attributes.items():
+        if v is not None:
+            attrs["abstractruntime." + k] = v
+    if how == "sdk":
+        return _sdk_run_span(name, run, stored, attrs)
+    parent = _parsed(stored.get("traceparent"))
+    links = [(p[0], p[1]) for p in map(_parsed, _take_links(run, stored)) if p is not None]
+    if parent is None:  # a malformed context: this span starts a new trace, which the run keeps
+        _warn_once("a run's stored traceparent is malformed; it starts a new trace")
+        span = _LeanSpan(name, otlp.new_trace_id(), b"", 1, attrs, links)
+        run.vars[TRACE_VARS] = {"traceparent": span.traceparent()}
+        return span
+    if not parent[2] & 1:  # the producer's context is not sampled
+        return _NOTHING
+    return _LeanSpan(name, parent[0], parent[1], parent[2], attrs, links)
 
 
 def child_span(name: str, **attributes: Any) -> AbstractContextManager[Any]:
     """A span under the current one (a commit in a tick), or nothing when there is none."""
-    return _NOTHING if setup() is None else _child_span(name, **attributes)
+    how = setup()
+    if how is None:
+        return _NOTHING
+    if how == "sdk":
+        return _sdk_child_span(name, attributes)
+    parent = _current.get()
+    if parent is None:
+        return _NOTHING
+    return _LeanSpan(name, parent.trace_id, parent.span_id, parent.flags,
+                     {"abstractruntime." + k: v for k, v in attributes.items() if v is not None}, [], note=False)
+
+
+class _LeanSpan:
+    """A span recorded by ``workers/otlp.py``: current while entered, queued for export at exit."""
+
+    __slots__ = ("name", "trace_id", "span_id", "parent_id", "flags", "attrs", "links", "note", "start", "token")
+
+    def __init__(self, name: str, trace_id: bytes, parent_id: bytes, flags: int, attrs: dict[str, Any],
+                 links: list[tuple[bytes, bytes]], note: bool = True) -> None:
+        self.name, self.trace_id, self.parent_id, self.flags = name, trace_id, parent_id, flags
+        self.span_id = otlp.new_span_id()
+        self.attrs, self.links, self.note = attrs, links, note
+
+    def traceparent(self) -> str:
+        return f"00-{self.trace_id.hex()}-{self.span_id.hex()}-{self.flags & 0xFF:02x}"
+
+    def set_attributes(self, attributes: dict[str, Any]) -> None:
+        self.attrs.update(attributes)
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attrs[key] = value
+
+    def __enter__(self) -> _LeanSpan:
+        self.token = _current.set(self)
+        if self.note:
+            from . import logs
+
+            logs.note_trace(self.trace_id.hex(), self.span_id.hex())  # on the task's log lines
+        self.start = time.time_ns()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        end = time.time_ns()
+        _current.reset(self.token)
+        exporter = _state["exporter"]
+        if exporter is not None:
+            exporter.add((self.trace_id, self.span_id, self.parent_id, self.name, otlp.KIND_INTERNAL, self.start,
+                          end, self.attrs, self.links, None if exc_type is None else f"{exc_type.__name__}: {exc}"))
+
+
+# -- the SDK's spans ------------------------------------------------------------------------------------------------
+
+@contextmanager
+def _sdk_run_span(name: str, run: Any, stored: dict[str, Any], attrs: dict[str, Any]) -> Iterator[Any]:
+    from opentelemetry import trace
+    from opentelemetry.propagate import extract
+
+    tracer = _state["tracer"]
+    parent = extract({k: v for k, v in stored.items() if k in ("traceparent", "tracestate") and isinstance(v, str)})
+    links = []
+    for tp in _take_links(run, stored):
+        ctx = trace.get_current_span(extract({"traceparent": tp})).get_span_context()
+        if ctx.is_valid:
+            links.append(trace.Link(ctx, {"abstractruntime.link": "delivery"}))
+    if not trace.get_current_span(parent).get_span_context().is_valid:
+        _warn_once("a run's stored traceparent is malformed; it starts a new trace")
+        with tracer.start_as_current_span(name, context=trace.set_span_in_context(trace.INVALID_SPAN), links=links,
+                                          attributes=attrs) as span:
+            run.vars[TRACE_VARS] = carrier()
+            yield _noted(span)
+        return
+    with tracer.start_as_current_span(name, context=parent, links=links, attributes=attrs) as span:
+        yield _noted(span)
+
+
+def _noted(span: Any) -> Any:
+    ctx = span.get_span_context()
+    from . import logs
+
+    logs.note_trace(format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"))
+    return span
 
 
 @contextmanager
-def _child_span(name: str, **attributes: Any) -> Iterator[Any]:
-    tracer = setup()
+def _sdk_child_span(name: str, attributes: dict[str, Any]) -> Iterator[Any]:
     from opentelemetry import trace
 
     if not trace.get_current_span().get_span_context().is_valid:
         yield None
         return
-    with tracer.start_as_current_span(name, attributes={f"abstractruntime.{k}": v for k, v in attributes.items()
-                                                        if v is not None}) as span:
+    with _state["tracer"].start_as_current_span(name, attributes={
+            f"abstractruntime.{k}": v for k, v in attributes.items() if v is not None}) as span:
         yield span

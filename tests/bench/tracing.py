@@ -2,16 +2,18 @@
 
 A script, not a test. Run it from the repository root::
 
-    .venv/bin/python tests/bench/tracing.py [--ticks 3000] [--rounds 3] [--json]
+    .venv/bin/python tests/bench/tracing.py [--ticks 3000] [--rounds 3] [--sdk] [--json]
 
 It starts its own redis-server on a free port and an OTLP/HTTP sink on loopback (it answers 200
 and drops the spans), then, in child processes, runs ``--ticks`` ticks of 50-node effect-free
 chains through ``Engine`` and the stub dispatcher (load, node, commit: the cheapest tick, where
 a span costs the most in relative terms): with traces off (no endpoint: the hooks return at
 once), and on (``OTEL_EXPORTER_OTLP_ENDPOINT`` set: a tick span and a commit span per tick,
-batched to the sink). Rounds alternate; the median of each side and their ratio are printed
-(the issue's targets: on ≤ 5 % of ticks/s, off ≤ 1 %, against a tree without tracing, which
-the off side stands for: its hooks are one dict lookup).
+batched to the sink) with our lean spans and, with ``--sdk``, the OpenTelemetry SDK's. Rounds
+alternate; the median of each side and their ratio are printed (the issue's targets: on ≤ 5 %
+of ticks/s, off ≤ 1 %, against a tree without tracing, which the off side stands for: its hooks
+are one dict lookup). ``--workers``: the same sides on real worker processes (two ``-P solo``),
+1 run x 2,000 nodes and 200 runs x 20 nodes.
 
 Progress goes to stderr, the table (or JSON) to stdout.
 """
@@ -80,40 +82,113 @@ class _Sink(BaseHTTPRequestHandler):
         pass
 
 
-def side(url: str, ticks: int, endpoint: str | None) -> float:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+def side(url: str, ticks: int, endpoint: str | None, how: str = "lean") -> float:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "ABSTRACTRUNTIME_TRACES"))}
     if endpoint:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+        env["ABSTRACTRUNTIME_TRACES"] = how
     code = _CHILD.format(paths=[str(HERE.parents[1])], url=url, ticks=ticks)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def workers_side(server: Any, folder: Path, endpoint: str | None, how: str, nodes: int, runs: int) -> tuple[float,
+                                                                                                          float]:
+    """Real worker processes (two ``-P solo``): 1 run x ``nodes`` and ``runs`` x 20 nodes, ticks/s."""
+    import time
+
+    from benchlib import wait_completed
+
+    from support.celery_workers import WorkerGroup
+
+    for k in [k for k in os.environ if k.startswith(("OTEL_", "ABSTRACTRUNTIME_TRACES"))]:
+        del os.environ[k]
+    group = WorkerGroup(server.url, folder, imports="support.celery_scenarios,bench_celery")
+    if endpoint:
+        group.env.update(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, ABSTRACTRUNTIME_TRACES=how)
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
+    try:
+        for i in range(2):
+            group.start_worker(f"w{i}", queues="ticks,timers,maintenance,llm,tools,subworkflows")
+        import bench_celery  # noqa: F401  (its workflows, registered here too for start())
+
+        client = group.client()
+        wait_completed(client, [client.start("plain_chain_20") for _ in range(5)], what="warm-up ")
+        t0 = time.time()
+        one = wait_completed(client, [client.start(f"plain_chain_{nodes}")], what="1 run ") - t0
+        t0 = time.time()
+        many = wait_completed(client, [client.start("plain_chain_20") for _ in range(runs)], what="runs ") - t0
+        return nodes / one, runs * 20 / many
+    finally:
+        for name in list(group.procs):
+            group.stop(name)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ticks", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sdk", action="store_true", help="also measure ABSTRACTRUNTIME_TRACES=sdk")
+    parser.add_argument("--workers", action="store_true",
+                        help="real worker processes (two -P solo) instead of the stub dispatcher: 1 run x 2000 "
+                             "nodes and 200 runs x 20 nodes")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{sink.server_port}"
+    if args.workers:
+        return workers_main(args, endpoint, sink)
     off: list[float] = []
     on: list[float] = []
+    sdk: list[float] = []
     with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp)) as server:
         for r in range(args.rounds):
             log(f"round {r + 1}/{args.rounds}")
             off.append(side(server.url, args.ticks, None))
-            on.append(side(server.url, args.ticks, endpoint))
+            on.append(side(server.url, args.ticks, endpoint, "lean"))
+            if args.sdk:
+                sdk.append(side(server.url, args.ticks, endpoint, "sdk"))
     sink.shutdown()
-    out = {"off_ticks_per_s": round(statistics.median(off)), "on_ticks_per_s": round(statistics.median(on)),
-           "on_over_off": round(statistics.median(on) / statistics.median(off), 3), "rounds_off": off, "rounds_on": on}
+    base = statistics.median(off)
+    out: dict[str, Any] = {"off_ticks_per_s": round(base), "on_ticks_per_s": round(statistics.median(on)),
+                           "on_over_off": round(statistics.median(on) / base, 3), "rounds_off": off, "rounds_on": on}
+    if sdk:
+        out.update(sdk_ticks_per_s=round(statistics.median(sdk)), sdk_over_off=round(statistics.median(sdk) / base, 3),
+                   rounds_sdk=sdk)
     if args.json:
         print(json.dumps(out, indent=2))
-    else:
-        print(f"traces off  {out['off_ticks_per_s']:>6} ticks/s (median of {args.rounds})")
-        print(f"traces on   {out['on_ticks_per_s']:>6} ticks/s  = {out['on_over_off']:.3f}x off "
-              "(a tick span and a commit span per tick, batched over OTLP/HTTP)")
+        return 0
+    print(f"traces off        {out['off_ticks_per_s']:>6} ticks/s (median of {args.rounds})")
+    print(f"traces on, lean   {out['on_ticks_per_s']:>6} ticks/s  = {out['on_over_off']:.3f}x off "
+          "(a tick span and a commit span per tick, batched over OTLP/HTTP)")
+    if sdk:
+        print(f"traces on, SDK    {out['sdk_ticks_per_s']:>6} ticks/s  = {out['sdk_over_off']:.3f}x off "
+              "(ABSTRACTRUNTIME_TRACES=sdk: the OpenTelemetry SDK's spans and batch exporter)")
+    return 0
+
+
+def workers_main(args: argparse.Namespace, endpoint: str, sink: Any) -> int:
+    sides = ["off", "lean", *(["sdk"] if args.sdk else [])]
+    got: dict[str, list[tuple[float, float]]] = {k: [] for k in sides}
+    with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp)) as server:
+        for r in range(args.rounds):
+            for how in sides:
+                log(f"round {r + 1}/{args.rounds}: traces {how}")
+                got[how].append(workers_side(server, Path(tmp) / f"{how}-{r}", None if how == "off" else endpoint,
+                                             how, 2000, 200))
+    sink.shutdown()
+    med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in got.items()}
+    out = {k: {"one_run_ticks_per_s": round(a), "many_runs_ticks_per_s": round(b),
+               "one_run_over_off": round(a / med["off"][0], 3), "many_runs_over_off": round(b / med["off"][1], 3)}
+           for k, (a, b) in med.items()}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"real workers (two -P solo), median of {args.rounds}   1 run x 2000 nodes     200 runs x 20 nodes")
+    for k, v in out.items():
+        print(f"traces {k:<5}                             {v['one_run_ticks_per_s']:>5} ticks/s "
+              f"{v['one_run_over_off']:.3f}x   {v['many_runs_ticks_per_s']:>5} ticks/s {v['many_runs_over_off']:.3f}x")
     return 0
 
 
