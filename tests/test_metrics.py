@@ -1,7 +1,8 @@
 """Prometheus metrics (issue 16, part 2) scraped from ``abstractruntime metrics`` while real
 worker processes and beat run a mixed workload, parsed with ``prometheus_client.parser``:
 
-* the tick tasks counted equal the tick outcome lines the worker logged;
+* the tick tasks counted equal the tick outcome lines the worker logged, and the steps the
+  runs took (a chain of five nodes: five ticks, counted once across pool children);
 * the timer lateness histogram counts every timer fired (``WAIT_UNTIL`` wakes, named waits'
   reminders and deadline, from their ledger records);
 * LLM tokens are counted by model;
@@ -117,6 +118,13 @@ def test_a_scrape_after_a_mixed_workload(fresh, tmp_path):
         counted = sum(s.value for s in samples["abstractruntime_tasks_total"]
                       if s.labels["task"] == "tick" and s.labels["outcome"] != "stale")
         assert counted == logged > 0
+        # and a tick per step each run took: the five chains ran five nodes each, one tick per
+        # node (a chain's ledger keeps only its end: transitions without effects are not ledger
+        # records, so the steps are the nodes), counted once whatever pool child ran it
+        chain_ticks = sum(s.value for s in samples["abstractruntime_tasks_total"]
+                          if s.labels["task"] == "tick" and s.labels["workflow"] == "chain"
+                          and s.labels["outcome"] != "stale")
+        assert chain_ticks == 5 * len(chains)
         # Every timer fired is in the lateness histogram: 3 wakes, 2 reminders and a deadline
         fired = [r for r in client.get_ledger(asks) if (r["effect"] or {}).get("type", "").startswith("wait_")]
         assert len(fired) == 3

@@ -26,13 +26,13 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from contextvars import ContextVar
 from typing import Any, cast
 
-from . import otlp
+from . import logs, otlp
 
 __all__ = ["enabled", "mode", "setup", "carrier", "keep_start_context", "keep_caller_link", "run_span",
            "child_span", "flush", "dropped", "reset", "TRACE_VARS"]
@@ -44,11 +44,19 @@ TRACE_VARS = "_trace"
 #: Links a run keeps for its next tick span, at most.
 MAX_LINKS = 16
 
-_state: dict[str, Any] = {"pid": 0, "mode": None, "tracer": None, "exporter": None}
+_state: dict[str, Any] = {"decided": False, "mode": None, "tracer": None, "exporter": None}
 #: What a span hook gives with traces off (a null context can be entered again and again).
 _NOTHING: AbstractContextManager[None] = nullcontext()
-#: The lean span being recorded in this task (its children and outbound requests hang under it).
-_current: ContextVar[_LeanSpan | None] = ContextVar("abstractruntime_span", default=None)
+
+
+class _Current(threading.local):
+    """The lean span being recorded in this thread's task (its children and outbound requests
+    hang under it); a thread-local, not a ContextVar: setting one costs several times more."""
+
+    span: _LeanSpan | None = None
+
+
+_current = _Current()
 
 
 def enabled() -> bool:
@@ -62,10 +70,9 @@ def mode() -> str | None:
 
 def setup(service: str = "abstractruntime") -> str | None:
     """Decide how this process makes spans (once per process; None when traces are off)."""
-    pid = os.getpid()
-    if _state["pid"] == pid:
+    if _state["decided"]:
         return cast("str | None", _state["mode"])
-    _state.update(pid=pid, mode=None, tracer=None, exporter=None)
+    _state.update(decided=True, mode=None, tracer=None, exporter=None)
     if not enabled():
         return None
     wanted = os.environ.get("ABSTRACTRUNTIME_TRACES", "").strip().lower()
@@ -120,12 +127,15 @@ def _sdk_tracer(service: str, provider: Any) -> Any:
 
 def reset() -> None:
     """Forget this process's decision (after its environment changed): the next span decides again."""
-    _state.update(pid=0, mode=None, tracer=None, exporter=None)
+    _state.update(decided=False, mode=None, tracer=None, exporter=None)
+
+
+os.register_at_fork(after_in_child=reset)  # a pool child decides again (the batch thread is not forked)
 
 
 def flush(timeout: float = 5.0) -> bool:
     """Send this process's queued spans now (lean spans; the SDK's provider flushes its own)."""
-    exporter = _state["exporter"] if _state["pid"] == os.getpid() else None
+    exporter = _state["exporter"]
     if exporter is not None:
         return bool(exporter.flush(timeout))
     if _state["mode"] == "sdk":
@@ -137,7 +147,7 @@ def flush(timeout: float = 5.0) -> bool:
 
 def dropped() -> dict[str, int]:
     """Lean spans this process dropped, by reason (``queue_full``, ``export_failed``)."""
-    exporter = _state["exporter"] if _state["pid"] == os.getpid() else None
+    exporter = _state["exporter"]
     return dict(exporter.dropped) if exporter is not None else {}
 
 
@@ -145,7 +155,7 @@ def carrier() -> dict[str, str]:
     """The current span context as W3C headers (``traceparent``, maybe ``tracestate``); {} if none."""
     if setup() is None:
         return {}
-    span = _current.get()
+    span = _current.span
     if span is not None:
         return {"traceparent": span.traceparent()}
     try:
@@ -255,7 +265,7 @@ def child_span(name: str, **attributes: Any) -> AbstractContextManager[Any]:
         return _NOTHING
     if how == "sdk":
         return _sdk_child_span(name, attributes)
-    parent = _current.get()
+    parent = _current.span
     if parent is None:
         return _NOTHING
     return _LeanSpan(name, parent.trace_id, parent.span_id, parent.flags,
@@ -265,7 +275,7 @@ def child_span(name: str, **attributes: Any) -> AbstractContextManager[Any]:
 class _LeanSpan:
     """A span recorded by ``workers/otlp.py``: current while entered, queued for export at exit."""
 
-    __slots__ = ("name", "trace_id", "span_id", "parent_id", "flags", "attrs", "links", "note", "start", "token")
+    __slots__ = ("name", "trace_id", "span_id", "parent_id", "flags", "attrs", "links", "note", "start", "outer")
 
     def __init__(self, name: str, trace_id: bytes, parent_id: bytes, flags: int, attrs: dict[str, Any],
                  links: list[tuple[bytes, bytes]], note: bool = True) -> None:
@@ -283,17 +293,15 @@ class _LeanSpan:
         self.attrs[key] = value
 
     def __enter__(self) -> _LeanSpan:
-        self.token = _current.set(self)
+        self.outer, _current.span = _current.span, self
         if self.note:
-            from . import logs
-
             logs.note_trace(self.trace_id.hex(), self.span_id.hex())  # on the task's log lines
         self.start = time.time_ns()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         end = time.time_ns()
-        _current.reset(self.token)
+        _current.span = self.outer
         exporter = _state["exporter"]
         if exporter is not None:
             exporter.add((self.trace_id, self.span_id, self.parent_id, self.name, otlp.KIND_INTERNAL, self.start,
@@ -327,8 +335,6 @@ def _sdk_run_span(name: str, run: Any, stored: dict[str, Any], attrs: dict[str, 
 
 def _noted(span: Any) -> Any:
     ctx = span.get_span_context()
-    from . import logs
-
     logs.note_trace(format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"))
     return span
 

@@ -71,6 +71,42 @@ print(runs * 50 / (time.perf_counter() - t0))
 """
 
 
+_SPANS = r"""
+import sys, time
+sys.path[:0] = {paths!r}
+from workers import tracing
+
+class Run:
+    run_id, workflow_id, current_node = "8c0d7a4e-5a4b-4f8e-9d7e-2b1f0c3a9e11", "chain50", "n12"
+    vars = {{"_trace": {{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}}}
+
+run, n = Run(), {n}
+assert tracing.mode() == {how!r}, tracing.mode()
+c0, t0 = time.process_time(), time.perf_counter()
+for i in range(n):
+    with tracing.run_span("abstractruntime.tick", run, version=i, lease_token=1000 + i, attempt=1):
+        with tracing.child_span("abstractruntime.commit", run_id=run.run_id, version=i + 1, records=1):
+            pass
+made = time.perf_counter() - t0
+assert tracing.flush(120)
+print((time.process_time() - c0) / n * 1e6, made / n * 1e6, sum(tracing.dropped().values()))
+"""
+
+
+def spans_side(endpoint: str, how: str, n: int) -> tuple[float, float]:
+    """The CPU one tick's two spans cost in a process (making them, and encoding and sending
+    them on the batch thread), µs; and the time making them takes in the tick itself."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "ABSTRACTRUNTIME_TRACES"))}
+    env.update(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, ABSTRACTRUNTIME_TRACES=how,
+               OTEL_BSP_MAX_QUEUE_SIZE=str(4 * n))  # (every span exported: none dropped)
+    code = _SPANS.format(paths=[str(HERE.parents[1])], n=n, how=how)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    cpu, made, dropped = out.stdout.split()
+    if float(dropped):
+        raise RuntimeError(f"{how}: {dropped} spans dropped")
+    return float(cpu), float(made)
+
+
 class _Sink(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -92,9 +128,19 @@ def side(url: str, ticks: int, endpoint: str | None, how: str = "lean") -> float
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def workers_side(server: Any, folder: Path, endpoint: str | None, how: str, nodes: int, runs: int) -> tuple[float,
-                                                                                                          float]:
-    """Real worker processes (two ``-P solo``): 1 run x ``nodes`` and ``runs`` x 20 nodes, ticks/s."""
+def _cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes used so far, from ``/proc``."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def workers_side(server: Any, folder: Path, endpoint: str | None, how: str, nodes: int,
+                 runs: int) -> tuple[float, float, float]:
+    """Real worker processes (two ``-P solo``): 1 run x ``nodes`` and ``runs`` x 20 nodes: their
+    ticks/s, and the workers' CPU per tick over both (µs)."""
     import time
 
     from benchlib import wait_completed
@@ -114,11 +160,13 @@ def workers_side(server: Any, folder: Path, endpoint: str | None, how: str, node
 
         client = group.client()
         wait_completed(client, [client.start("plain_chain_20") for _ in range(5)], what="warm-up ")
-        t0 = time.time()
+        pids = [p.pid for p in group.procs.values()]
+        c0, t0 = _cpu(pids), time.time()
         one = wait_completed(client, [client.start(f"plain_chain_{nodes}")], what="1 run ") - t0
         t0 = time.time()
         many = wait_completed(client, [client.start("plain_chain_20") for _ in range(runs)], what="runs ") - t0
-        return nodes / one, runs * 20 / many
+        time.sleep(0.5)  # (the last outcome lines)
+        return nodes / one, runs * 20 / many, (_cpu(pids) - c0) / (nodes + runs * 20) * 1e6
     finally:
         for name in list(group.procs):
             group.stop(name)
@@ -132,6 +180,8 @@ def main() -> int:
     parser.add_argument("--workers", action="store_true",
                         help="real worker processes (two -P solo) instead of the stub dispatcher: 1 run x 2000 "
                              "nodes and 200 runs x 20 nodes")
+    parser.add_argument("--spans", action="store_true",
+                        help="only the spans: the CPU a tick's two spans cost, lean and SDK, without Redis")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
@@ -139,6 +189,19 @@ def main() -> int:
     endpoint = f"http://127.0.0.1:{sink.server_port}"
     if args.workers:
         return workers_main(args, endpoint, sink)
+    if args.spans:
+        got = {how: [spans_side(endpoint, how, 20_000) for _ in range(args.rounds)] for how in ("lean", "sdk")}
+        sink.shutdown()
+        med = {how: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for how, v in got.items()}
+        if args.json:
+            print(json.dumps({how: {"cpu_us_per_tick": round(a, 1), "in_tick_us": round(b, 1)}
+                              for how, (a, b) in med.items()}, indent=2))
+            return 0
+        print(f"a tick's two spans (tick + commit), 20,000 ticks, median of {args.rounds}: "
+              "process CPU (make + encode + send) | time in the tick")
+        for how, (a, b) in med.items():
+            print(f"{how:<5} {a:>8.1f} µs | {b:>8.1f} µs")
+        return 0
     off: list[float] = []
     on: list[float] = []
     sdk: list[float] = []
@@ -170,7 +233,7 @@ def main() -> int:
 
 def workers_main(args: argparse.Namespace, endpoint: str, sink: Any) -> int:
     sides = ["off", "lean", *(["sdk"] if args.sdk else [])]
-    got: dict[str, list[tuple[float, float]]] = {k: [] for k in sides}
+    got: dict[str, list[tuple[float, float, float]]] = {k: [] for k in sides}
     with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp)) as server:
         for r in range(args.rounds):
             for how in sides:
@@ -178,17 +241,20 @@ def workers_main(args: argparse.Namespace, endpoint: str, sink: Any) -> int:
                 got[how].append(workers_side(server, Path(tmp) / f"{how}-{r}", None if how == "off" else endpoint,
                                              how, 2000, 200))
     sink.shutdown()
-    med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in got.items()}
-    out = {k: {"one_run_ticks_per_s": round(a), "many_runs_ticks_per_s": round(b),
-               "one_run_over_off": round(a / med["off"][0], 3), "many_runs_over_off": round(b / med["off"][1], 3)}
-           for k, (a, b) in med.items()}
+    med = {k: tuple(statistics.median(x[i] for x in v) for i in range(3)) for k, v in got.items()}
+    out = {k: {"one_run_ticks_per_s": round(a), "many_runs_ticks_per_s": round(b), "worker_cpu_us_per_tick": round(c),
+               "one_run_over_off": round(a / med["off"][0], 3), "many_runs_over_off": round(b / med["off"][1], 3),
+               "cpu_over_off": round(c / med["off"][2], 3)}
+           for k, (a, b, c) in med.items()}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"real workers (two -P solo), median of {args.rounds}   1 run x 2000 nodes     200 runs x 20 nodes")
+    print(f"real workers (two -P solo), median of {args.rounds}: 1 run x 2000 nodes | 200 runs x 20 nodes | "
+          "workers' CPU per tick")
     for k, v in out.items():
-        print(f"traces {k:<5}                             {v['one_run_ticks_per_s']:>5} ticks/s "
-              f"{v['one_run_over_off']:.3f}x   {v['many_runs_ticks_per_s']:>5} ticks/s {v['many_runs_over_off']:.3f}x")
+        print(f"traces {k:<5} {v['one_run_ticks_per_s']:>6} ticks/s {v['one_run_over_off']:.3f}x | "
+              f"{v['many_runs_ticks_per_s']:>6} ticks/s {v['many_runs_over_off']:.3f}x | "
+              f"{v['worker_cpu_us_per_tick']:>6} µs {v['cpu_over_off']:.3f}x")
     return 0
 
 
