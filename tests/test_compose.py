@@ -249,3 +249,65 @@ def test_each_service_command_starts_and_stays_up(tmp_path):
                 except (AssertionError, OSError, subprocess.TimeoutExpired) as exc:
                     left.append(f"{name}: {exc}")
             assert not left, "processes left behind: " + "; ".join(left)
+
+
+def test_the_observability_profile_is_wired(tmp_path):
+    """The services of ``--profile observability`` point at each other as their files say (no
+    Docker needed), and the exporter's command, run here, serves the metrics."""
+    services = _load()["services"]
+    for name in ("metrics", "otel-collector", "prometheus", "grafana"):
+        assert services[name]["profiles"] == ["observability"], name
+    # Prometheus scrapes the exporter by its service name and the port its command serves on
+    argv = _argv(services["metrics"])
+    port = argv[argv.index("--port") + 1]
+    prometheus = yaml.safe_load((REPO / "observability" / "prometheus.yml").read_text())
+    targets = [t for job in prometheus["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    assert targets == [f"metrics:{port}"]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in services["prometheus"]["volumes"]}
+    assert mounted["/etc/prometheus/prometheus.yml"] == "./observability/prometheus.yml"
+    # the collector takes OTLP/HTTP on 4318 (the endpoint docs/tracing.md gives the workers) into a traces pipeline
+    collector = yaml.safe_load((REPO / "observability" / "otel-collector.yml").read_text())
+    assert collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
+    assert "otlp" in collector["service"]["pipelines"]["traces"]["receivers"]
+    assert services["otel-collector"]["command"] == ["--config=/etc/otelcol/config.yaml"]
+    assert "./observability/otel-collector.yml:/etc/otelcol/config.yaml:ro" in services["otel-collector"]["volumes"]
+    assert "http://otel-collector:4318" in (REPO / "docs" / "tracing.md").read_text()
+    # Grafana: Prometheus as its data source, and the dashboard folder where the provider reads
+    grafana_mounts = {v.split(":")[1]: v.split(":")[0] for v in services["grafana"]["volumes"]}
+    provisioning = REPO / grafana_mounts["/etc/grafana/provisioning"].removeprefix("./")
+    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert source["url"] == "http://prometheus:9090" and "prometheus" in services
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "abstractruntime.yml").read_text())["providers"]
+    dashboards = REPO / grafana_mounts[provider["options"]["path"]].removeprefix("./")
+    assert (dashboards / "abstractruntime.json").is_file()
+    # the workers and the exporter share the series' volume
+    assert "metrics-data:/metrics" in services["metrics"]["volumes"]
+    assert "metrics-data:/metrics" in services["worker-ticks"]["volumes"]
+
+    # The exporter's command, with the environment the file gives it, serves /metrics
+    program = Path(sys.executable).with_name(argv[0])
+    local_port = free_port()
+    argv = [str(program), *[("127.0.0.1" if a == "0.0.0.0" else str(local_port) if a == port else a)
+                            for a in argv[1:]]]
+    with RedisServer(tmp_path / "redis").start() as srv:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ABSTRACTRUNTIME_")}
+        env.update(_environment(services["metrics"]))
+        env.update(ABSTRACTRUNTIME_REDIS_URL=srv.url, ABSTRACTRUNTIME_METRICS_DIR=str(tmp_path / "metrics"),
+                   ABSTRACTRUNTIME_DATA_DIR=str(tmp_path / "data"))
+        log = tmp_path / "metrics.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        try:
+            deadline, body = time.monotonic() + READY_TIMEOUT_S, ""
+            while time.monotonic() < deadline and not body:
+                assert proc.poll() is None, _tail(log)
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{local_port}/metrics", timeout=2) as response:
+                        body = response.read().decode()
+                except OSError:
+                    time.sleep(0.2)
+            assert "abstractruntime_runs" in body and "abstractruntime_trace_spans_dropped" in body, _tail(log)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(STOP_TIMEOUT_S)
