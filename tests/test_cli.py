@@ -144,7 +144,7 @@ def test_runs_list_and_count(group, client):
 def test_ledger_follow_prints_records_as_they_are_committed(group, client):
     from datetime import datetime, timedelta, timezone
 
-    until = (datetime.now(timezone.utc) + timedelta(seconds=2)).isoformat()
+    until = (datetime.now(timezone.utc) + timedelta(seconds=6)).isoformat()
     rid = client.start("sleep_until", vars={"until": until})
     env = {k: v for k, v in os.environ.items() if not k.startswith("ABSTRACTRUNTIME_")}
     env.update(group.env)

@@ -64,6 +64,16 @@ class RedisLedgerStore:
         rid = validate_run_id(run_id)
         return [record for _id, record in self._entries(rid, self.backend.client.xrange(self.backend.keys.ledger(rid)))]
 
+    def page(self, run_id: str, *, after: str = "-", count: int = 100) -> builtins.list[tuple[str, dict[str, Any]]]:
+        """Up to ``count`` records after stream id ``after`` ("-": from the first), oldest first,
+        as ``(entry id, record)`` pairs: one ``XRANGE``, however long the ledger."""
+        rid = validate_run_id(run_id)
+        start = "-" if after == "-" else f"({after}"
+        return self._entries(rid, self.backend.client.xrange(self.backend.keys.ledger(rid), start, "+", count=count))
+
+    def length(self, run_id: str) -> int:
+        return int(self.backend.client.xlen(self.backend.keys.ledger(validate_run_id(run_id))))
+
     def follow(self, run_id: str, *, last_id: str = "0", block_ms: int = 5000, count: int = 100
                ) -> builtins.list[tuple[str, dict[str, Any]]]:
         """Records appended after stream id ``last_id`` ("0": from the start), waiting up to

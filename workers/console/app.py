@@ -1,0 +1,531 @@
+"""The console's pages and actions (Starlette, server-rendered Jinja2; ``docs/console.md``).
+
+Every read goes through the client's stores, every operator action through the client, so it
+lands in the ledger with the logged-in user as actor. No JSON API of its own: the client is
+the API; the script (``static/console.js``) only posts forms and follows SSE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from runtime import RunStatus, WaitReason
+
+from .auth import AuthFile, Session
+from .graph import graph_svg
+from .live import Hub
+
+logger = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+PAGE = 50          # runs per page
+ROWS = 100         # ledger rows per page
+SHOWN = 2000       # characters of a payload shown inline (the rest: the download link)
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+_COOKIE = "ar_session"
+_STORE_DOWN: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
+try:
+    import redis as _redis
+
+    _STORE_DOWN = (*_STORE_DOWN, _redis.exceptions.ConnectionError, _redis.exceptions.TimeoutError)
+except ImportError:  # pragma: no cover - the console runs with the Redis stores
+    pass
+
+
+class BadFilter(ValueError):
+    pass
+
+
+def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...] = ()) -> Any:
+    """The console over ``client``; ``auth`` None: no login (``--no-auth``, for a laptop)."""
+    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True))
+    env.filters["pretty"] = lambda v: _pretty(v, secret_keys)
+    env.filters["ago"] = _ago
+    env.filters["took"] = _took
+    hub = Hub(client)
+
+    def session_of(request: Request) -> Session | None:
+        if auth is None:
+            return Session("local", "operator", "local", 2**62)
+        header = request.headers.get("authorization", "")
+        if header.lower().startswith("bearer "):
+            return auth.bearer(header[7:].strip())
+        return auth.session(request.cookies.get(_COOKIE))
+
+    def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        session = request.state.session
+        html = env.get_template(template).render(
+            request=request, session=session, csrf=session.csrf if session else "", path=request.url.path,
+            **context)
+        return HTMLResponse(html, status_code=status)
+
+    def guarded(handler: Any, *, post: bool = False, operator: bool = False) -> Any:
+        async def endpoint(request: Request) -> Response:
+            session = session_of(request)
+            request.state.session = session
+            if session is None:
+                if post or request.url.path.endswith("/events"):
+                    return JSONResponse({"error": "log in first"}, status_code=401)
+                return RedirectResponse("/login?" + urlencode({"next": str(request.url.path)}), status_code=303)
+            if post:
+                if session.csrf and request.headers.get("x-csrf-token") != session.csrf:
+                    return JSONResponse({"error": "missing or wrong CSRF token"}, status_code=403)
+                if operator and not session.operator:
+                    return JSONResponse({"error": f"{session.user} is a viewer: operators only"}, status_code=403)
+            try:
+                return await asyncio.to_thread(handler, request) if not asyncio.iscoroutinefunction(handler) \
+                    else await handler(request)
+            except _STORE_DOWN as exc:
+                if post:
+                    return JSONResponse({"error": f"Redis cannot be reached: {exc}"}, status_code=503)
+                return page(request, "error.html", 503, banner=f"Redis cannot be reached: {exc}",
+                            title="Redis is down", message="The console will show the runs again once Redis answers.")
+        return endpoint
+
+    # -- login -------------------------------------------------------------------------------------------------
+
+    async def login(request: Request) -> Response:
+        request.state.session = None
+        error = None
+        if request.method == "POST":
+            form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+            session = auth.login(form.get("user", ""), form.get("password", "")) if auth else None
+            if session is not None:
+                target = form.get("next") or "/runs"
+                response = RedirectResponse(target if target.startswith("/") and not target.startswith("//")
+                                            else "/runs", status_code=303)
+                response.set_cookie(_COOKIE, auth.cookie(session) if auth else "", httponly=True, samesite="strict",
+                                    secure=request.url.scheme == "https", max_age=8 * 3600)
+                return response
+            error = "Wrong user name or password."
+        return page(request, "login.html", 401 if error else 200, error=error,
+                    next=request.query_params.get("next", "/runs"))
+
+    async def logout(request: Request) -> Response:
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(_COOKIE)
+        return response
+
+    # -- runs --------------------------------------------------------------------------------------------------
+
+    def runs(request: Request) -> Response:
+        q = request.query_params
+        error, rows, next_cursor = None, [], None
+        try:
+            filters = _filters(q)
+            if filters["prefix"] and len(filters["prefix"]) >= 36:
+                found = client.backend.runs.load(filters["prefix"])
+                rows = [found] if found is not None else []
+            else:
+                rows, next_cursor = _runs_page(client, filters, q.get("cursor"))
+        except BadFilter as exc:
+            error = str(exc)
+        counts = {s.value: client.count(status=s) for s in RunStatus}
+        args = [(k, v) for k, v in q.multi_items() if k != "cursor" and v]
+        return page(request, "runs.html", 400 if error else 200, runs=rows, counts=counts, error=error, q=q,
+                    attrs=q.getlist("attr"), statuses=[s.value for s in RunStatus],
+                    reasons=[r.value for r in WaitReason],
+                    next_url=f"/runs?{urlencode([*args, ('cursor', next_cursor)])}" if next_cursor else None)
+
+    def run_page(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        state = client.backend.runs.load(run_id) if _plausible(run_id) else None
+        if state is None:
+            return page(request, "error.html", 404, title="No such run",
+                        message=f"There is no run {run_id!r}.")
+        after = request.query_params.get("after", "-")
+        first = _int(request.query_params.get("from"), 0)
+        rows = client.backend.ledger.page(run_id, after=after, count=ROWS)
+        total = client.backend.ledger.length(run_id)
+        try:
+            diagnosis = client.explain(run_id).to_dict()
+        except Exception as exc:  # the broker is down, say: the page still renders
+            diagnosis = {"code": "UNKNOWN", "sentence": f"explain failed: {exc}", "action": ""}
+        waits = [w for w in client.list_waits(root_run_id=run_id) if w.get("run_id") == run_id]
+        children = client.backend.runs.list_children(parent_run_id=run_id)
+        spec = client.registry.workflows.get(state.workflow_id)
+        path = [rec.get("node_id") for _i, rec in client.backend.ledger.page(run_id, count=500)]
+        svg = graph_svg(spec, _observed(client, state.workflow_id, run_id), path, state.current_node)
+        usage = _usage(state)
+        failure = client.last_failure(run_id) if state.status == RunStatus.FAILED else None
+        last_id = rows[-1][0] if rows else after
+        more = first + len(rows) < total
+        return page(request, "run.html", run=state, diagnosis=diagnosis, rows=rows, first=first, total=total,
+                    waits=waits, children=children, svg=svg, usage=usage, failure=failure, last_id=last_id,
+                    on_last_page=not more, shown=SHOWN,
+                    next_url=f"/runs/{run_id}?{urlencode({'after': last_id, 'from': first + len(rows)})}"
+                    if more else None,
+                    vars_shown=[(k, _pretty(v, secret_keys) if not _secret(k, secret_keys) else '"[redacted]"')
+                                for k, v in sorted(state.vars.items()) if not k.startswith("_")])
+
+    def rows_fragment(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        if not _plausible(run_id):
+            return HTMLResponse("", status_code=404)
+        after = request.query_params.get("after", "-")
+        first = _int(request.query_params.get("from"), 0)
+        rows = client.backend.ledger.page(run_id, after=after, count=ROWS)
+        state = client.backend.runs.load(run_id)
+        html = env.get_template("_rows.html").render(rows=rows, first=first, shown=SHOWN, run_id=run_id)
+        return JSONResponse({"html": html, "last_id": rows[-1][0] if rows else after, "count": len(rows),
+                             "status": state.status.value if state else None,
+                             "node": state.current_node if state else None})
+
+    def payload(request: Request) -> Response:
+        run_id, entry = request.path_params["run_id"], request.path_params["entry"]
+        if not _plausible(run_id) or not re.fullmatch(r"\d+-\d+", entry):
+            return Response("not found", status_code=404)
+        found = client.backend.ledger.page(run_id, after=_before(entry), count=1)
+        if not found or found[0][0] != entry:
+            return Response("not found", status_code=404)
+        body = json.dumps(_redacted(found[0][1], secret_keys), indent=2, default=str)
+        return Response(body, media_type="application/json",
+                        headers={"Content-Disposition": f'attachment; filename="{_safe(run_id)}-{entry}.json"'})
+
+    def var_value(request: Request) -> Response:
+        run_id, name = request.path_params["run_id"], request.path_params["name"]
+        state = client.backend.runs.load(run_id) if _plausible(run_id) else None
+        if state is None or name.startswith("_") or name not in state.vars:
+            return Response("not found", status_code=404)
+        body = "[redacted]" if _secret(name, secret_keys) else _pretty(state.vars[name], secret_keys)
+        return Response(body, media_type="application/json",
+                        headers={"Content-Disposition": f'attachment; filename="{run_id}-{_safe(name)}.json"'})
+
+    async def events(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        queue = hub.subscribe(run_id)
+
+        async def stream() -> Any:
+            try:
+                yield "retry: 2000\n\n"
+                while True:
+                    try:
+                        event = await asyncio.wait_for(queue.get(), timeout=15)
+                    except asyncio.TimeoutError:
+                        yield ": keep-alive\n\n"
+                        continue
+                    yield f"data: {json.dumps(event)}\n\n"
+            finally:
+                hub.unsubscribe(run_id, queue)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    # -- actions (operators; each through the client, with the user as actor) -----------------------------------
+
+    def act(request: Request, body: dict[str, Any]) -> Response:
+        run_id, action = request.path_params["run_id"], request.path_params["action"]
+        user = request.state.session.user
+        reason = str(body.get("reason") or "").strip()
+        if not _plausible(run_id) or client.backend.runs.load(run_id) is None:
+            return JSONResponse({"error": f"no run {run_id!r}"}, status_code=404)
+        try:
+            if action == "cancel":
+                client.cancel(run_id, reason=reason or "cancelled in the console", actor=user)
+            elif action == "retry":
+                if not reason:
+                    return JSONResponse({"error": "a retry needs a reason"}, status_code=400)
+                client.retry(run_id, reason=reason, actor=user)
+            elif action == "wake":
+                if not reason:
+                    return JSONResponse({"error": "waking a run needs a reason"}, status_code=400)
+                client.wake(run_id, reason=reason, actor=user)
+            elif action == "answer":
+                wait = body.get("wait")
+                answer = body.get("answer")
+                if wait:
+                    client.answer(run_id, str(wait), answer, answered_by=user)
+                else:
+                    client.respond(run_id, answer, by=user)
+            elif action == "verify":
+                report = client.verify(run_id)
+                return JSONResponse({"ok": bool(report.get("ok")), "count": report.get("count"),
+                                     "first_bad_index": report.get("first_bad_index"),
+                                     "errors": report.get("errors", [])[:5]})
+            else:
+                return JSONResponse({"error": f"unknown action {action!r}"}, status_code=404)
+        except _STORE_DOWN:
+            raise
+        except Exception as exc:  # the client's typed errors: shown to the operator as they are
+            return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=400)
+        return JSONResponse({"ok": True})
+
+    async def action(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            return JSONResponse({"error": "the body is not JSON"}, status_code=400)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "the body must be a JSON object"}, status_code=400)
+        return await asyncio.to_thread(act, request, body)
+
+    def fleet(request: Request) -> Response:
+        from ..fleet import BrokerProbe, consumers_by_queue
+        from ..heartbeat import ALIVE_WITHIN_S
+        from ..settings import QUEUE_KINDS
+        from ..stuck import stuck_counts
+
+        b = client.backend
+        now = b.time_ms()
+        seen = b.live_processes(now - 3600_000)
+        alive = [p for p in seen if p.get("at", 0) >= now - ALIVE_WITHIN_S * 1000]
+        live = consumers_by_queue(alive)
+        probe = BrokerProbe(client.app, client.settings)
+        queues = []
+        try:
+            for kind in QUEUE_KINDS:
+                name = client.settings.queue(kind)
+                try:
+                    depth: int | str = probe.depth(name)
+                except Exception as exc:
+                    depth = f"unknown ({exc})"
+                queues.append({"kind": kind, "name": name, "depth": depth, "consumers": len(live.get(name, ()))})
+        finally:
+            probe.close()
+        flow = _flow_usage(client)
+        return page(request, "fleet.html", processes=sorted(seen, key=lambda p: str(p.get("process_id"))),
+                    alive={p.get("process_id") for p in alive}, queues=queues, stuck=stuck_counts(b),
+                    schedules=client.schedules(), flow=flow, now=now)
+
+    async def root(request: Request) -> Response:
+        return RedirectResponse("/runs", status_code=303)
+
+    app = Starlette(routes=[
+        Route("/", root),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/runs", guarded(runs)),
+        Route("/runs/{run_id}", guarded(run_page)),
+        Route("/runs/{run_id}/rows", guarded(rows_fragment)),
+        Route("/runs/{run_id}/events", guarded(events)),
+        Route("/runs/{run_id}/records/{entry}", guarded(payload)),
+        Route("/runs/{run_id}/vars/{name}", guarded(var_value)),
+        Route("/runs/{run_id}/{action}", guarded(action, post=True, operator=True), methods=["POST"]),
+        Route("/fleet", guarded(fleet)),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ])
+    app.state.hub = hub
+    return _Headers(app)
+
+
+class _Headers:
+    """Security headers on every response (a pure ASGI wrapper: SSE streams pass through)."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.state = app.state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"content-security-policy", CSP.encode()),
+                                      (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
+                                      (b"x-frame-options", b"DENY")]
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+# -- helpers --------------------------------------------------------------------------------------------------------
+
+def _plausible(run_id: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9:._@+-]{1,200}", run_id))
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80]
+
+
+def _int(raw: str | None, default: int) -> int:
+    try:
+        return max(0, int(raw)) if raw else default
+    except ValueError:
+        return default
+
+
+def _before(entry: str) -> str:
+    ms, seq = (int(x) for x in entry.split("-"))
+    return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{2**63 - 1}" if ms else "-"
+
+
+def _filters(q: Any) -> dict[str, Any]:
+    status, reason = q.get("status") or None, q.get("wait_reason") or None
+    if status is not None and status not in {s.value for s in RunStatus}:
+        raise BadFilter(f"status {status!r} is not one of {', '.join(s.value for s in RunStatus)}")
+    if reason is not None and reason not in {r.value for r in WaitReason}:
+        raise BadFilter(f"wait reason {reason!r} is not one of {', '.join(r.value for r in WaitReason)}")
+    attrs: dict[str, str] = {}
+    for item in q.getlist("attr"):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadFilter(f"attribute filter {item!r} is not name=value")
+        attrs[key.strip()] = value.strip()
+    bounds = {}
+    for name in ("since", "until"):
+        raw = q.get(name)
+        if raw:
+            try:
+                when = datetime.fromisoformat(raw)
+            except ValueError:
+                raise BadFilter(f"{name} {raw!r} is not a date or time (2026-12-01 or 2026-12-01T10:00)") from None
+            bounds[name] = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp() * 1000
+    prefix = (q.get("prefix") or "").strip()
+    if prefix and not _plausible(prefix):
+        raise BadFilter(f"run id prefix {prefix!r} holds characters no run id has")
+    return {"status": status, "wait_reason": reason, "workflow": q.get("workflow") or None, "attrs": attrs,
+            "prefix": prefix, **bounds}
+
+
+def _runs_page(client: Any, f: dict[str, Any], cursor: str | None) -> tuple[list[Any], str | None]:
+    """A page of runs newest first from one index, and the cursor of the next (``score:run id``)."""
+    b, k = client.backend, client.backend.keys
+    if f["wait_reason"]:
+        index = k.by_wait_reason(f["wait_reason"])
+    elif f["status"]:
+        index = k.by_status(f["status"])
+    elif f["attrs"] and hasattr(k, "by_attr"):
+        name, value = next(iter(f["attrs"].items()))
+        index = k.by_attr(name, value)
+    elif f["workflow"]:
+        index = k.by_workflow(f["workflow"])
+    else:
+        index = k.by_updated()
+    top: float | str = "+inf"
+    after_id = None
+    if cursor:
+        score, _, after_id = cursor.partition(":")
+        try:
+            top = float(score)
+        except ValueError:
+            raise BadFilter(f"cursor {cursor!r} is not one this page made") from None
+    out: list[Any] = []
+    offset, last = 0, None
+    while len(out) < PAGE:
+        batch = b.client.zrevrangebyscore(index, top, "-inf", start=offset, num=200, withscores=True)
+        if not batch:
+            return out, None
+        offset += len(batch)
+        pairs = [(m.decode(), s) for m, s in batch]
+        if after_id is not None:  # (equal scores come in reverse order of their ids)
+            pairs = [(m, s) for m, s in pairs if s < top or m < after_id]
+        for run in b.runs.load_many([m for m, _s in pairs]):
+            score = next(s for m, s in pairs if m == run.run_id)
+            last = f"{score:.0f}:{run.run_id}"
+            if _keeps(run, f):
+                out.append(run)
+                if len(out) == PAGE:
+                    return out, last
+    return out, last
+
+
+def _keeps(run: Any, f: dict[str, Any]) -> bool:
+    if f["status"] and RunStatus(run.status).value != f["status"]:
+        return False
+    if f["workflow"] and run.workflow_id != f["workflow"]:
+        return False
+    if f["wait_reason"] and (run.waiting is None or WaitReason(run.waiting.reason).value != f["wait_reason"]):
+        return False
+    have = run.vars.get("_attrs") or {}
+    if any(str(have.get(k)) != v for k, v in f["attrs"].items()):
+        return False
+    if f["prefix"] and not run.run_id.startswith(f["prefix"]):
+        return False
+    updated = _ms(run.updated_at)
+    return not (("since" in f and updated < f["since"]) or ("until" in f and updated > f["until"]))
+
+
+def _ms(iso: str | None) -> float:
+    try:
+        return datetime.fromisoformat(str(iso)).timestamp() * 1000
+    except ValueError:
+        return 0.0
+
+
+def _observed(client: Any, workflow_id: str, run_id: str) -> list[tuple[str, str]]:
+    """Transitions seen in the ledgers of this run and of the workflow's newest runs."""
+    ids = [run_id, *[r.decode() for r in client.backend.client.zrevrange(
+        client.backend.keys.by_workflow(workflow_id), 0, 9)]]
+    edges: list[tuple[str, str]] = []
+    for rid in dict.fromkeys(ids):
+        nodes = [rec.get("node_id") for _i, rec in client.backend.ledger.page(rid, count=300)]
+        for a, b in zip(nodes, nodes[1:]):
+            if a and b and a != b and (a, b) not in edges:
+                edges.append((a, b))
+    return edges
+
+
+def _usage(state: Any) -> dict[str, Any]:
+    spent = (state.vars.get("_flow_spent") or state.vars.get("_usage") or {}) if isinstance(state.vars, dict) else {}
+    return spent if isinstance(spent, dict) else {}
+
+
+def _flow_usage(client: Any) -> list[dict[str, Any]]:
+    """Each flow-control key with a rule: its rules' holders, bucket level and budget spent."""
+    from ..flow.resolve import registry
+    from ..flow.usage import key_usage
+
+    reg = registry(client.backend)
+    rules = reg.rules()
+    return [key_usage(reg.client, reg.keys, key, rules) for key in dict.fromkeys(r.key for r in rules)
+            if "*" not in key]
+
+
+def _secret(key: Any, secret_keys: tuple[str, ...]) -> bool:
+    return any(s.lower() in str(key).lower() for s in secret_keys)
+
+
+def _redacted(value: Any, secret_keys: tuple[str, ...]) -> Any:
+    if not secret_keys:
+        return value
+    if isinstance(value, dict):
+        return {k: "[redacted]" if _secret(k, secret_keys) else _redacted(v, secret_keys) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v, secret_keys) for v in value]
+    return value
+
+
+def _pretty(value: Any, secret_keys: tuple[str, ...] = ()) -> str:
+    return json.dumps(_redacted(value, secret_keys), indent=2, default=str, ensure_ascii=False, sort_keys=True)
+
+
+def _took(rec: dict[str, Any]) -> str:
+    if not rec.get("ended_at") or not rec.get("started_at"):
+        return ""
+    ms = _ms(rec["ended_at"]) - _ms(rec["started_at"])
+    return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
+
+
+def _ago(iso: str | None) -> str:
+    if not iso:
+        return ""
+    try:
+        then = datetime.fromisoformat(str(iso))
+    except ValueError:
+        return str(iso)
+    s = (datetime.now(timezone.utc) - (then if then.tzinfo else then.replace(tzinfo=timezone.utc))).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            return f"{s / size:.0f} {unit} ago"
+    return f"{max(s, 0):.0f} s ago"
