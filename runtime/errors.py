@@ -25,6 +25,8 @@ them (module in brackets) and join the tree through its branches::
     │   ├── RunNotWaiting               (ValueError)
     │   ├── RunNotFailed                (ValueError) retry of a run that did not fail (workers)
     │   ├── InvalidRunId                (ValueError) a run id a store cannot hold
+    │   ├── InvalidRunAttribute         (ValueError) a run attribute refused at the start (nothing
+    │   │                                              stored) or in a query, naming it [workers.attrs]
     │   ├── WaitKeyMismatch             (ValueError)
     │   ├── WaitNotEnded                (ValueError) an action that cannot end this wait (workers)
     │   ├── InvalidAnswer               (ValueError) an answer its question's schema refuses;

@@ -16,7 +16,7 @@ import getpass
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from celery import Celery
@@ -27,6 +27,7 @@ from runtime.spec import WorkflowSpec
 from stores.redis import RedisBackend
 
 from .app import CeleryDispatcher, create_app
+from .attrs import ATTRS_VARS, AttrValues, InvalidRunAttribute, query_attrs
 from .engine import Dispatcher, Engine
 from .flow.rules import AdmissionKeys
 from .registry import Registry, registry
@@ -106,7 +107,8 @@ class Client:
 
     def start(self, workflow_id: str, vars: dict[str, Any] | None = None, *, run_id: str | None = None,
               actor_id: str | None = None, session_id: str | None = None, tenant: str | None = None,
-              user: str | None = None, agent: str | None = None, priority: int | None = None) -> str:
+              user: str | None = None, agent: str | None = None, priority: int | None = None,
+              attrs: AttrValues | None = None) -> str:
         """Create a run of ``workflow_id`` and send its first tick; returns the run id.
 
         ``run_id`` picks the id, which must be free (:class:`RunAlreadyExists` otherwise).
@@ -117,11 +119,18 @@ class Client:
         that refuses the start raises :class:`~workers.flow.BudgetExceeded`, nothing stored; one
         that defers it parks it (the run exists, ``explain`` says why it waits).
         :class:`WorkflowNotRegistered` when no imported module registered the workflow.
+
+        ``attrs``: indexed attributes to find the run by (:meth:`list_runs`), never changed and
+        not inherited by child runs; names from ``ABSTRACTRUNTIME_RUN_ATTRS``, values str, int or
+        bool kept as text (``docs/celery.md``). A bad one raises
+        :class:`~workers.attrs.InvalidRunAttribute` naming it, and nothing is stored.
         """
+        if isinstance(vars, Mapping) and ATTRS_VARS in vars:
+            raise InvalidRunAttribute(None, f"set attributes with attrs=, not vars[{ATTRS_VARS!r}]")
         workflow = self._registered(workflow_id)
         flow = AdmissionKeys(tenant=tenant, user=user, agent=agent, priority=priority)
         return self.engine.create(workflow, vars=vars, run_id=run_id, actor_id=actor_id, session_id=session_id,
-                                  flow=flow)
+                                  flow=flow, attrs=attrs)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -178,15 +187,26 @@ class Client:
         return self.backend.follow_events(last_id=last_id, block_ms=block_ms)
 
     def list_runs(self, *, status: RunStatus | str | None = None, workflow_id: str | None = None,
-                  wait_reason: WaitReason | str | None = None, limit: int = 100) -> list[RunState]:
+                  wait_reason: WaitReason | str | None = None, limit: int = 100,
+                  attrs: AttrValues | None = None) -> list[RunState]:
+        """Runs with every filter given, newest updated first, from the indexes (no scan).
+
+        ``attrs``: the runs started with all these attributes, newest *created* first. A malformed
+        name or value raises :class:`~workers.attrs.InvalidRunAttribute`; reading needs no allow-list.
+        """
         return self.backend.runs.list_runs(
             status=RunStatus(status) if status is not None else None, workflow_id=workflow_id,
-            wait_reason=WaitReason(wait_reason) if wait_reason is not None else None, limit=limit)
+            wait_reason=WaitReason(wait_reason) if wait_reason is not None else None, limit=limit,
+            attrs=query_attrs(attrs) if attrs else None)
 
-    def count(self, *, status: RunStatus | str | None = None, workflow_id: str | None = None) -> int:
-        """How many runs have ``status`` (or are of ``workflow_id``; or exist), from the indexes."""
-        if status is not None and workflow_id is not None:
-            return len(self.list_runs(status=status, workflow_id=workflow_id, limit=10**9))
+    def count(self, *, status: RunStatus | str | None = None, workflow_id: str | None = None,
+              attrs: AttrValues | None = None) -> int:
+        """How many runs have ``status`` (or are of ``workflow_id``; or exist), from the indexes.
+
+        With two filters, or ``attrs``, the runs of the smallest index are loaded and counted.
+        """
+        if attrs or (status is not None and workflow_id is not None):
+            return len(self.list_runs(status=status, workflow_id=workflow_id, attrs=attrs, limit=10**9))
         return self.backend.count_runs(status=status, workflow_id=workflow_id)
 
     def wait_for(self, run_id: str, statuses: Iterable[RunStatus | str] | None = None, *,

@@ -20,6 +20,8 @@ from stores.redis.settings import RedisSettings
 from stores.redis.urls import mask_url
 from stores.signing import SigningSettings
 
+from .attrs import NAME_PATTERN
+
 __all__ = ["WorkerSettings", "QUEUE_KINDS", "ENV_VARS"]
 
 #: The queues the driver uses, by kind; each name is a setting (``queue_<kind>``).
@@ -39,7 +41,7 @@ STUCK_FIELDS = ("stuck_no_consumer_s", "stuck_lease_expired_s", "stuck_orphaned_
                 "stuck_waiting_job_s", "stuck_recheck_s")
 ENV_VARS.update({f"ABSTRACTRUNTIME_{name.upper()}": name for name in (
     *STUCK_FIELDS, "sla_webhook_secret", "sla_webhook_timeout_s", "sla_webhook_attempts", "flow_rules_cache_s",
-    "flow_llm_estimate_tokens", "waits_webhook_url")})
+    "flow_llm_estimate_tokens", "waits_webhook_url", "run_attrs")})
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,10 @@ class WorkerSettings:
     #: Flow control: tokens an LLM call reserves on a token or cost budget when its payload names
     #: no ``max_tokens`` (settled with the response's ``usage`` after its commit).
     flow_llm_estimate_tokens: int = 1000
+    #: The attribute names a run may be started with (``attrs=``, ``start --attr``; indexed, see
+    #: ``workers/attrs.py``). Comma-separated in the environment; empty (the default): attributes
+    #: are refused.
+    run_attrs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.broker_url is not None and (not isinstance(self.broker_url, str) or "://" not in self.broker_url):
@@ -166,6 +172,13 @@ class WorkerSettings:
             raise ValueError(f"WorkerSettings.sla_webhook_attempts must be a whole number of 1 or more, "
                              f"got {attempts!r}")
 
+        if isinstance(self.run_attrs, str):
+            object.__setattr__(self, "run_attrs", _split(self.run_attrs))
+        for name in self.run_attrs:
+            if not isinstance(name, str) or NAME_PATTERN.fullmatch(name) is None:
+                raise ValueError(f"WorkerSettings.run_attrs must be attribute names (a lower-case letter, then up "
+                                 f"to 31 lower-case letters, digits or _), got {name!r}")
+
         poison = self.poison_after
         if isinstance(poison, bool) or not isinstance(poison, int) or poison < 0:
             raise ValueError(f"WorkerSettings.poison_after must be a whole number of 0 or more, got {poison!r}")
@@ -192,7 +205,7 @@ class WorkerSettings:
         """
         env = os.environ if environ is None else environ
         parts = {"redis": RedisSettings.from_env(env), "signing": SigningSettings.from_env(env)}
-        return settings_from_env(cls, ENV_VARS, env, values=parts, convert={"imports": _split})
+        return settings_from_env(cls, ENV_VARS, env, values=parts, convert={"imports": _split, "run_attrs": _split})
 
 
 def _split(raw: str) -> tuple[str, ...]:

@@ -6,7 +6,8 @@ loads a run (:meth:`~RedisBackend.load_for_driver`: state, version, dispatch and
 clock in one round trip) and commits it (:meth:`~RedisBackend.commit`: one ``commit.lua``
 call, whose KEYS and ARGV are built here, as :class:`CommitKeys` and :class:`CommitArgs`).
 What it reads and writes in the cross-run keys (leases, timers, dead letters, events,
-counts) is :class:`~stores.redis.indexes.RedisIndexes`; the store views the kernel knows
+counts) is :class:`~stores.redis.indexes.RedisIndexes`, the run attribute indexes are
+:class:`~stores.redis.attrs.RedisRunAttrs`; the store views the kernel knows
 are :class:`~stores.redis.runs.RedisRunStore` and :class:`~stores.redis.ledger.RedisLedgerStore`.
 """
 
@@ -27,6 +28,7 @@ from runtime.models import validate_run_id
 from runtime.waitset import is_wait_set, next_due_ms
 
 from .argv import AppendArgs, AppendKeys, CommitArgs, CommitKeys
+from .attrs import RedisRunAttrs
 from .codec import DEFAULT_MAX_VALUE_BYTES, decode, decode_state, encode
 from .dispatch import Dispatch
 from .errors import RedisUnavailable
@@ -112,7 +114,7 @@ def _describe(client: Any) -> str:
     return mask_url(f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}")
 
 
-class RedisBackend(RedisIndexes, RedisStuck, RedisWaits, RedisSchedules):
+class RedisBackend(RedisIndexes, RedisStuck, RedisWaits, RedisSchedules, RedisRunAttrs):
     """One Redis connection's view of runs and ledgers under a key prefix."""
 
     def __init__(

@@ -68,6 +68,13 @@ class Keys:
         """ZSET run id -> updated_at (epoch µs), waiting runs of one wait reason."""
         return f"{self._g}idx:reason:{reason}"
 
+    def by_attr(self, name: str, value: str) -> str:
+        """ZSET run id -> created_at (epoch ms, microseconds as the fraction), the runs started with
+        the attribute ``name`` set to ``value`` (its stored text). Written by the producer just
+        before the create commit; entries that can never be right are dropped by the listings
+        that meet them (``stores/redis/attrs.py``)."""
+        return f"{self._g}idx:attr:{name}:{value}"
+
     def by_updated(self) -> str:
         """ZSET run id -> updated_at (epoch µs), every run."""
         return f"{self._g}idx:updated"

@@ -198,4 +198,5 @@ class EngineBase:
 
         def create(self, workflow: WorkflowSpec, *, vars: dict[str, Any] | None = None,  # producer.py
                    run_id: str | None = None, actor_id: str | None = None, session_id: str | None = None,
-                   parent_run_id: str | None = None, dispatch: bool = True, flow: Any = None) -> str: ...
+                   parent_run_id: str | None = None, dispatch: bool = True, flow: Any = None,
+                   attrs: Any = None) -> str: ...

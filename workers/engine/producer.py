@@ -5,10 +5,11 @@ conflict, then the message the run now expects."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from runtime import RunState, RunStatus, StepRecord, VersionConflict
+from runtime._clock import parse_iso
 from runtime._json import ensure_json
 from runtime.errors import RunNotFound, RunNotWaiting, WaitKeyMismatch, WaitNotEnded
 from runtime.models import validate_run_id
@@ -20,6 +21,7 @@ from stores.redis.admission import Decision, Verdict
 from stores.redis.dispatch import Dispatch
 
 from .. import tracing
+from ..attrs import ATTRS_VARS, validate_attrs
 from ..flow.dispatch import fairness_key, start_holder
 from ..flow.resolve import Applicable
 from ..flow.rules import FLOW_VARS, AdmissionKeys, BudgetExceeded
@@ -42,19 +44,29 @@ class ProducerOperations(EngineBase):
 
     def create(self, workflow: WorkflowSpec, *, vars: dict[str, Any] | None = None, run_id: str | None = None,
                actor_id: str | None = None, session_id: str | None = None, parent_run_id: str | None = None,
-               dispatch: bool = True, flow: AdmissionKeys | None = None) -> str:
+               dispatch: bool = True, flow: AdmissionKeys | None = None,
+               attrs: Mapping[str, Any] | None = None) -> str:
         """Store a new run at the workflow's entry node and send its first tick.
 
         ``flow``: the keys the run is admitted under by flow control (``workers/flow``), kept in
         ``vars["_flow"]`` (none: the run is counted under ``global`` and its workflow id only).
+        ``attrs``: the run's indexed attributes (``workers/attrs.py``), checked against
+        ``settings.run_attrs`` before anything is stored (:class:`InvalidRunAttribute`), kept in
+        ``vars["_attrs"]`` and added to their indexes just before the commit. Only this argument
+        sets them: an ``_attrs`` in ``vars`` is dropped, so a child run given its parent's vars
+        does not inherit the parent's attributes.
         """
         from runtime.limits import RuntimeConfig
 
         workflow.get_node(workflow.entry_node)
         if run_id is not None:
             validate_run_id(run_id)
+        run_attrs = validate_attrs(attrs, self.settings.run_attrs) if attrs is not None else {}
         run_vars = dict(vars or {})
+        run_vars.pop(ATTRS_VARS, None)
         ensure_json(run_vars, "vars")
+        if run_attrs:
+            run_vars[ATTRS_VARS] = run_attrs
         if "_limits" not in run_vars:
             run_vars["_limits"] = RuntimeConfig().to_limits_dict()
         if flow is not None and flow.to_dict():
@@ -64,6 +76,9 @@ class ProducerOperations(EngineBase):
         tracing.keep_start_context(run.vars, run.run_id, run.workflow_id)  # the run's trace (workers/tracing.py)
         admitted = self._admit_start(run) if dispatch else None
         try:
+            if run_attrs:  # before the commit: an index may hold a run too many, never miss one
+                created = parse_iso(run.created_at, field="created_at").timestamp() * 1000
+                self.backend.put_attr_entries(run.run_id, run_attrs, round(created, 3))
             v = self.backend.commit(run, [], create=True, dispatch=Dispatch.tick(), lease_ms=self._tick_lease)
         except BaseException:
             if admitted is not None and admitted[0].admitted:
