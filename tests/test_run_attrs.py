@@ -3,11 +3,17 @@ and finds the runs by them without a scan.
 
 Through the producer API with the stub dispatcher, on a real redis-server and on fakeredis:
 listing by attribute (newest created first, with the other filters), the refusals (typed, and
-nothing written), the index entries a listing drops, and child runs that do not inherit.
+nothing written), the index entries a listing drops, and child runs that do not inherit. Then
+the CLI a user types, in a subprocess against the session's redis-server: ``start --attr``,
+``runs list --attr``, ``runs count --attr``, ``status`` and a malformed ``--attr``.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +29,8 @@ from workers.settings import WorkerSettings
 from workers.testing import StubDispatcher
 
 import support.celery_scenarios  # noqa: F401  (registers ask, chain and child)
+from support.backends import fresh_prefix
+from support.cli import ok, refused
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -236,3 +244,86 @@ def test_child_runs_do_not_inherit_attributes(client):
     child = c.get_state(children[0])
     assert "_limits" in child.vars and "_attrs" not in child.vars  # it got its parent's vars but _attrs
     assert ids(c.list_runs(attrs={"customer": "c-42"})) == [parent]
+
+
+# -- the CLI ------------------------------------------------------------------------------------------
+
+CLI = str(Path(sys.executable).with_name("abstractruntime"))
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+class Deployment:
+    """A prefix of the session's Redis, a producer on it, and the CLI pointed at it."""
+
+    def __init__(self, server: Any) -> None:
+        self.prefix = fresh_prefix("at")
+        self.url = server.url
+        self.backend = RedisBackend(server.client(), prefix=self.prefix)
+        self.stub = StubDispatcher()
+        self.client = Client(WorkerSettings(run_attrs=ALLOWED), backend=self.backend, dispatcher=self.stub)
+
+    def run(self, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ABSTRACTRUNTIME_") and k != "PYTHONPATH"}
+        env.update(ABSTRACTRUNTIME_REDIS_URL=self.url, ABSTRACTRUNTIME_REDIS_PREFIX=self.prefix, **extra_env)
+        return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def dep(redis_server: Any) -> Deployment:
+    return Deployment(redis_server)
+
+
+def test_cli_runs_list_and_count_by_attribute(dep):
+    c = dep.client
+    asks = [c.start("ask", attrs={"customer": "c-42", "region": "eu"}) for _ in range(2)]
+    done = c.start("chain", attrs={"customer": "c-42"})
+    other = c.start("ask", attrs={"customer": "c-7"})
+    dep.stub.run_until_quiet(c.engine)
+
+    listed = ok(dep.run("--json", "runs", "list", "--attr", "customer=c-42"))
+    assert [r["run_id"] for r in listed] == [done, *asks[::-1]]
+    assert listed[0]["attrs"] == {"customer": "c-42"} and listed[1]["attrs"] == {"customer": "c-42", "region": "eu"}
+    assert [r["run_id"] for r in ok(dep.run("--json", "runs", "list", "--attr", "customer=c-42",
+                                            "--status", "waiting"))] == asks[::-1]
+    assert [r["run_id"] for r in ok(dep.run("--json", "runs", "list", "--attr", "customer=c-42",
+                                            "--attr", "region=eu", "--limit", "1"))] == [asks[1]]
+    assert ok(dep.run("--json", "runs", "list", "--attr", "customer=nobody")) == []
+    text = dep.run("runs", "list", "--attr", "customer=c-7")
+    assert text.returncode == 0, text.stderr
+    assert len(text.stdout.splitlines()) == 1 and other in text.stdout
+    assert "customer=c-7" in text.stdout and asks[0] not in text.stdout
+    assert ok(dep.run("--json", "runs", "count", "--attr", "customer=c-42", "--status", "waiting")) == {
+        "count": 2, "status": "waiting", "workflow_id": None, "attrs": {"customer": "c-42"}}
+
+    shown = ok(dep.run("--json", "status", asks[0]))
+    assert shown["attrs"] == {"customer": "c-42", "region": "eu"}
+    human = dep.run("status", asks[0])
+    assert human.returncode == 0 and "attrs     customer=c-42, region=eu" in human.stdout
+
+
+def test_cli_refuses_a_malformed_attr_flag_with_exit_2(dep):
+    keys_before = sorted(dep.backend.client.scan_iter(match=f"{dep.prefix}:*"))
+    refused(dep.run("runs", "list", "--attr", "customer"), 2, "--attr 'customer'", "NAME=VALUE")
+    refused(dep.run("runs", "list", "--attr", "=c-42"), 2, "--attr '=c-42'", "NAME=VALUE")
+    refused(dep.run("runs", "count", "--attr", "customer"), 2, "--attr 'customer'")
+    refused(dep.run("runs", "list", "--attr", "a=1", "--attr", "a=2"), 2, "--attr a is given twice")
+    refused(dep.run("runs", "list", "--attr", f"customer={LONG}"), 2, "attrs.customer: value longer than 128")
+    workflows = {"ABSTRACTRUNTIME_IMPORTS": "support.celery_scenarios", "PYTHONPATH": str(TESTS_DIR),
+                 "ABSTRACTRUNTIME_RUN_ATTRS": "customer,region"}
+    refused(dep.run("start", "chain", "--attr", "customer", **workflows), 2, "--attr 'customer'")
+    refused(dep.run("start", "chain", "--attr", "colour=red", "--run-id", "no", **workflows), 2,
+            "attrs.colour: not an allowed attribute (allowed: customer, region; set ABSTRACTRUNTIME_RUN_ATTRS)")
+    refused(dep.run("start", "chain", "--attr", "customer=c-42", **{**workflows, "ABSTRACTRUNTIME_RUN_ATTRS": ""}),
+            2, "attrs.customer: not an allowed attribute (allowed: none")
+    assert sorted(dep.backend.client.scan_iter(match=f"{dep.prefix}:*")) == keys_before
+
+
+def test_cli_start_sets_attributes(dep):
+    workflows = {"ABSTRACTRUNTIME_IMPORTS": "support.celery_scenarios", "PYTHONPATH": str(TESTS_DIR),
+                 "ABSTRACTRUNTIME_RUN_ATTRS": "customer,tier"}
+    started = ok(dep.run("--json", "start", "chain", "--attr", "customer=c-42", "--attr", "tier=3", **workflows))
+    rid = started["run_id"]
+    assert dep.backend.runs.load(rid).vars["_attrs"] == {"customer": "c-42", "tier": "3"}
+    # the CLI's text is the value a program's int finds
+    assert ids(dep.client.list_runs(attrs={"tier": 3})) == [rid]
+    assert [r["run_id"] for r in ok(dep.run("--json", "runs", "list", "--attr", "customer=c-42"))] == [rid]

@@ -43,6 +43,7 @@ from runtime.waitset import AmbiguousWait, AnswerTooLarge, NotAssignee, UnknownW
 from stores.redis.errors import RedisUnavailable
 from stores.redis.schedules import ScheduleExists
 
+from ..attrs import InvalidRunAttribute
 from ..flow.rules import InvalidLimitRule
 from ..schedules import InvalidSchedule, UnknownSchedule
 from . import explain, limits, metrics, processes, runs, schedules, stuck, waits
@@ -73,6 +74,7 @@ Examples:
   abstractruntime waits --assignee legal-team          open named waits, soonest deadline first
   abstractruntime answer RUN_ID legal --payload true   answer one of them by name
   abstractruntime status RUN_ID --json
+  abstractruntime runs list --attr customer=c-42 --status waiting   runs by an indexed attribute
   abstractruntime wake RUN_ID --now --reason "skip the cool-down for the hotfix"
   abstractruntime retry RUN_ID --reason "fixed in 1.4.2"       a failed run again, after a fix
   abstractruntime stuck --older-than 10m               runs without progress, grouped by cause
@@ -140,6 +142,7 @@ _CODES: list[tuple[type[BaseException], int]] = [
     (WorkflowNotRegistered, EXIT_USAGE),
     (PayloadNotSerializable, EXIT_USAGE),
     (InvalidLimitRule, EXIT_USAGE),  # a malformed --tenant, --user or --agent
+    (InvalidRunAttribute, EXIT_USAGE),  # an --attr not allowed or malformed (nothing stored)
     (InvalidAnswer, EXIT_USAGE),  # an answer its question's schema refuses (nothing written)
     (AmbiguousWait, EXIT_USAGE),  # respond with several questions open: name one (answer RUN WAIT)
     (AnswerTooLarge, EXIT_USAGE),

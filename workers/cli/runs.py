@@ -19,6 +19,7 @@ from runtime import RunState, RunStatus
 from runtime._clock import iso_ms
 from runtime.errors import RunNotFailed, UnknownNodeError
 from runtime.waitset import open_names, wait_named
+from stores.redis.attrs import attrs_of
 
 from ._common import (
     EXIT_CONFLICT,
@@ -49,6 +50,8 @@ def _describe(run: RunState) -> None:
     click.echo(f"updated   {run.updated_at}")
     if run.parent_run_id:
         click.echo(f"parent    {run.parent_run_id}")
+    if attrs_of(run):
+        click.echo(f"attrs     {', '.join(f'{k}={v}' for k, v in attrs_of(run).items())}")
     w = run.waiting
     if w is not None:
         click.echo(f"waits for {w.reason.value if hasattr(w.reason, 'value') else w.reason}"
@@ -75,6 +78,24 @@ def _record_line(i: int, rec: dict[str, Any]) -> str:
            f"#{rec.get('attempt', 1)}  {text}"
 
 
+def _attrs_arg(given: tuple[str, ...]) -> dict[str, str] | None:
+    """The ``--attr NAME=VALUE`` options (repeatable) as a mapping; None when there are none."""
+    out: dict[str, str] = {}
+    for text in given:
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip():
+            raise CliError(f"--attr {text!r}: expected NAME=VALUE (customer=c-42)", EXIT_USAGE)
+        name = name.strip()
+        if name in out:
+            raise CliError(f"--attr {name} is given twice", EXIT_USAGE)
+        out[name] = value
+    return out or None
+
+
+def _attr_option(help_text: str) -> Any:
+    return click.option("--attr", "attrs", multiple=True, metavar="NAME=VALUE", help=help_text)
+
+
 # -- the commands ----------------------------------------------------------------------------------
 
 
@@ -89,16 +110,19 @@ def _record_line(i: int, rec: dict[str, Any]) -> str:
 @click.option("--agent", help="Flow control: the agent (default: the workflow id).")
 @click.option("--priority", type=click.IntRange(1, 5), metavar="1-5",
               help="Flow control: where its deferred work stands in its queue (1 first, 5 last; default 3).")
+@_attr_option("An indexed attribute of the run (repeatable; names from ABSTRACTRUNTIME_RUN_ATTRS).")
 @pass_state
 def start(state: State, workflow_id: str, vars_: str | None, run_id: str | None, wait_s: float | None,
-          tenant: str | None, user: str | None, agent: str | None, priority: int | None) -> None:
+          tenant: str | None, user: str | None, agent: str | None, priority: int | None,
+          attrs: tuple[str, ...]) -> None:
     """Start a run of WORKFLOW_ID."""
+    run_attrs = _attrs_arg(attrs)
     _require_deployment(state)
     run_vars = _json_arg(vars_, "--vars") if vars_ is not None else None
     if run_vars is not None and not isinstance(run_vars, dict):
         raise CliError("--vars must be a JSON object", EXIT_USAGE)
     rid = state.client.start(workflow_id, vars=run_vars, run_id=run_id, tenant=tenant, user=user, agent=agent,
-                             priority=priority)
+                             priority=priority, attrs=run_attrs)
     if wait_s is None:
         state.out({"run_id": rid, "workflow_id": workflow_id}, f"started run {rid} ({workflow_id})")
         return
@@ -124,7 +148,7 @@ def status(state: State, run_id: str) -> None:
     """Show a run: status, node, what it waits for, output or error, and its last failure."""
     _require_deployment(state)
     run = state.client.get_state(run_id)
-    data = _state_dict(run)
+    data = {**_state_dict(run), "attrs": attrs_of(run)}
     failure = state.client.last_failure(run_id)
     if failure is not None:
         data["last_failure"] = failure
@@ -331,34 +355,43 @@ _STATUS = click.Choice([s.value for s in RunStatus])
 @runs.command("list")
 @click.option("--status", type=_STATUS)
 @click.option("--workflow", help="Workflow id.")
+@_attr_option("Only runs started with this attribute (repeatable: all of them); newest created first.")
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
 @pass_state
-def runs_list(state: State, status: str | None, workflow: str | None, limit: int) -> None:
+def runs_list(state: State, status: str | None, workflow: str | None, attrs: tuple[str, ...], limit: int) -> None:
     """List runs."""
+    wanted = _attrs_arg(attrs)
     _require_deployment(state)
-    found = state.client.list_runs(status=status, workflow_id=workflow, limit=limit)
+    found = state.client.list_runs(status=status, workflow_id=workflow, attrs=wanted, limit=limit)
 
     def human() -> None:
         if not found:
             click.echo("no runs")
         for r in found:
+            shown = " ".join(f"{k}={v}" for k, v in attrs_of(r).items())
             click.echo(f"{r.run_id:<38} {r.workflow_id:<20} {RunStatus(r.status).value:<10} "
-                       f"{str(r.current_node):<16} {r.updated_at}")
+                       f"{str(r.current_node):<16} {r.updated_at}" + (f"  {shown}" if shown else ""))
 
     state.out([{"run_id": r.run_id, "workflow_id": r.workflow_id, "status": RunStatus(r.status).value,
-                "current_node": r.current_node, "updated_at": r.updated_at} for r in found], human)
+                "current_node": r.current_node, "updated_at": r.updated_at, "created_at": r.created_at,
+                "attrs": attrs_of(r)} for r in found], human)
 
 
 @runs.command("count")
 @click.option("--status", type=_STATUS)
 @click.option("--workflow", help="Workflow id.")
+@_attr_option("Only runs started with this attribute (repeatable: all of them).")
 @pass_state
-def runs_count(state: State, status: str | None, workflow: str | None) -> None:
+def runs_count(state: State, status: str | None, workflow: str | None, attrs: tuple[str, ...]) -> None:
     """Count runs."""
+    wanted = _attrs_arg(attrs)
     _require_deployment(state)
-    if status is None and workflow is None:
+    if status is None and workflow is None and wanted is None:
         counts = {s.value: state.client.count(status=s.value) for s in RunStatus}
         state.out(counts, "\n".join(f"{k:<10} {v}" for k, v in counts.items()))
         return
-    n = state.client.count(status=status, workflow_id=workflow)
-    state.out({"count": n, "status": status, "workflow_id": workflow}, str(n))
+    n = state.client.count(status=status, workflow_id=workflow, attrs=wanted)
+    out: dict[str, Any] = {"count": n, "status": status, "workflow_id": workflow}
+    if wanted is not None:
+        out["attrs"] = wanted
+    state.out(out, str(n))
