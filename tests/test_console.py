@@ -26,7 +26,8 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture
 def deployment(redis_server: Any, tmp_path: Any) -> Any:
     stub = StubDispatcher()
-    client = Client(WorkerSettings(), backend=redis_backend(redis_server.client()), dispatcher=stub)
+    client = Client(WorkerSettings(run_attrs="customer"), backend=redis_backend(redis_server.client()),
+                    dispatcher=stub)
     console_scenarios.register(client.registry)
     with ConsoleServer(client, write_auth_file(tmp_path)) as server, \
             httpx.Client(base_url=server.url, follow_redirects=False, timeout=10) as http:
@@ -59,7 +60,7 @@ def test_the_runs_list_counts_and_filters(deployment):
     for run_id in done:
         stub.run_until_quiet(client.engine)
         client.respond(run_id, {"amount": 5})
-    waiting = [client.start("approve") for _ in range(3)]
+    waiting = [client.start("approve", attrs={"customer": c}) for c in ("c-1", "c-2", "c-2")]
     stub.run_until_quiet(client.engine)
     login(http, "vi")
     page = http.get("/runs").text
@@ -69,6 +70,10 @@ def test_the_runs_list_counts_and_filters(deployment):
     assert sorted(re.findall(r'<tr data-run="([^"]+)"', only)) == sorted(waiting)
     by_reason = http.get("/runs", params={"wait_reason": "user", "workflow": "approve"}).text
     assert sorted(re.findall(r'<tr data-run="([^"]+)"', by_reason)) == sorted(waiting)
+    by_attr = http.get("/runs", params={"attr": "customer=c-2"}).text
+    assert sorted(re.findall(r'<tr data-run="([^"]+)"', by_attr)) == sorted(waiting[1:])
+    both = http.get("/runs", params={"attr": "customer=c-2", "status": "completed"}).text
+    assert re.findall(r'<tr data-run="([^"]+)"', both) == []
     # malformed filters: a message, not a 500
     for params, said in (({"status": "sleeping"}, "status &#39;sleeping&#39; is not one of"),
                          ({"since": "yesterday"}, "since &#39;yesterday&#39; is not a date"),
@@ -204,3 +209,21 @@ def test_a_long_ledger_pages(deployment):
     first = http.get(f"/runs/{run_id}").text
     assert re.findall(r'data-index="(\d+)"', first)[0] == "0"
     assert backend.ledger.length(run_id) == len(records)
+
+
+def test_the_rows_a_page_fetches_when_its_run_moves(deployment):
+    client, stub, server, http = deployment
+    run_id = client.start("approve")
+    stub.run_until_quiet(client.engine)
+    login(http, "vi")
+    page = http.get(f"/runs/{run_id}").text
+    last = re.search(r'data-last="([^"]+)"', page).group(1)
+    shown = int(re.search(r'data-next-index="(\d+)"', page).group(1))
+    client.respond(run_id, {"amount": 3})
+    stub.run_until_quiet(client.engine)
+    got = http.get(f"/runs/{run_id}/rows", params={"after": last, "from": shown, "head": "1"})
+    assert got.status_code == 200, got.text[-2000:]
+    data = got.json()
+    assert data["status"] == "completed" and data["count"] == len(client.get_ledger(run_id)) - shown
+    assert data["total"] == len(client.get_ledger(run_id))
+    assert f'data-index="{shown}"' in data["html"] and "completed" in data["head"] and "<svg" in data["graph"]

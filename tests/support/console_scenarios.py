@@ -3,11 +3,12 @@ processes through ``ABSTRACTRUNTIME_IMPORTS=support.console_scenarios`` and by t
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
-from runtime import Effect, EffectType, StepPlan, WorkflowSpec
-from workers.registry import registry, tool
+from runtime import Effect, EffectOutcome, EffectType, StepPlan, WorkflowSpec
+from workers.registry import register_effect_handler, registry, tool
 
 AMOUNT_SCHEMA = {"type": "object", "properties": {"amount": {"type": "integer", "minimum": 1}},
                  "required": ["amount"]}
@@ -46,9 +47,11 @@ def paced(steps: int = 6) -> WorkflowSpec:
 
 
 def flaky() -> WorkflowSpec:
-    """Fails at ``check`` until ``vars.fixed`` is set, or the module-level switch below."""
+    """Fails at ``check`` until the file ``vars.fix_file`` exists (worker processes), or the
+    module-level switch below is on (the test's own process)."""
     def check(run: Any, ctx: Any) -> StepPlan:
-        if not FIXED["on"]:
+        fix_file = run.vars.get("fix_file")
+        if not FIXED["on"] and not (fix_file and os.path.exists(fix_file)):
             raise RuntimeError("the upstream answered 500")
         return StepPlan(node_id="check", complete_output={"ok": True})
 
@@ -71,8 +74,29 @@ def waiter() -> WorkflowSpec:
     return WorkflowSpec(workflow_id="waiter", entry_node="hold", nodes={"hold": hold, "done": done})
 
 
+def talker() -> WorkflowSpec:
+    """One LLM call (on the llm queue), answered by the fake handler below."""
+    def think(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="think", effect=Effect(type=EffectType.LLM_CALL, payload={"prompt": "hello"},
+                                                       result_key="reply"), next_node="done")
+
+    def done(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="done", complete_output={"reply": run.vars["reply"]})
+
+    return WorkflowSpec(workflow_id="talker", entry_node="think", nodes={"think": think, "done": done})
+
+
+def fake_llm(run: Any, effect: Effect) -> EffectOutcome:
+    return EffectOutcome.completed({"content": str(effect.payload.get("prompt", ""))[::-1], "model": "fake-1"})
+
+
+if "support.console_scenarios" in os.environ.get("ABSTRACTRUNTIME_IMPORTS", ""):
+    # in the workers of these tests only: the test process keeps the handlers other tests set
+    register_effect_handler(EffectType.LLM_CALL, fake_llm)
+
+
 def register(reg: Any) -> None:
-    for spec in (approve(), paced(), flaky(), waiter()):
+    for spec in (approve(), paced(), flaky(), waiter(), talker()):
         reg.register_workflow(spec, replace=True)
 
 

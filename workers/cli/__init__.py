@@ -46,7 +46,7 @@ from stores.redis.schedules import ScheduleExists
 from ..attrs import InvalidRunAttribute
 from ..flow.rules import InvalidLimitRule
 from ..schedules import InvalidSchedule, UnknownSchedule
-from . import explain, limits, metrics, processes, runs, schedules, stuck, waits
+from . import console, explain, limits, metrics, processes, runs, schedules, stuck, waits
 from ._common import (
     EXIT_CONFLICT,
     EXIT_FAILURE,
@@ -129,7 +129,7 @@ for _command in (processes.worker, processes.beat,
                  runs.cancel, runs.retry, runs.runs, waits.waiting,
                  processes.doctor, processes.demo, processes.dev, processes.stop, explain.explain,
                  stuck.stuck, limits.limits, limits.prices, waits.waits, waits.answer, schedules.schedule,
-                 metrics.metrics):
+                 metrics.metrics, console.console):
     cli.add_command(_command)
 del _command
 

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -28,11 +27,27 @@ from runtime import RunStatus, WaitReason
 from .auth import AuthFile, Session
 from .graph import graph_svg
 from .live import Hub
+from .views import (
+    BadFilter,
+    ago,
+    entry_before,
+    flow_usage,
+    is_secret,
+    llm_usage_of,
+    non_negative,
+    observed_edges,
+    parse_filters,
+    plausible_id,
+    pretty,
+    redacted,
+    runs_page,
+    safe_name,
+    took,
+)
 
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-PAGE = 50          # runs per page
 ROWS = 100         # ledger rows per page
 SHOWN = 2000       # characters of a payload shown inline (the rest: the download link)
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -47,16 +62,12 @@ except ImportError:  # pragma: no cover - the console runs with the Redis stores
     pass
 
 
-class BadFilter(ValueError):
-    pass
-
-
 def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...] = ()) -> Any:
     """The console over ``client``; ``auth`` None: no login (``--no-auth``, for a laptop)."""
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True))
-    env.filters["pretty"] = lambda v: _pretty(v, secret_keys)
-    env.filters["ago"] = _ago
-    env.filters["took"] = _took
+    env.filters["pretty"] = lambda v: pretty(v, secret_keys)
+    env.filters["ago"] = ago
+    env.filters["took"] = took
     hub = Hub(client)
 
     def session_of(request: Request) -> Session | None:
@@ -127,12 +138,12 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
         q = request.query_params
         error, rows, next_cursor = None, [], None
         try:
-            filters = _filters(q)
+            filters = parse_filters(q)
             if filters["prefix"] and len(filters["prefix"]) >= 36:
                 found = client.backend.runs.load(filters["prefix"])
                 rows = [found] if found is not None else []
             else:
-                rows, next_cursor = _runs_page(client, filters, q.get("cursor"))
+                rows, next_cursor = runs_page(client, filters, q.get("cursor"))
         except BadFilter as exc:
             error = str(exc)
         counts = {s.value: client.count(status=s) for s in RunStatus}
@@ -144,24 +155,18 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
 
     def run_page(request: Request) -> Response:
         run_id = request.path_params["run_id"]
-        state = client.backend.runs.load(run_id) if _plausible(run_id) else None
+        state = client.backend.runs.load(run_id) if plausible_id(run_id) else None
         if state is None:
             return page(request, "error.html", 404, title="No such run",
                         message=f"There is no run {run_id!r}.")
         after = request.query_params.get("after", "-")
-        first = _int(request.query_params.get("from"), 0)
+        first = non_negative(request.query_params.get("from"), 0)
         rows = client.backend.ledger.page(run_id, after=after, count=ROWS)
         total = client.backend.ledger.length(run_id)
-        try:
-            diagnosis = client.explain(run_id).to_dict()
-        except Exception as exc:  # the broker is down, say: the page still renders
-            diagnosis = {"code": "UNKNOWN", "sentence": f"explain failed: {exc}", "action": ""}
+        diagnosis, svg = head_parts(state)
         waits = [w for w in client.list_waits(root_run_id=run_id) if w.get("run_id") == run_id]
         children = client.backend.runs.list_children(parent_run_id=run_id)
-        spec = client.registry.workflows.get(state.workflow_id)
-        path = [rec.get("node_id") for _i, rec in client.backend.ledger.page(run_id, count=500)]
-        svg = graph_svg(spec, _observed(client, state.workflow_id, run_id), path, state.current_node)
-        usage = _usage(state)
+        usage = llm_usage_of(state)
         failure = client.last_failure(run_id) if state.status == RunStatus.FAILED else None
         last_id = rows[-1][0] if rows else after
         more = first + len(rows) < total
@@ -170,41 +175,59 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
                     on_last_page=not more, shown=SHOWN,
                     next_url=f"/runs/{run_id}?{urlencode({'after': last_id, 'from': first + len(rows)})}"
                     if more else None,
-                    vars_shown=[(k, _pretty(v, secret_keys) if not _secret(k, secret_keys) else '"[redacted]"')
+                    vars_shown=[(k, pretty(v, secret_keys) if not is_secret(k, secret_keys) else '"[redacted]"')
                                 for k, v in sorted(state.vars.items()) if not k.startswith("_")])
+
+    def head_parts(state: Any) -> tuple[dict[str, Any], str]:
+        """The ``explain`` of a run and its graph (the parts of its page that change as it moves)."""
+        try:
+            diagnosis = client.explain(state.run_id).to_dict()
+        except _STORE_DOWN:
+            raise
+        except Exception as exc:  # the broker is down, say: the page still renders
+            diagnosis = {"code": "UNKNOWN", "sentence": f"explain failed: {exc}", "action": ""}
+        spec = client.registry.workflows.get(state.workflow_id)
+        path = [rec.get("node_id") for _i, rec in client.backend.ledger.page(state.run_id, count=500)]
+        return diagnosis, graph_svg(spec, observed_edges(client, state.workflow_id, state.run_id), path,
+                                    state.current_node)
 
     def rows_fragment(request: Request) -> Response:
         run_id = request.path_params["run_id"]
-        if not _plausible(run_id):
+        if not plausible_id(run_id):
             return HTMLResponse("", status_code=404)
         after = request.query_params.get("after", "-")
-        first = _int(request.query_params.get("from"), 0)
+        first = non_negative(request.query_params.get("from"), 0)
         rows = client.backend.ledger.page(run_id, after=after, count=ROWS)
         state = client.backend.runs.load(run_id)
         html = env.get_template("_rows.html").render(rows=rows, first=first, shown=SHOWN, run_id=run_id)
-        return JSONResponse({"html": html, "last_id": rows[-1][0] if rows else after, "count": len(rows),
-                             "status": state.status.value if state else None,
-                             "node": state.current_node if state else None})
+        out = {"html": html, "last_id": rows[-1][0] if rows else after, "count": len(rows),
+               "total": client.backend.ledger.length(run_id), "status": state.status.value if state else None,
+               "node": state.current_node if state else None}
+        if state is not None and request.query_params.get("head"):  # the status or node changed
+            diagnosis, svg = head_parts(state)
+            out["head"] = env.get_template("_head.html").render(run=state, diagnosis=diagnosis)
+            out["graph"] = svg
+        return JSONResponse(out)
 
     def payload(request: Request) -> Response:
         run_id, entry = request.path_params["run_id"], request.path_params["entry"]
-        if not _plausible(run_id) or not re.fullmatch(r"\d+-\d+", entry):
+        if not plausible_id(run_id) or not re.fullmatch(r"\d+-\d+", entry):
             return Response("not found", status_code=404)
-        found = client.backend.ledger.page(run_id, after=_before(entry), count=1)
+        found = client.backend.ledger.page(run_id, after=entry_before(entry), count=1)
         if not found or found[0][0] != entry:
             return Response("not found", status_code=404)
-        body = json.dumps(_redacted(found[0][1], secret_keys), indent=2, default=str)
+        body = json.dumps(redacted(found[0][1], secret_keys), indent=2, default=str)
         return Response(body, media_type="application/json",
-                        headers={"Content-Disposition": f'attachment; filename="{_safe(run_id)}-{entry}.json"'})
+                        headers={"Content-Disposition": f'attachment; filename="{safe_name(run_id)}-{entry}.json"'})
 
     def var_value(request: Request) -> Response:
         run_id, name = request.path_params["run_id"], request.path_params["name"]
-        state = client.backend.runs.load(run_id) if _plausible(run_id) else None
+        state = client.backend.runs.load(run_id) if plausible_id(run_id) else None
         if state is None or name.startswith("_") or name not in state.vars:
             return Response("not found", status_code=404)
-        body = "[redacted]" if _secret(name, secret_keys) else _pretty(state.vars[name], secret_keys)
+        body = "[redacted]" if is_secret(name, secret_keys) else pretty(state.vars[name], secret_keys)
         return Response(body, media_type="application/json",
-                        headers={"Content-Disposition": f'attachment; filename="{run_id}-{_safe(name)}.json"'})
+                        headers={"Content-Disposition": f'attachment; filename="{run_id}-{safe_name(name)}.json"'})
 
     async def events(request: Request) -> Response:
         run_id = request.path_params["run_id"]
@@ -232,7 +255,7 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
         run_id, action = request.path_params["run_id"], request.path_params["action"]
         user = request.state.session.user
         reason = str(body.get("reason") or "").strip()
-        if not _plausible(run_id) or client.backend.runs.load(run_id) is None:
+        if not plausible_id(run_id) or client.backend.runs.load(run_id) is None:
             return JSONResponse({"error": f"no run {run_id!r}"}, status_code=404)
         try:
             if action == "cancel":
@@ -297,7 +320,7 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
                 queues.append({"kind": kind, "name": name, "depth": depth, "consumers": len(live.get(name, ()))})
         finally:
             probe.close()
-        flow = _flow_usage(client)
+        flow = flow_usage(client)
         return page(request, "fleet.html", processes=sorted(seen, key=lambda p: str(p.get("process_id"))),
                     alive={p.get("process_id") for p in alive}, queues=queues, stuck=stuck_counts(b),
                     schedules=client.schedules(), flow=flow, now=now)
@@ -305,8 +328,12 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
     async def root(request: Request) -> Response:
         return RedirectResponse("/runs", status_code=303)
 
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)
+
     app = Starlette(routes=[
         Route("/", root),
+        Route("/favicon.ico", favicon),
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/runs", guarded(runs)),
@@ -344,188 +371,3 @@ class _Headers:
             await send(message)
 
         await self.app(scope, receive, sending)
-
-
-# -- helpers --------------------------------------------------------------------------------------------------------
-
-def _plausible(run_id: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9:._@+-]{1,200}", run_id))
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80]
-
-
-def _int(raw: str | None, default: int) -> int:
-    try:
-        return max(0, int(raw)) if raw else default
-    except ValueError:
-        return default
-
-
-def _before(entry: str) -> str:
-    ms, seq = (int(x) for x in entry.split("-"))
-    return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{2**63 - 1}" if ms else "-"
-
-
-def _filters(q: Any) -> dict[str, Any]:
-    status, reason = q.get("status") or None, q.get("wait_reason") or None
-    if status is not None and status not in {s.value for s in RunStatus}:
-        raise BadFilter(f"status {status!r} is not one of {', '.join(s.value for s in RunStatus)}")
-    if reason is not None and reason not in {r.value for r in WaitReason}:
-        raise BadFilter(f"wait reason {reason!r} is not one of {', '.join(r.value for r in WaitReason)}")
-    attrs: dict[str, str] = {}
-    for item in q.getlist("attr"):
-        if not item:
-            continue
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise BadFilter(f"attribute filter {item!r} is not name=value")
-        attrs[key.strip()] = value.strip()
-    bounds = {}
-    for name in ("since", "until"):
-        raw = q.get(name)
-        if raw:
-            try:
-                when = datetime.fromisoformat(raw)
-            except ValueError:
-                raise BadFilter(f"{name} {raw!r} is not a date or time (2026-12-01 or 2026-12-01T10:00)") from None
-            bounds[name] = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp() * 1000
-    prefix = (q.get("prefix") or "").strip()
-    if prefix and not _plausible(prefix):
-        raise BadFilter(f"run id prefix {prefix!r} holds characters no run id has")
-    return {"status": status, "wait_reason": reason, "workflow": q.get("workflow") or None, "attrs": attrs,
-            "prefix": prefix, **bounds}
-
-
-def _runs_page(client: Any, f: dict[str, Any], cursor: str | None) -> tuple[list[Any], str | None]:
-    """A page of runs newest first from one index, and the cursor of the next (``score:run id``)."""
-    b, k = client.backend, client.backend.keys
-    if f["wait_reason"]:
-        index = k.by_wait_reason(f["wait_reason"])
-    elif f["status"]:
-        index = k.by_status(f["status"])
-    elif f["attrs"] and hasattr(k, "by_attr"):
-        name, value = next(iter(f["attrs"].items()))
-        index = k.by_attr(name, value)
-    elif f["workflow"]:
-        index = k.by_workflow(f["workflow"])
-    else:
-        index = k.by_updated()
-    top: float | str = "+inf"
-    after_id = None
-    if cursor:
-        score, _, after_id = cursor.partition(":")
-        try:
-            top = float(score)
-        except ValueError:
-            raise BadFilter(f"cursor {cursor!r} is not one this page made") from None
-    out: list[Any] = []
-    offset, last = 0, None
-    while len(out) < PAGE:
-        batch = b.client.zrevrangebyscore(index, top, "-inf", start=offset, num=200, withscores=True)
-        if not batch:
-            return out, None
-        offset += len(batch)
-        pairs = [(m.decode(), s) for m, s in batch]
-        if after_id is not None:  # (equal scores come in reverse order of their ids)
-            pairs = [(m, s) for m, s in pairs if s < top or m < after_id]
-        for run in b.runs.load_many([m for m, _s in pairs]):
-            score = next(s for m, s in pairs if m == run.run_id)
-            last = f"{score:.0f}:{run.run_id}"
-            if _keeps(run, f):
-                out.append(run)
-                if len(out) == PAGE:
-                    return out, last
-    return out, last
-
-
-def _keeps(run: Any, f: dict[str, Any]) -> bool:
-    if f["status"] and RunStatus(run.status).value != f["status"]:
-        return False
-    if f["workflow"] and run.workflow_id != f["workflow"]:
-        return False
-    if f["wait_reason"] and (run.waiting is None or WaitReason(run.waiting.reason).value != f["wait_reason"]):
-        return False
-    have = run.vars.get("_attrs") or {}
-    if any(str(have.get(k)) != v for k, v in f["attrs"].items()):
-        return False
-    if f["prefix"] and not run.run_id.startswith(f["prefix"]):
-        return False
-    updated = _ms(run.updated_at)
-    return not (("since" in f and updated < f["since"]) or ("until" in f and updated > f["until"]))
-
-
-def _ms(iso: str | None) -> float:
-    try:
-        return datetime.fromisoformat(str(iso)).timestamp() * 1000
-    except ValueError:
-        return 0.0
-
-
-def _observed(client: Any, workflow_id: str, run_id: str) -> list[tuple[str, str]]:
-    """Transitions seen in the ledgers of this run and of the workflow's newest runs."""
-    ids = [run_id, *[r.decode() for r in client.backend.client.zrevrange(
-        client.backend.keys.by_workflow(workflow_id), 0, 9)]]
-    edges: list[tuple[str, str]] = []
-    for rid in dict.fromkeys(ids):
-        nodes = [rec.get("node_id") for _i, rec in client.backend.ledger.page(rid, count=300)]
-        for a, b in zip(nodes, nodes[1:]):
-            if a and b and a != b and (a, b) not in edges:
-                edges.append((a, b))
-    return edges
-
-
-def _usage(state: Any) -> dict[str, Any]:
-    spent = (state.vars.get("_flow_spent") or state.vars.get("_usage") or {}) if isinstance(state.vars, dict) else {}
-    return spent if isinstance(spent, dict) else {}
-
-
-def _flow_usage(client: Any) -> list[dict[str, Any]]:
-    """Each flow-control key with a rule: its rules' holders, bucket level and budget spent."""
-    from ..flow.resolve import registry
-    from ..flow.usage import key_usage
-
-    reg = registry(client.backend)
-    rules = reg.rules()
-    return [key_usage(reg.client, reg.keys, key, rules) for key in dict.fromkeys(r.key for r in rules)
-            if "*" not in key]
-
-
-def _secret(key: Any, secret_keys: tuple[str, ...]) -> bool:
-    return any(s.lower() in str(key).lower() for s in secret_keys)
-
-
-def _redacted(value: Any, secret_keys: tuple[str, ...]) -> Any:
-    if not secret_keys:
-        return value
-    if isinstance(value, dict):
-        return {k: "[redacted]" if _secret(k, secret_keys) else _redacted(v, secret_keys) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redacted(v, secret_keys) for v in value]
-    return value
-
-
-def _pretty(value: Any, secret_keys: tuple[str, ...] = ()) -> str:
-    return json.dumps(_redacted(value, secret_keys), indent=2, default=str, ensure_ascii=False, sort_keys=True)
-
-
-def _took(rec: dict[str, Any]) -> str:
-    if not rec.get("ended_at") or not rec.get("started_at"):
-        return ""
-    ms = _ms(rec["ended_at"]) - _ms(rec["started_at"])
-    return f"{ms:.0f} ms" if ms < 10_000 else f"{ms / 1000:.1f} s"
-
-
-def _ago(iso: str | None) -> str:
-    if not iso:
-        return ""
-    try:
-        then = datetime.fromisoformat(str(iso))
-    except ValueError:
-        return str(iso)
-    s = (datetime.now(timezone.utc) - (then if then.tzinfo else then.replace(tzinfo=timezone.utc))).total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if s >= size:
-            return f"{s / size:.0f} {unit} ago"
-    return f"{max(s, 0):.0f} s ago"

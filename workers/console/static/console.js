@@ -3,8 +3,8 @@
 "use strict";
 (function () {
   const csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
-  const head = document.getElementById("head");
-  const runId = head ? head.dataset.run : null;
+  const live = document.getElementById("live");
+  const runId = live ? live.dataset.run : null;
   const result = document.getElementById("action-result");
 
   async function post(action, body) {
@@ -82,28 +82,47 @@
   });
 
   if (runId && window.EventSource) {
-    let busy = false;
-    const source = new EventSource(`/runs/${encodeURIComponent(runId)}/events`);
-    source.onmessage = async () => {
-      if (busy) return;
+    let busy = false, again = false, forceNext = false, lastHead = 0, lastEvent = {};
+    async function refresh(force) {
+      if (busy) { again = true; return; }
       busy = true;
       try {
-        const query = new URLSearchParams({after: head.dataset.last, from: head.dataset.nextIndex});
+        const query = new URLSearchParams({after: live.dataset.last, from: live.dataset.nextIndex});
+        // the header and the graph (their status shown in data-status): when the status
+        // changed, else at most once a second
+        if (force || lastEvent.status !== live.dataset.status || Date.now() - lastHead > 1000) {
+          query.set("head", "1");
+          lastHead = Date.now();
+        }
         const response = await fetch(`/runs/${encodeURIComponent(runId)}/rows?${query}`, {credentials: "same-origin"});
         if (!response.ok) return;
         const data = await response.json();
-        if (head.dataset.live === "yes" && data.count) {
+        if (live.dataset.live === "yes" && data.count) {
           document.getElementById("rows").insertAdjacentHTML("beforeend", data.html);
-          head.dataset.last = data.last_id;
-          head.dataset.nextIndex = String(Number(head.dataset.nextIndex) + data.count);
+          live.dataset.last = data.last_id;
+          live.dataset.nextIndex = String(Number(live.dataset.nextIndex) + data.count);
         }
-        const status = document.getElementById("run-status");
-        if (status && data.status) { status.textContent = data.status; status.className = `status ${data.status}`; }
-        const node = document.getElementById("run-node");
-        if (node && data.node !== undefined) node.textContent = data.node || "";
+        document.getElementById("ledger-count").textContent = data.total;
+        if (data.head !== undefined) {
+          document.getElementById("head").innerHTML = data.head;
+          document.getElementById("graph").innerHTML = data.graph;
+          live.dataset.status = data.status || live.dataset.status;
+        } else if (data.status && data.status !== live.dataset.status) {
+          again = forceNext = true;  // the run moved on since: once more, with the header
+        }
       } finally {
         busy = false;
+        if (again) {
+          const force = forceNext;
+          again = forceNext = false;
+          refresh(force);
+        }
       }
+    }
+    const source = new EventSource(`/runs/${encodeURIComponent(runId)}/events`);
+    source.onmessage = (message) => {
+      try { lastEvent = JSON.parse(message.data || "{}"); } catch (e) { lastEvent = {}; }
+      refresh();
     };
   }
 })();
