@@ -227,3 +227,82 @@ def test_the_rows_a_page_fetches_when_its_run_moves(deployment):
     assert data["status"] == "completed" and data["count"] == len(client.get_ledger(run_id)) - shown
     assert data["total"] == len(client.get_ledger(run_id))
     assert f'data-index="{shown}"' in data["html"] and "completed" in data["head"] and "<svg" in data["graph"]
+
+
+def test_an_expired_session_goes_back_to_login(deployment, tmp_path):
+    import time
+
+    from workers.console import AuthFile
+    from workers.console.auth import Session
+
+    client, stub, server, http = deployment
+    auth = AuthFile.load(tmp_path / "console-auth.json")
+    http.cookies.set("ar_session", auth.cookie(Session("op", "operator", "x", int(time.time()) - 1)))
+    response = http.get("/runs")
+    assert response.status_code == 303 and response.headers["location"].startswith("/login")
+    http.cookies.set("ar_session", auth.cookie(Session("op", "operator", "x", int(time.time()) + 60)))
+    assert http.get("/runs").status_code == 200
+
+
+def test_wake_now_needs_a_reason_and_moves_a_sleeping_run(deployment):
+    from datetime import datetime, timedelta, timezone
+
+    client, stub, server, http = deployment
+    later = (datetime.now(timezone.utc) + timedelta(hours=5)).isoformat()
+    run_id = client.start("sleeper", vars={"until": later})
+    stub.run_until_quiet(client.engine)
+    login(http, "op")
+    page = http.get(f"/runs/{run_id}").text
+    assert 'data-action="wake"' in page
+    token = csrf_of(page)
+    assert http.post(f"/runs/{run_id}/wake", json={}, headers={"X-CSRF-Token": token}).status_code == 400
+    assert http.post(f"/runs/{run_id}/wake", json={"reason": "the data is in"},
+                     headers={"X-CSRF-Token": token}).status_code == 200
+    stub.run_until_quiet(client.engine)
+    assert client.get_state(run_id).status == RunStatus.COMPLETED
+    assert any(r.get("actor_id") == "op" for r in client.get_ledger(run_id))
+
+
+def test_a_workflow_the_console_does_not_know_is_drawn_from_its_ledger(deployment, tmp_path):
+    from workers.registry import Registry
+
+    client, stub, server, http = deployment
+    run_id = client.start("paced")
+    stub.run_until_quiet(client.engine)
+    stranger = Client(WorkerSettings(), backend=client.backend, reg=Registry())  # (no workflow registered)
+    with ConsoleServer(stranger, write_auth_file(tmp_path)) as other, \
+            httpx.Client(base_url=other.url, follow_redirects=False, timeout=10) as browser:
+        login(browser, "vi")
+        page = browser.get(f"/runs/{run_id}").text
+    svg = re.search(r"<svg.*?</svg>", page, re.S).group(0)
+    assert re.findall(r'data-node="([^"]+)"', svg) == ["s0", "s1", "s2", "s3", "s4", "s5", "s6"]
+    assert svg.count('class="edge walked"') == 6
+
+
+def test_the_llm_usage_of_a_run(deployment):
+    from runtime import EffectOutcome, EffectType
+
+    client, stub, server, http = deployment
+    client.registry.register_effect_handler(EffectType.LLM_CALL, lambda run, effect: EffectOutcome.completed(
+        {"content": "hi", "model": "fake-1", "usage": {"prompt_tokens": 11, "completion_tokens": 4}}))
+    run_id = client.start("talker")
+    stub.run_until_quiet(client.engine)
+    login(http, "vi")
+    page = http.get(f"/runs/{run_id}").text
+    assert re.search(r'id="llm-calls">1<', page) and re.search(r'id="llm-tokens-in">11<', page)
+    assert re.search(r'id="llm-tokens-out">4<', page)
+
+
+def test_redis_down_is_a_banner_not_a_500(tmp_path):
+    from support.redis_server import RedisServer
+
+    with RedisServer(tmp_path / "redis").start() as srv:
+        client = Client(WorkerSettings(), backend=redis_backend(srv.client()), dispatcher=StubDispatcher())
+        with ConsoleServer(client, write_auth_file(tmp_path)) as server, \
+                httpx.Client(base_url=server.url, follow_redirects=False, timeout=30) as http:
+            login(http, "vi")
+            assert http.get("/runs").status_code == 200
+            srv.stop()
+            down = http.get("/runs")
+            assert down.status_code == 503 and 'class="banner"' in down.text and "Redis cannot be reached" in down.text
+            assert "op · operator" not in down.text and "vi · viewer" in down.text  # the page itself renders

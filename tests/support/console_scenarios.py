@@ -95,8 +95,20 @@ if "support.console_scenarios" in os.environ.get("ABSTRACTRUNTIME_IMPORTS", ""):
     register_effect_handler(EffectType.LLM_CALL, fake_llm)
 
 
+def sleeper() -> WorkflowSpec:
+    """Sleeps until ``vars.until`` (a wake-now candidate)."""
+    def nap(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="nap", effect=Effect(type=EffectType.WAIT_UNTIL, payload={"until": run.vars["until"]}),
+                        next_node="done")
+
+    def done(run: Any, ctx: Any) -> StepPlan:
+        return StepPlan(node_id="done", complete_output={"woke": True})
+
+    return WorkflowSpec(workflow_id="sleeper", entry_node="nap", nodes={"nap": nap, "done": done})
+
+
 def register(reg: Any) -> None:
-    for spec in (approve(), paced(), flaky(), waiter(), talker()):
+    for spec in (approve(), paced(), flaky(), waiter(), talker(), sleeper()):
         reg.register_workflow(spec, replace=True)
 
 

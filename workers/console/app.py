@@ -163,10 +163,11 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
         first = non_negative(request.query_params.get("from"), 0)
         rows = client.backend.ledger.page(run_id, after=after, count=ROWS)
         total = client.backend.ledger.length(run_id)
-        diagnosis, svg = head_parts(state)
+        early = [rec for _i, rec in client.backend.ledger.page(run_id, count=2000)]  # the path, the tokens
+        diagnosis, svg = head_parts(state, early)
         waits = [w for w in client.list_waits(root_run_id=run_id) if w.get("run_id") == run_id]
         children = client.backend.runs.list_children(parent_run_id=run_id)
-        usage = llm_usage_of(state)
+        usage = llm_usage_of(state, early, total)
         failure = client.last_failure(run_id) if state.status == RunStatus.FAILED else None
         last_id = rows[-1][0] if rows else after
         more = first + len(rows) < total
@@ -178,7 +179,7 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
                     vars_shown=[(k, pretty(v, secret_keys) if not is_secret(k, secret_keys) else '"[redacted]"')
                                 for k, v in sorted(state.vars.items()) if not k.startswith("_")])
 
-    def head_parts(state: Any) -> tuple[dict[str, Any], str]:
+    def head_parts(state: Any, records: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], str]:
         """The ``explain`` of a run and its graph (the parts of its page that change as it moves)."""
         try:
             diagnosis = client.explain(state.run_id).to_dict()
@@ -187,7 +188,9 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
         except Exception as exc:  # the broker is down, say: the page still renders
             diagnosis = {"code": "UNKNOWN", "sentence": f"explain failed: {exc}", "action": ""}
         spec = client.registry.workflows.get(state.workflow_id)
-        path = [rec.get("node_id") for _i, rec in client.backend.ledger.page(state.run_id, count=500)]
+        if records is None:
+            records = [rec for _i, rec in client.backend.ledger.page(state.run_id, count=500)]
+        path = [rec.get("node_id") for rec in records[:500]]
         return diagnosis, graph_svg(spec, observed_edges(client, state.workflow_id, state.run_id), path,
                                     state.current_node)
 

@@ -145,9 +145,22 @@ def observed_edges(client: Any, workflow_id: str, run_id: str) -> list[tuple[str
     return edges
 
 
-def llm_usage_of(state: Any) -> dict[str, Any]:
-    spent = (state.vars.get("_flow_spent") or state.vars.get("_usage") or {}) if isinstance(state.vars, dict) else {}
-    return spent if isinstance(spent, dict) else {}
+def llm_usage_of(state: Any, records: list[dict[str, Any]], total: int) -> dict[str, Any]:
+    """The run's LLM calls and tokens (from ``records``, its ledger's first ones) and its cost
+    (``vars["_flow"]["cost_usd"]``, kept by flow control's price table); {} when it made none."""
+    from ..flow.gate import llm_usage
+
+    calls = tokens_in = tokens_out = 0
+    for rec in records:
+        if (rec.get("effect") or {}).get("type") == "llm_call" and rec.get("status") == "completed":
+            got_in, got_out = llm_usage(rec.get("result"))
+            calls, tokens_in, tokens_out = calls + 1, tokens_in + got_in, tokens_out + got_out
+    flow = state.vars.get("_flow") if isinstance(state.vars, dict) else None
+    cost = flow.get("cost_usd") if isinstance(flow, dict) else None
+    if not calls and cost is None:
+        return {}
+    return {"calls": calls, "input_tokens": tokens_in, "output_tokens": tokens_out, "cost_usd": cost,
+            "partial": total > len(records)}
 
 
 def flow_usage(client: Any) -> list[dict[str, Any]]:
