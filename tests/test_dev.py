@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +188,36 @@ def test_demo_keep_records_its_processes_and_stop_ends_them(folder):
         assert leftovers(stack, redis_pid) == [] and mentioning(str(folder)) == []
     finally:
         cli(folder, "stop", timeout=90)
+
+
+@pytest.mark.timeout(180)
+def test_dev_serves_the_console_when_asked(folder):
+    import urllib.request
+
+    pytest.importorskip("starlette")
+    from support.redis_server import free_port
+
+    port = free_port()
+    dev = Dev(folder, "--console-port", str(port), ABSTRACTRUNTIME_IMPORTS="workers.demo_workflows")
+    try:
+        dev.wait_for("dev    | ready: ")
+        assert [p["name"] for p in dev.stack()["processes"]] == ["worker", "beat", "console"]
+        assert f"http://127.0.0.1:{port}/" in dev.output
+        started = cli(folder, "--json", "start", "demo.chain", "--wait", "30",
+                      ABSTRACTRUNTIME_IMPORTS="workers.demo_workflows")
+        run_id = json.loads(started.stdout)["run_id"]
+        deadline = time.monotonic() + 30
+        while True:  # (the console may still be starting)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/runs", timeout=5) as response:
+                    page = response.read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        assert run_id in page  # no login on this machine's own stack
+        assert cli(folder, "stop", timeout=90).returncode == 0
+        assert dev.exit_code() == 0, dev.output
+    finally:
+        dev.kill_all()

@@ -61,6 +61,7 @@ class _Dev:
                  loglevel: str) -> None:
         self.env, self.settings = env, settings
         self.concurrency, self.loglevel = concurrency, loglevel
+        self.console_port: int | None = None
         self.data_dir = Path(settings.redis.data_dir).resolve()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.threads: list[threading.Thread] = []
@@ -158,6 +159,9 @@ class _Dev:
             f"  worker  pid {self.procs['worker'].pid}: every queue ({', '.join(s.queues)}); imports {imports}",
             f"  beat    pid {self.procs['beat'].pid}: the recovery sweep every {s.sweep_period_s:g}s",
         ]
+        if "console" in self.procs:
+            lines.append(f"  console pid {self.procs['console'].pid}: http://127.0.0.1:{self.console_port}/ "
+                         "(no login: this machine only)")
         # A CLI started in this folder finds the server by itself (./.abstractruntime); elsewhere
         # it needs the folder or the URL. Starting runs needs the workflow modules too.
         here = self.server is not None and self.data_dir == Path(".abstractruntime").resolve()
@@ -253,10 +257,13 @@ def _signals(handler: Any) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def run_dev(env: dict[str, str], *, concurrency: int | None = None, loglevel: str = "INFO") -> int:
-    """Run the stack in the foreground until a signal; the exit code (see the module docstring)."""
+def run_dev(env: dict[str, str], *, concurrency: int | None = None, loglevel: str = "INFO",
+            console_port: int | None = None) -> int:
+    """Run the stack in the foreground until a signal; the exit code (see the module docstring).
+    ``console_port``: the run console too (``abstractruntime console --no-auth``, on 127.0.0.1)."""
     settings = WorkerSettings.from_env(env)
     dev = _Dev(env, settings, concurrency=concurrency, loglevel=loglevel)
+    dev.console_port = console_port
     running = live_stack(dev.data_dir)
     if running is not None:
         who = f"abstractruntime {running.get('by', 'dev')}" + (f" (pid {running['pid']})" if running.get("pid") else "")
@@ -273,6 +280,8 @@ def run_dev(env: dict[str, str], *, concurrency: int | None = None, loglevel: st
                 worker += ["--concurrency", str(concurrency)]
             dev.spawn("worker", worker)
             dev.spawn("beat", ["beat", "--loglevel", loglevel])
+            if console_port:
+                dev.spawn("console", ["console", "--no-auth", "--host", "127.0.0.1", "--port", str(console_port)])
             redis = {"pid": dev.server.pid, "url": dev.url} if dev.server is not None else None
             write_stack(dev.data_dir, by="dev", supervisor=os.getpid(),
                         processes={n: p.pid for n, p in dev.procs.items()}, redis=redis)

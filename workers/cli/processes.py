@@ -114,8 +114,10 @@ def beat(state: State, loglevel: str, log_format: str) -> None:
 @_opt("--concurrency", "-c", env="ABSTRACTRUNTIME_WORKER_CONCURRENCY", type=click.IntRange(1),
       help="Pool size of the worker [the number of CPUs].")
 @_opt("--loglevel", "-l", env="ABSTRACTRUNTIME_LOGLEVEL", default="INFO", show_default=True)
+@_opt("--console-port", env="ABSTRACTRUNTIME_DEV_CONSOLE_PORT", type=click.IntRange(1, 65535),
+      help="Serve the run console too, on 127.0.0.1:PORT, without login (needs the console extra).")
 @pass_state
-def dev(state: State, concurrency: int | None, loglevel: str) -> None:
+def dev(state: State, concurrency: int | None, loglevel: str, console_port: int | None) -> None:
     """Run the local stack in the foreground: the embedded Redis, a worker on every queue and beat.
 
     Their output is interleaved, each line behind the name of its process. Ctrl-C (or
@@ -125,7 +127,7 @@ def dev(state: State, concurrency: int | None, loglevel: str) -> None:
     from ..dev import run_dev
 
     state.settings  # noqa: B018  (a bad setting fails here, with the variable named)
-    code = run_dev(state.env, concurrency=concurrency, loglevel=loglevel)
+    code = run_dev(state.env, concurrency=concurrency, loglevel=loglevel, console_port=console_port)
     if code:
         raise click.exceptions.Exit(code)
 
