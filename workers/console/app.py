@@ -112,15 +112,17 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
 
     async def login(request: Request) -> Response:
         request.state.session = None
+        if auth is None:  # no login on this machine's own console
+            return RedirectResponse("/runs", status_code=303)
         error = None
         if request.method == "POST":
             form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
-            session = auth.login(form.get("user", ""), form.get("password", "")) if auth else None
+            session = auth.login(form.get("user", ""), form.get("password", ""))
             if session is not None:
                 target = form.get("next") or "/runs"
                 response = RedirectResponse(target if target.startswith("/") and not target.startswith("//")
                                             else "/runs", status_code=303)
-                response.set_cookie(_COOKIE, auth.cookie(session) if auth else "", httponly=True, samesite="strict",
+                response.set_cookie(_COOKIE, auth.cookie(session), httponly=True, samesite="strict",
                                     secure=request.url.scheme == "https", max_age=8 * 3600)
                 return response
             error = "Wrong user name or password."
