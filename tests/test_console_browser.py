@@ -216,3 +216,19 @@ def test_a_ten_thousand_step_run_pages(browser, deployment):
     page.wait_for_url(re.compile(r".*from=100.*"))
     assert page.locator("#rows tr.rec").first.get_attribute("data-index") == "100"
     print(f"\n10,000-step run: first render {first_render_s * 1000:.0f} ms")
+
+
+def test_retry_a_failed_run_after_its_fix(browser, deployment, tmp_path):
+    g, client, server = deployment
+    fix = tmp_path / "fixed"
+    run_id = client.start("flaky", vars={"fix_file": str(fix)})
+    assert client.wait_for(run_id, ["failed"], timeout=60).status == RunStatus.FAILED
+    page = log_in(browser, server, "op")
+    page.goto(f"{server.url}/runs/{run_id}")
+    assert "the upstream answered 500" in page.locator("section.failure").inner_text()
+    fix.write_text("deployed")
+    with page.expect_navigation():  # (the button asks for a reason: the test's dialog handler gives one)
+        page.click('button[data-action="retry"]')
+    assert client.wait_for(run_id, ["completed"], timeout=60).status == RunStatus.COMPLETED
+    assert any(m == "Why retry?" for m in page.dialogs)
+    assert any(r.get("actor_id") == "op" for r in client.get_ledger(run_id))

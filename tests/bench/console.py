@@ -15,8 +15,8 @@ records to one more run, and serves the console (uvicorn, on loopback, in this p
   runs, the least any list page must do;
 * the page weight: the run page's HTML plus the script and the style sheet;
 * ``--followers`` SSE connections following one run while it commits 20 times: how many
-  connections the console holds on Redis blocked in ``XREAD`` (``CLIENT LIST``), and whether
-  every follower got every commit.
+  connections the console holds on Redis blocked in ``XREAD`` (``CLIENT LIST``), whether
+  every follower got every commit, and how long after its commit each got it.
 
 The issue's targets: runs list ≤ 100 ms with 100k runs, run page ≤ 150 ms for a 10,000-step
 run, 50 browsers on one run cost one Redis reader, page weight ≤ 150 KB.
@@ -125,6 +125,7 @@ def main() -> int:
             log(f"{args.followers} followers of one run")
             run_id = client.start("steps20", vars={"_hold": True})
             got = [0] * args.followers
+            seen: list[list[tuple[int, float]]] = [[] for _ in range(args.followers)]  # (version, when)
             ready = threading.Barrier(args.followers + 1)
             cookies = dict(http.cookies)
 
@@ -135,7 +136,9 @@ def main() -> int:
                     for line in stream.iter_lines():
                         if line.startswith("data:"):
                             got[i] += 1
-                            if json.loads(line[5:]).get("status") == RunStatus.COMPLETED.value:
+                            event = json.loads(line[5:])
+                            seen[i].append((int(event.get("v") or 0), time.perf_counter()))
+                            if event.get("status") == RunStatus.COMPLETED.value:
                                 return
 
             threads = [threading.Thread(target=follow, args=(i,), daemon=True) for i in range(args.followers)]
@@ -145,11 +148,13 @@ def main() -> int:
             time.sleep(1.0)  # (every stream registered with the hub)
             readers = [c for c in r.client_list() if c.get("cmd") in ("xread", "xreadgroup")]
             commits = 0
+            committed: dict[int, float] = {}
             while client.get_state(run_id).status != RunStatus.COMPLETED:
                 try:
                     stub.drain(client.engine, max_messages=1)  # one commit at a time
                 except DrainLimitReached:
                     pass
+                committed[backend.load_versioned(run_id)[1]] = time.perf_counter()
                 commits += 1
                 time.sleep(0.05)
             for t in threads:
@@ -159,6 +164,9 @@ def main() -> int:
             out["hub_reads"] = console.app.state.hub.reads
             out["events_per_follower_min"] = min(got)
             out["commits"] = commits
+            lags = sorted((when - committed[v]) * 1000 for mine in seen for v, when in mine if v in committed)
+            out["commit_to_browser_ms"] = None if not lags else (
+                round(statistics.median(lags), 1), round(lags[max(0, int(len(lags) * 0.99) - 1)], 1))
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -171,6 +179,9 @@ def main() -> int:
     print(f"page weight (HTML + script + style) {out['page_weight_kb']:>8.1f} KB")
     print(f"{args.followers} SSE followers of one run: {out['redis_readers_blocked_in_xread']} Redis connection(s) "
           f"in XREAD; each follower got >= {out['events_per_follower_min']} events of {out['commits']} commits")
+    if out["commit_to_browser_ms"]:
+        print(f"from a commit to its event at a follower: median {out['commit_to_browser_ms'][0]} ms, "
+              f"p99 {out['commit_to_browser_ms'][1]} ms")
     return 0
 
 
