@@ -34,6 +34,17 @@ def deployment(redis_server: Any, tmp_path: Any) -> Any:
         yield client, stub, server, http
 
 
+def open_run(deployment: Any, workflow: str, user: str, **vars: Any) -> tuple[str, str, str]:
+    """Start a run of ``workflow`` and move it as far as it goes; log in as ``user`` and open its
+    page: (run id, the page, its CSRF token)."""
+    client, stub, _server, http = deployment
+    run_id = client.start(workflow, vars=vars or None)
+    stub.run_until_quiet(client.engine)
+    login(http, user)
+    page = http.get(f"/runs/{run_id}").text
+    return run_id, page, csrf_of(page)
+
+
 def test_no_session_goes_to_login_and_a_wrong_password_stays_there(deployment):
     client, stub, server, http = deployment
     response = http.get("/runs")
@@ -104,11 +115,7 @@ def test_an_unknown_run_is_a_404_page(deployment):
 
 def test_actions_need_the_csrf_token_and_an_operator(deployment):
     client, stub, server, http = deployment
-    run_id = client.start("waiter")
-    stub.run_until_quiet(client.engine)
-    login(http, "vi")
-    page = http.get(f"/runs/{run_id}").text
-    token = csrf_of(page)
+    run_id, page, token = open_run(deployment, "waiter", "vi")
     assert http.post(f"/runs/{run_id}/cancel", json={}).status_code == 403  # no token
     viewer = http.post(f"/runs/{run_id}/cancel", json={}, headers={"X-CSRF-Token": token})
     assert viewer.status_code == 403 and "operators only" in viewer.json()["error"]
@@ -129,12 +136,8 @@ def test_actions_need_the_csrf_token_and_an_operator(deployment):
 
 def test_an_answer_with_the_schema_error_then_the_right_one(deployment):
     client, stub, server, http = deployment
-    run_id = client.start("approve")
-    stub.run_until_quiet(client.engine)
-    login(http, "op")
-    page = http.get(f"/runs/{run_id}").text
+    run_id, page, token = open_run(deployment, "approve", "op")
     assert 'name="field:amount"' in page and "How much?" in page
-    token = csrf_of(page)
     bad = http.post(f"/runs/{run_id}/answer", json={"answer": {"amount": 0}}, headers={"X-CSRF-Token": token})
     assert bad.status_code == 400 and "amount" in bad.json()["error"] and "must be at least 1" in bad.json()["error"]
     assert client.get_state(run_id).status == RunStatus.WAITING
@@ -148,13 +151,9 @@ def test_an_answer_with_the_schema_error_then_the_right_one(deployment):
 def test_retry_after_the_fix_and_verify(deployment):
     client, stub, server, http = deployment
     console_scenarios.FIXED["on"] = False
-    run_id = client.start("flaky")
-    stub.run_until_quiet(client.engine)
+    run_id, page, token = open_run(deployment, "flaky", "op")
     assert client.get_state(run_id).status == RunStatus.FAILED
-    login(http, "op")
-    page = http.get(f"/runs/{run_id}").text
     assert "the upstream answered 500" in page and 'data-action="retry"' in page
-    token = csrf_of(page)
     assert http.post(f"/runs/{run_id}/retry", json={}, headers={"X-CSRF-Token": token}).status_code == 400
     console_scenarios.FIXED["on"] = True
     try:
@@ -249,12 +248,8 @@ def test_wake_now_needs_a_reason_and_moves_a_sleeping_run(deployment):
 
     client, stub, server, http = deployment
     later = (datetime.now(timezone.utc) + timedelta(hours=5)).isoformat()
-    run_id = client.start("sleeper", vars={"until": later})
-    stub.run_until_quiet(client.engine)
-    login(http, "op")
-    page = http.get(f"/runs/{run_id}").text
+    run_id, page, token = open_run(deployment, "sleeper", "op", until=later)
     assert 'data-action="wake"' in page
-    token = csrf_of(page)
     assert http.post(f"/runs/{run_id}/wake", json={}, headers={"X-CSRF-Token": token}).status_code == 400
     assert http.post(f"/runs/{run_id}/wake", json={"reason": "the data is in"},
                      headers={"X-CSRF-Token": token}).status_code == 200
