@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -24,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 
 from runtime import RunStatus, WaitReason
 
+from ..fleet import explain_run
 from .auth import AuthFile, Session
 from .graph import graph_svg
 from .live import Hub
@@ -69,6 +71,7 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
     env.filters["ago"] = ago
     env.filters["took"] = took
     hub = Hub(client)
+    broker = _SharedProbe(client)
 
     def session_of(request: Request) -> Session | None:
         if auth is None:
@@ -184,7 +187,8 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
     def head_parts(state: Any, records: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], str]:
         """The ``explain`` of a run and its graph (the parts of its page that change as it moves)."""
         try:
-            diagnosis = client.explain(state.run_id).to_dict()
+            with broker as probe:
+                diagnosis = explain_run(client.backend, client.settings, state.run_id, broker=probe).to_dict()
         except _STORE_DOWN:
             raise
         except Exception as exc:  # the broker is down, say: the page still renders
@@ -303,7 +307,7 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
         return await asyncio.to_thread(act, request, body)
 
     def fleet(request: Request) -> Response:
-        from ..fleet import BrokerProbe, consumers_by_queue
+        from ..fleet import consumers_by_queue
         from ..heartbeat import ALIVE_WITHIN_S
         from ..settings import QUEUE_KINDS
         from ..stuck import stuck_counts
@@ -313,9 +317,8 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
         seen = b.live_processes(now - 3600_000)
         alive = [p for p in seen if p.get("at", 0) >= now - ALIVE_WITHIN_S * 1000]
         live = consumers_by_queue(alive)
-        probe = BrokerProbe(client.app, client.settings)
         queues = []
-        try:
+        with broker as probe:
             for kind in QUEUE_KINDS:
                 name = client.settings.queue(kind)
                 try:
@@ -323,8 +326,6 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
                 except Exception as exc:
                     depth = f"unknown ({exc})"
                 queues.append({"kind": kind, "name": name, "depth": depth, "consumers": len(live.get(name, ()))})
-        finally:
-            probe.close()
         flow = flow_usage(client)
         return page(request, "fleet.html", processes=sorted(seen, key=lambda p: str(p.get("process_id"))),
                     alive={p.get("process_id") for p in alive}, queues=queues, stuck=stuck_counts(b),
@@ -353,6 +354,24 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
     ])
     app.state.hub = hub
     return _Headers(app)
+
+
+class _SharedProbe:
+    """One broker connection for the whole console (``explain`` and the fleet's queue depths),
+    used by one request at a time; a probe that fails closes, and the next use opens another."""
+
+    def __init__(self, client: Any) -> None:
+        from ..fleet import BrokerProbe
+
+        self.probe = BrokerProbe(client.app, client.settings)
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> Any:
+        self.lock.acquire()
+        return self.probe
+
+    def __exit__(self, *exc: Any) -> None:
+        self.lock.release()
 
 
 class _Headers:
