@@ -101,12 +101,17 @@ def leased(store: RedisBackend, run_id: str) -> bool:
 SCENARIOS = [*SCENARIOS, ("crashy", {}, [])]
 
 
+#: Continuation (``workers/engine/inline.py``): every effect runs inside the task that asked for it.
+INLINE = {"steps_per_task": 64, "inline_effects": ("tools", "llm", "subworkflows")}
+
+
+@pytest.mark.parametrize("mode", ["queued", "inline"])
 @pytest.mark.parametrize("workflow_id,vars,actions", SCENARIOS, ids=[f"{s[0]}-{i}" for i, s in enumerate(SCENARIOS)])
-def test_same_final_state_and_ledger_as_in_process(store, workflow_id, vars, actions):
+def test_same_final_state_and_ledger_as_in_process(store, workflow_id, vars, actions, mode):
     run_id = f"eq-{workflow_id}-{uuid.uuid4().hex[:8]}"
     rt = in_process()
     play_in_process(rt, workflow_id, run_id, vars, actions)
-    engine, stub = stub_engine(store)
+    engine, stub = stub_engine(store, **(INLINE if mode == "inline" else {}))
     state = play_stub(engine, stub, workflow_id, run_id, vars, actions)
     assert comparable(state, store.ledger.list(run_id)) == comparable(rt.get_state(run_id), rt.get_ledger(run_id))
     assert store.ledger.verify(run_id)["ok"]

@@ -267,11 +267,12 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
     # being sent again by the sweep forever.
     @app.task(name=TASK_NAMES["tick"], shared=False)
     def tick(*args: Any) -> Any:
-        return _traced(holder, "tick", args, (1, 4), lambda e: e.tick(*_padded(args, (None, 1))))
+        return _traced(holder, "tick", args, (1, 4),
+                       lambda e: e.task(args[0], lambda: e.tick(*_padded(args, (None, 1)))))
 
     @app.task(name=TASK_NAMES["wake"], shared=False)
     def wake(*args: Any) -> Any:
-        return _traced(holder, "wake", args, (1, 2), lambda e: e.wake(*_padded(args, (None,))))
+        return _traced(holder, "wake", args, (1, 2), lambda e: e.task(args[0], lambda: e.wake(*_padded(args, (None,)))))
 
     @app.task(name=TASK_NAMES["sweep"], shared=False)
     def sweep(*args: Any) -> Any:
@@ -285,7 +286,8 @@ def create_app(settings: WorkerSettings | None = None, *, reg: Registry | None =
         label = name.removeprefix("abstractruntime.")
 
         def effect(*args: Any) -> Any:
-            return _traced(holder, "effect", args, (4, 5), lambda e: e.effect(*args), label=label)
+            return _traced(holder, "effect", args, (4, 5), lambda e: e.task(args[0], lambda: e.effect(*args)),
+                           label=label)
 
         return effect
 

@@ -54,6 +54,7 @@ class Registry:
     def __init__(self) -> None:
         self.workflows = WorkflowRegistry()
         self._tools: dict[str, Callable[..., Any]] = {}
+        self._inline: set[str] = set()
         self._handlers: dict[EffectType, EffectHandler] = {}
         self._lock = threading.Lock()
         self.effect_policy: EffectPolicy = DefaultEffectPolicy()
@@ -99,11 +100,13 @@ class Registry:
         """Every SLA rule declared in this process, of any workflow."""
         return tuple(rule for rules in list(self._sla.values()) for rule in rules.values())
 
-    def register_tool(self, name: str, fn: Callable[..., Any]) -> None:
+    def register_tool(self, name: str, fn: Callable[..., Any], *, inline: bool = False) -> None:
         """Register ``fn`` as the tool ``name``; ValueError if another function has the name.
 
         The same function defined again (its module re-imported: same module and qualified
-        name) replaces the first.
+        name) replaces the first. ``inline``: a fast, local tool (no network), which a worker
+        with ``steps_per_task`` > 1 runs inside the tick that asked for it
+        (``workers/engine/inline.py``).
         """
         if not isinstance(name, str) or not name:
             raise ValueError("a tool needs a non-empty name")
@@ -114,6 +117,15 @@ class Registry:
             if old is not fn and _origin(old) != _origin(fn):
                 raise ValueError(f"tool {name!r} is already registered (to {_origin(old)})")
             self._tools[name] = fn
+            if inline:
+                self._inline.add(name)
+            else:
+                self._inline.discard(name)
+
+    def inline_tools(self, names: Any) -> bool:
+        """Whether every tool of ``names`` was registered ``inline=True`` (False for none)."""
+        names = list(names)
+        return bool(names) and all(n in self._inline for n in names)
 
     @property
     def tools(self) -> Mapping[str, Callable[..., Any]]:
@@ -171,15 +183,16 @@ def register_workflow(workflow: WorkflowSpec, *, replace: bool = False) -> Workf
     return registry.register_workflow(workflow, replace=replace)
 
 
-def register_tool(name: str, fn: Callable[..., Any]) -> None:
-    registry.register_tool(name, fn)
+def register_tool(name: str, fn: Callable[..., Any], *, inline: bool = False) -> None:
+    registry.register_tool(name, fn, inline=inline)
 
 
-def tool(fn: F | None = None, *, name: str | None = None) -> Any:
-    """Decorator: ``@tool`` or ``@tool(name="search")`` registers a function as a tool."""
+def tool(fn: F | None = None, *, name: str | None = None, inline: bool = False) -> Any:
+    """Decorator: ``@tool`` or ``@tool(name="search")`` registers a function as a tool;
+    ``@tool(inline=True)``: a fast, local one, run inside its tick where a worker allows it."""
 
     def wrap(f: F) -> F:
-        registry.register_tool(name or f.__name__, f)
+        registry.register_tool(name or f.__name__, f, inline=inline)
         return f
 
     return wrap(fn) if fn is not None else wrap

@@ -41,7 +41,8 @@ STUCK_FIELDS = ("stuck_no_consumer_s", "stuck_lease_expired_s", "stuck_orphaned_
                 "stuck_waiting_job_s", "stuck_recheck_s")
 ENV_VARS.update({f"ABSTRACTRUNTIME_{name.upper()}": name for name in (
     *STUCK_FIELDS, "sla_webhook_secret", "sla_webhook_timeout_s", "sla_webhook_attempts", "flow_rules_cache_s",
-    "flow_llm_estimate_tokens", "waits_webhook_url", "run_attrs")})
+    "flow_llm_estimate_tokens", "waits_webhook_url", "run_attrs", "steps_per_task", "task_budget_ms",
+    "inline_effects")})
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,15 @@ class WorkerSettings:
     poison_after: int = 0
     #: Consecutive effect-free nodes one tick task runs, each committed on its own (K).
     nodes_per_tick: int = 1
+    #: Steps (ticks, and effects that may run inline) one task runs for its run before it hands
+    #: the run back to the queue (``workers/engine/inline.py``); 1: every step is its own task.
+    steps_per_task: int = 1
+    #: Milliseconds a task may keep running its run's steps before it hands the run back.
+    task_budget_ms: int = 200
+    #: Effect kinds (``tools``, ``llm``, ``subworkflows``) run inside the task that requested
+    #: them, whatever their tools say (with ``steps_per_task`` > 1); tools registered with
+    #: ``inline=True`` run inline anyway.
+    inline_effects: tuple[str, ...] = ()
     #: Attempts of a node whose handler raises (decision D5), then the run fails.
     tick_max_attempts: int = 3
     #: Backoff before the second attempt of a raising node; doubled each attempt.
@@ -151,7 +161,8 @@ class WorkerSettings:
         for name in ("tick_lease_s", "effect_lease_s", "sweep_period_s", "timer_hold_s", "visibility_timeout_s"):
             _check(name, getattr(self, name), positive=True)
         _check("tick_backoff_s", self.tick_backoff_s, positive=False)
-        for name in ("sweep_batch", "nodes_per_tick", "tick_max_attempts", "prefetch"):
+        for name in ("sweep_batch", "nodes_per_tick", "tick_max_attempts", "prefetch", "steps_per_task",
+                     "task_budget_ms"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"WorkerSettings.{name} must be a whole number of 1 or more, got {value!r}")
@@ -172,6 +183,12 @@ class WorkerSettings:
             raise ValueError(f"WorkerSettings.sla_webhook_attempts must be a whole number of 1 or more, "
                              f"got {attempts!r}")
 
+        if isinstance(self.inline_effects, str):
+            object.__setattr__(self, "inline_effects", _split(self.inline_effects))
+        for kind in self.inline_effects:
+            if kind not in ("tools", "llm", "subworkflows"):
+                raise ValueError(f"WorkerSettings.inline_effects must name effect kinds among tools, llm, "
+                                 f"subworkflows, got {kind!r}")
         if isinstance(self.run_attrs, str):
             object.__setattr__(self, "run_attrs", _split(self.run_attrs))
         for name in self.run_attrs:
@@ -205,7 +222,8 @@ class WorkerSettings:
         """
         env = os.environ if environ is None else environ
         parts = {"redis": RedisSettings.from_env(env), "signing": SigningSettings.from_env(env)}
-        return settings_from_env(cls, ENV_VARS, env, values=parts, convert={"imports": _split, "run_attrs": _split})
+        return settings_from_env(cls, ENV_VARS, env, values=parts,
+                                 convert={"imports": _split, "run_attrs": _split, "inline_effects": _split})
 
 
 def _split(raw: str) -> tuple[str, ...]:

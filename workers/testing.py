@@ -242,10 +242,10 @@ class StubDispatcher:
         attempt = message.args[at] if at is not None else 1
         label = message.task.removeprefix("abstractruntime.")
         with logs.task_outcome(logger, label, message.run_id, attempt=attempt) as outcome:
-            if message.kind == "tick":
-                result = engine.tick(*message.args)
+            if message.kind == "tick":  # (through Engine.task, as the task does: continuation included)
+                result = engine.task(message.run_id, lambda: engine.tick(*message.args))
             elif message.kind == "effect":
-                result = engine.effect(*message.args)
+                result = engine.task(message.run_id, lambda: engine.effect(*message.args))
             elif message.kind == "flow":
                 result = str(engine.flow_dispatch())
             else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,6 +27,7 @@ from ..flow.dispatch import FairDispatch
 from ..flow.gate import FlowGate
 from ..registry import Registry
 from ..settings import WorkerSettings
+from .inline import Continuation
 
 if TYPE_CHECKING:
     from runtime.models import EffectOutcome
@@ -81,7 +82,10 @@ class EngineBase:
         self.backend = backend
         self.registry = registry
         self.settings = settings
-        self.dispatcher = dispatcher
+        #: With ``steps_per_task`` > 1, a task runs its run's next steps itself (``inline.py``).
+        self.continuation = Continuation(dispatcher, steps=settings.steps_per_task,
+                                         budget_ms=settings.task_budget_ms) if settings.steps_per_task > 1 else None
+        self.dispatcher: Any = self.continuation or dispatcher
         self._tick_lease = int(settings.tick_lease_s * 1000)
         self._effect_lease = int(settings.effect_lease_s * 1000)
         #: Flow control (``workers/flow``): admits effect attempts; costs nothing with no rule.
@@ -91,6 +95,27 @@ class EngineBase:
         # Children a START_SUBWORKFLOW handler created, ticked once the parent's commit is in
         # (per thread: a threads pool runs several effect tasks at once).
         self._local = threading.local()
+
+    def task(self, run_id: str, first: Callable[[], Any]) -> Any:
+        """Run one task's call (``first``), and then, with continuation on, the steps of its run
+        it keeps in the task (``workers/engine/inline.py``); what the last one returned."""
+        if self.continuation is None:
+            return first()
+        return self.continuation.run(self, run_id, first)
+
+    def _inline_hint(self, pending: Any, kind: str) -> dict[str, Any]:
+        """``{"inline": True}`` for the dispatcher when this effect may run in its tick: its kind
+        is in ``inline_effects``, or its tools were all registered ``inline=True``."""
+        if self.continuation is None:
+            return {}
+        if kind in self.settings.inline_effects:
+            return {"inline": True}
+        if kind == "tools":
+            calls = (pending.effect.payload or {}).get("tool_calls") or []
+            names = [c.get("name") for c in calls if isinstance(c, dict)]
+            if self.registry.inline_tools(names):
+                return {"inline": True}
+        return {}
 
     def _workflow(self, workflow_id: str) -> WorkflowSpec:
         spec = self.registry.workflows.get(workflow_id)

@@ -147,7 +147,8 @@ class Ticks(EngineBase):
             self.fair.defer(run, v, decision, gated[1], now_ms, pending=pending, queue_kind=kind)
             return "deferred"
         self.dispatcher.effect(kind, run.run_id, v, pending.idempotency_key, pending.attempt,
-                               workflow=run.workflow_id, node=run.current_node, token=self._token(run.run_id))
+                               workflow=run.workflow_id, node=run.current_node, token=self._token(run.run_id),
+                               **self._inline_hint(pending, kind))
         return "execute"
 
     def _land(self, run: RunState, v: int, tr: Transition, records: list[StepRecord], now_ms: int) -> str:
