@@ -23,9 +23,12 @@ def test_a_worker_killed_in_an_inline_call_costs_one_lease_and_one_result(fresh,
     g.start_beat()
     client = g.client()
     marker = tmp_path / "called"
-    run_id = client.start("slow_once_calls", vars={"n": 1, "path": str(marker)})
+    run_id = client.start("stall_once_calls", vars={"n": 1, "path": str(marker)})
     assert until(marker.exists, timeout=30)  # the tool runs, inside the tick task of w1
     assert client.get_state(run_id).status == RunStatus.RUNNING
+    # explain: moving, with the tool's name (not "no worker consumes tools")
+    said = client.explain(run_id)
+    assert said.code.value == "MOVING" and "running stall_once inline" in said.sentence, said
     g.kill("w1")
     g.start_worker("w2", queues="ticks,tools,timers,maintenance")  # (the sweep sends the call to its queue)
     state = client.wait_for(run_id, ["completed", "failed"], timeout=60)

@@ -87,6 +87,8 @@ class Facts:
     max_attempts: int = 1
     #: False for an effect retry whose attempt has not started (it waits for its backoff).
     attempt_started: bool = True
+    #: The effect runs inside the tick task that asked for it: these tools (or its type).
+    inline: str | None = None
     lease_ms: int | None = None
     timer_ms: int | None = None
     last_sweep_ms: int | None = None
@@ -312,6 +314,9 @@ def _running(f: Facts, since: str, ev: dict[str, Any]) -> Diagnosis:
     if f.broker_error is not None:
         return Diagnosis(Code.BROKER_UNREACHABLE, f"the broker cannot be reached: {f.broker_error}", since,
                          {**ev, "broker_error": f.broker_error}, "start the broker, or fix ABSTRACTRUNTIME_BROKER_URL")
+    if f.inline is not None and (f.lease_ms is None or f.lease_ms > f.now_ms):
+        return Diagnosis(Code.MOVING, f"running {f.inline} inline, in the tick task that asked for it "
+                         f"(attempt {f.attempt}/{f.max_attempts})", since, {**ev, "inline": f.inline})
     if q is not None and f.consumers is not None and not f.consumers:
         return Diagnosis(Code.NO_CONSUMER, f"no worker consumes queue `{q}`", since, ev,
                          f"start one: abstractruntime worker --queues {q}")

@@ -138,6 +138,10 @@ def gather(backend: Any, settings: WorkerSettings, run_id: str, *, broker: Broke
                 p = d.pending
                 facts.update(effect_type=getattr(p.effect.type, "value", str(p.effect.type)), attempt=p.attempt,
                              max_attempts=p.max_attempts, attempt_started=d.started is not None)
+                if d.inline:
+                    names = [c.get("name") for c in (p.effect.payload or {}).get("tool_calls") or []
+                             if isinstance(c, dict)]
+                    facts["inline"] = ", ".join(map(str, names)) or facts["effect_type"]
                 if d.started is None and p.attempt > 1:
                     last = backend.ledger.last_record(run_id) or {}
                     facts["last_error"] = last.get("error")

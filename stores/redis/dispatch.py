@@ -8,7 +8,8 @@ since every run that expects a message carries one::
     {"k": "tick"}                                      a tick of the current node
     {"k": "effect", "p": PendingEffect.to_dict(),      an effect task; r is the attempt's
      "r": started record or None, "q": queue kind,     started record, already in the ledger;
-     "a": admitted at (epoch ms), absent if not}       a: when flow control admitted it (its tick)
+     "a": admitted at (epoch ms), absent if not,       a: when flow control admitted it (its tick)
+     "i": 1 when it runs inline, absent if not}        i: run inside the tick task that asked for it
     {"k": "notify"}                                    a child ended; its parent is not told yet
 
 No field: nothing is expected (the run waits for a person, an event or a timer, or it ended).
@@ -43,6 +44,9 @@ class Dispatch:
     #: ``effect``: when flow control admitted the attempt before its message was sent (epoch ms,
     #: Redis clock; wire key ``a``): its task need not admit it again while the share is fresh.
     admitted_ms: int | None = None
+    #: ``effect``: run inside the tick task that asked for it (``workers/engine/inline.py``;
+    #: wire key ``i``), not by a task of its queue, unless that task had to hand it back.
+    inline: bool = False
 
     @classmethod
     def tick(cls) -> Dispatch:
@@ -54,9 +58,10 @@ class Dispatch:
 
     @classmethod
     def effect(cls, pending: PendingEffect, *, queue: str, started: StepRecord | None = None,
-               admitted_ms: int | None = None) -> Dispatch:
+               admitted_ms: int | None = None, inline: bool = False) -> Dispatch:
         """An effect task on ``queue``; ``started`` is copied as it is now (before it is chained)."""
-        return cls("effect", pending, started.to_dict() if started is not None else None, queue, admitted_ms)
+        return cls("effect", pending, started.to_dict() if started is not None else None, queue, admitted_ms,
+                   inline)
 
     def with_started(self, record: StepRecord) -> Dispatch:
         """This effect dispatch, its attempt now started with ``record``."""
@@ -78,6 +83,8 @@ class Dispatch:
         wire: dict[str, Any] = {"k": "effect", "p": self.pending.to_dict(), "r": self.started, "q": self.queue}
         if self.admitted_ms is not None:
             wire["a"] = self.admitted_ms
+        if self.inline:
+            wire["i"] = 1
         return wire
 
     @classmethod
@@ -101,7 +108,7 @@ class Dispatch:
             raise ValueError(f"p is not a pending effect ({type(exc).__name__}: {exc})") from None
         a = value.get("a")
         admitted = a if isinstance(a, int) and not isinstance(a, bool) else None  # a bad one: admit again
-        return cls("effect", pending, r, q, admitted)
+        return cls("effect", pending, r, q, admitted, value.get("i") == 1)
 
 
 _TICK = Dispatch("tick")

@@ -17,7 +17,7 @@ def quick(i: int = 0) -> int:
 
 
 @tool(inline=True)
-def slow_once(path: str) -> str:
+def stall_once(path: str) -> str:
     """The first call writes ``path``, then blocks (the test kills its worker then); later calls answer."""
     if not os.path.exists(path):
         with open(path, "w") as f:
@@ -44,5 +44,5 @@ def calls(n_var: str, tool_name: str) -> WorkflowSpec:
     return WorkflowSpec(workflow_id=f"{tool_name}_calls", entry_node="call", nodes={"call": call, "check": check})
 
 
-for _spec in (calls("n", "quick"), calls("n", "slow_once")):
+for _spec in (calls("n", "quick"), calls("n", "stall_once")):
     registry.register_workflow(_spec, replace=True)

@@ -103,10 +103,10 @@ class EngineBase:
             return first()
         return self.continuation.run(self, run_id, first)
 
-    def _inline_hint(self, pending: Any, kind: str) -> dict[str, Any]:
+    def _inline_hint(self, pending: Any, kind: str, run_id: str) -> dict[str, Any]:
         """``{"inline": True}`` for the dispatcher when this effect may run in its tick: its kind
         is in ``inline_effects``, or its tools were all registered ``inline=True``."""
-        if self.continuation is None:
+        if self.continuation is None or not self.continuation.keeps(run_id):
             return {}
         if kind in self.settings.inline_effects:
             return {"inline": True}

@@ -33,9 +33,10 @@ __all__ = ["Continuation"]
 
 
 class _Frame:
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
+    def __init__(self, run_id: str, deadline: float) -> None:
+        self.run_id, self.deadline = run_id, deadline
         self.kept: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self.done = 0  # steps run
 
 
 class Continuation:
@@ -50,6 +51,11 @@ class Continuation:
     def _frame_for(self, run_id: str, countdown: float) -> _Frame | None:
         frame: _Frame | None = getattr(self._local, "frame", None)
         return frame if frame is not None and frame.run_id == run_id and not countdown else None
+
+    def keeps(self, run_id: str) -> bool:
+        """Whether this task would run a step of ``run_id`` it asks for now (budget left)."""
+        frame = self._frame_for(run_id, 0.0)
+        return frame is not None and frame.done + len(frame.kept) < self.steps and time.monotonic() < frame.deadline
 
     def tick(self, run_id: str, version: int | None, *, countdown: float = 0.0, **kw: Any) -> None:
         frame = self._frame_for(run_id, countdown)
@@ -80,22 +86,21 @@ class Continuation:
         last step returned (a task nested in another, as the stub delivers them, just runs)."""
         if getattr(self._local, "frame", None) is not None or not run_id:
             return first()
-        frame = self._local.frame = _Frame(run_id)
-        deadline = time.monotonic() + self.budget_s
+        frame = self._local.frame = _Frame(run_id, time.monotonic() + self.budget_s)
         try:
+            frame.done = 1  # (the first step, running)
             result = first()
-            done = 1
             while frame.kept:
                 what, args, kw = frame.kept.pop(0)
-                if done >= self.steps or time.monotonic() >= deadline:
+                if frame.done >= self.steps or time.monotonic() >= frame.deadline:
                     self._publish(what, args, kw)
                     continue
+                frame.done += 1  # (counted while it runs, as the first one)
+                self.inline_steps += 1
                 if what == "tick":
                     result = engine.tick(args[0], args[1], kw.get("attempt", 1), kw.get("token"))
                 else:
                     result = engine.effect(*args[1:], kw.get("token"))
-                done += 1
-                self.inline_steps += 1
             return result
         except BaseException:
             for what, args, kw in frame.kept:  # what the failed step had kept still goes out

@@ -139,7 +139,8 @@ class Ticks(EngineBase):
         gated = self.flow.admit(run, pending, lease_ms=self._effect_lease, in_turn=True)
         decision = gated[0] if gated is not None else None
         admitted_ms = decision.at_us // 1000 if decision is not None and decision.admitted else None
-        dispatch = Dispatch.effect(pending, queue=kind, started=record, admitted_ms=admitted_ms)
+        inline = self._inline_hint(pending, kind, run.run_id)
+        dispatch = Dispatch.effect(pending, queue=kind, started=record, admitted_ms=admitted_ms, inline=bool(inline))
         # (a conflict here leaves a share taken: it lapses with its lease, or the winning tick's
         # task, the same holder, holds it)
         v = self._commit(run, [record], v, dispatch=dispatch, lease_ms=self._effect_lease)
@@ -148,7 +149,7 @@ class Ticks(EngineBase):
             return "deferred"
         self.dispatcher.effect(kind, run.run_id, v, pending.idempotency_key, pending.attempt,
                                workflow=run.workflow_id, node=run.current_node, token=self._token(run.run_id),
-                               **self._inline_hint(pending, kind))
+                               **inline)
         return "execute"
 
     def _land(self, run: RunState, v: int, tr: Transition, records: list[StepRecord], now_ms: int) -> str:
