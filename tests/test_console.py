@@ -276,12 +276,18 @@ def test_a_workflow_the_console_does_not_know_is_drawn_from_its_ledger(deploymen
 
 def test_the_llm_usage_of_a_run(deployment):
     from runtime import EffectOutcome, EffectType
+    from workers.registry import Registry
 
     client, stub, server, http = deployment
-    client.registry.register_effect_handler(EffectType.LLM_CALL, lambda run, effect: EffectOutcome.completed(
+    # (a registry of its own: the process-wide one keeps the LLM handler other tests rely on)
+    reg = Registry()
+    console_scenarios.register(reg)
+    reg.register_effect_handler(EffectType.LLM_CALL, lambda run, effect: EffectOutcome.completed(
         {"content": "hi", "model": "fake-1", "usage": {"prompt_tokens": 11, "completion_tokens": 4}}))
-    run_id = client.start("talker")
-    stub.run_until_quiet(client.engine)
+    own = StubDispatcher()
+    talker = Client(WorkerSettings(), backend=client.backend, dispatcher=own, reg=reg)
+    run_id = talker.start("talker")
+    own.run_until_quiet(talker.engine)
     login(http, "vi")
     page = http.get(f"/runs/{run_id}").text
     assert re.search(r'id="llm-calls">1<', page) and re.search(r'id="llm-tokens-in">11<', page)

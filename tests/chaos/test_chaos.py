@@ -135,15 +135,18 @@ def _serve(client, kind_of: dict[str, str], open_runs: set[str], answered: set[s
             continue
 
 
-def test_chaos(tmp_path, request):
+@pytest.mark.parametrize("mode", ["queued", "inline"])
+def test_chaos(tmp_path, request, mode):
     long = request.config.getoption("--long")
     duration = 600.0 if long else 60.0
     seed = int(os.environ.get("CHAOS_SEED", time.time()))
     rng = random.Random(seed)
     lease_s = 2.0
     server = RedisServer(tmp_path / "redis").start(appendonly=True, appendfsync="always")
+    # inline: every effect runs in the task that asked for it, 16 steps a task (workers/engine/inline.py)
+    inline = {"steps_per_task": 16, "inline_effects": "tools,llm,subworkflows"} if mode == "inline" else {}
     group = WorkerGroup(server.url, tmp_path / "g", tick_lease_s=lease_s, effect_lease_s=lease_s,
-                        sweep_period_s=0.5, tick_backoff_s=0.05, timer_hold_s=1)
+                        sweep_period_s=0.5, tick_backoff_s=0.05, timer_hold_s=1, **inline)
     faults = None
     try:
         group.start_worker("a", pool="prefork", concurrency=1)
@@ -210,7 +213,7 @@ def test_chaos(tmp_path, request):
         crashy_ok = all(client.get_state(r).output == {"visited": 2, "llm": {"content": "olleh", "attempt": 1}}
                         for r, kind in kind_of.items() if kind == "crashy" and r not in lost)
 
-        rows = [("runs (and children)", f"{len(kind_of)} ({len(children)})"), ("seed", seed),
+        rows = [("effects", mode), ("runs (and children)", f"{len(kind_of)} ({len(children)})"), ("seed", seed),
                 ("seconds", f"{took:.0f}")]
         rows += [(f"faults: {name}", n) for name, n in sorted(faults.count.items())]
         rows += [("runs lost", len(lost)), ("runs ended wrongly", len(wrong)),
