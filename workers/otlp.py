@@ -46,11 +46,13 @@ KIND_INTERNAL = 1
 
 
 def new_span_id() -> bytes:
-    return random.getrandbits(64).to_bytes(8, "big") or new_span_id()
+    """A random span id, never all zeros (W3C: an invalid id)."""
+    return (random.getrandbits(64) or 1).to_bytes(8, "big")
 
 
 def new_trace_id() -> bytes:
-    return random.getrandbits(128).to_bytes(16, "big") or new_trace_id()
+    """A random trace id, never all zeros."""
+    return (random.getrandbits(128) or 1).to_bytes(16, "big")
 
 
 _HEX = frozenset("0123456789abcdef")

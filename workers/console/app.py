@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
+import redis
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,6 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from runtime import RunStatus, WaitReason
+from stores.redis.errors import RedisUnavailable
 
 from ..fleet import explain_run
 from .auth import AuthFile, Session
@@ -55,13 +57,9 @@ SHOWN = 2000       # characters of a payload shown inline (the rest: the downloa
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 _COOKIE = "ar_session"
-_STORE_DOWN: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
-try:
-    import redis as _redis
-
-    _STORE_DOWN = (*_STORE_DOWN, _redis.exceptions.ConnectionError, _redis.exceptions.TimeoutError)
-except ImportError:  # pragma: no cover - the console runs with the Redis stores
-    pass
+#: Redis cannot be reached: a banner (a page) or a 503 (an action), never a 500.
+_STORE_DOWN: tuple[type[BaseException], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                                                RedisUnavailable, ConnectionError)
 
 
 def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...] = ()) -> Any:
@@ -166,9 +164,10 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
                         message=f"There is no run {run_id!r}.")
         after = request.query_params.get("after", "-")
         first = non_negative(request.query_params.get("from"), 0)
-        rows = client.backend.ledger.page(run_id, after=after, count=ROWS)
+        head = client.backend.ledger.page(run_id, count=2000)  # the path taken and the tokens
+        rows = head[:ROWS] if after == "-" else client.backend.ledger.page(run_id, after=after, count=ROWS)
         total = client.backend.ledger.length(run_id)
-        early = [rec for _i, rec in client.backend.ledger.page(run_id, count=2000)]  # the path, the tokens
+        early = [rec for _i, rec in head]
         diagnosis, svg = head_parts(state, early)
         waits = [w for w in client.list_waits(root_run_id=run_id) if w.get("run_id") == run_id]
         children = client.backend.runs.list_children(parent_run_id=run_id)
@@ -197,7 +196,7 @@ def make_app(client: Any, auth: AuthFile | None, *, secret_keys: tuple[str, ...]
         if records is None:
             records = [rec for _i, rec in client.backend.ledger.page(state.run_id, count=500)]
         path = [rec.get("node_id") for rec in records[:500]]
-        return diagnosis, graph_svg(spec, observed_edges(client, state.workflow_id, state.run_id), path,
+        return diagnosis, graph_svg(spec, observed_edges(client, state.workflow_id, state.run_id, path), path,
                                     state.current_node)
 
     def rows_fragment(request: Request) -> Response:

@@ -132,13 +132,14 @@ def _ms(iso: str | None) -> float:
         return 0.0
 
 
-def observed_edges(client: Any, workflow_id: str, run_id: str) -> list[tuple[str, str]]:
-    """Transitions seen in the ledgers of this run and of the workflow's newest runs."""
-    ids = [run_id, *[r.decode() for r in client.backend.client.zrevrange(
-        client.backend.keys.by_workflow(workflow_id), 0, 9)]]
+def observed_edges(client: Any, workflow_id: str, run_id: str, path: list[Any]) -> list[tuple[str, str]]:
+    """Transitions seen in this run's ``path`` (its ledger's node ids, already read) and in the
+    ledgers of the workflow's newest other runs."""
+    others = [r.decode() for r in client.backend.client.zrevrange(client.backend.keys.by_workflow(workflow_id), 0, 9)]
+    paths = [path, *([rec.get("node_id") for _i, rec in client.backend.ledger.page(rid, count=300)]
+                     for rid in others if rid != run_id)]
     edges: list[tuple[str, str]] = []
-    for rid in dict.fromkeys(ids):
-        nodes = [rec.get("node_id") for _i, rec in client.backend.ledger.page(rid, count=300)]
+    for nodes in paths:
         for a, b in zip(nodes, nodes[1:]):
             if a and b and a != b and (a, b) not in edges:
                 edges.append((a, b))
