@@ -40,8 +40,8 @@ def _check_imports(state: State) -> None:
                            EXIT_USAGE) from None
 
 
-def _celery(state: State, argv: list[str], log_format: str) -> None:
-    """Replace this process with ``celery -A workers.app ...`` (signals then reach Celery itself)."""
+def _celery_env(state: State, log_format: str) -> None:
+    """Set this process's environment for Celery's (checking the settings and imports first)."""
     os.environ.update(state.env)
     state.settings  # noqa: B018  (a bad setting fails here, with the variable named)
     _check_imports(state)
@@ -50,6 +50,11 @@ def _celery(state: State, argv: list[str], log_format: str) -> None:
     # workflow modules found from here must be found by every process it starts.
     path = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([os.getcwd(), path] if path else [os.getcwd()])
+
+
+def _celery(state: State, argv: list[str], log_format: str) -> None:
+    """Replace this process with ``celery -A workers.app ...`` (signals then reach Celery itself)."""
+    _celery_env(state, log_format)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "workers.app", *argv])
@@ -68,9 +73,12 @@ Options this command does not know go to Celery after `--`:
 @_opt("--queues", "-Q", env="ABSTRACTRUNTIME_WORKER_QUEUES", default=",".join(QUEUE_KINDS),
               show_default=True, help="Queue kinds to consume, comma-separated.")
 @_opt("--concurrency", "-c", env="ABSTRACTRUNTIME_WORKER_CONCURRENCY", type=click.IntRange(1),
-              help="Pool size [the number of CPUs].")
-@_opt("--pool", "-P", env="ABSTRACTRUNTIME_WORKER_POOL", default="prefork", show_default=True,
-              type=click.Choice(["prefork", "solo", "threads"]), help="Celery pool.")
+              help="Pool size; with -P auto, the number of solo processes [the number of CPUs].")
+@_opt("--pool", "-P", env="ABSTRACTRUNTIME_WORKER_POOL", default="auto", show_default=True,
+              type=click.Choice(["auto", "prefork", "solo", "threads"]),
+              help="Celery pool; auto: a solo process per CPU for ticks and tools, threads for llm.")
+@_opt("--llm-threads", env="ABSTRACTRUNTIME_WORKER_LLM_THREADS", type=click.IntRange(1), default=16,
+              show_default=True, help="With -P auto: threads of the process serving the llm queue.")
 @_opt("--events", "-E", is_flag=True, env="ABSTRACTRUNTIME_WORKER_EVENTS", help="Send task events (for Flower).")
 @_opt("--name", "-n", env="ABSTRACTRUNTIME_WORKER_NAME",
               help="Worker name [KINDS.PID@HOST: the queue kinds and the process id, unique per process].")
@@ -78,24 +86,36 @@ Options this command does not know go to Celery after `--`:
 @_LOG_FORMAT
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- CELERY_OPTIONS...]")
 @pass_state
-def worker(state: State, queues: str, concurrency: int | None, pool: str, events: bool, name: str | None,
-           loglevel: str, log_format: str, celery_args: tuple[str, ...]) -> None:
-    """Run a Celery worker on the given queues (runs in the foreground)."""
+def worker(state: State, queues: str, concurrency: int | None, pool: str, llm_threads: int, events: bool,
+           name: str | None, loglevel: str, log_format: str, celery_args: tuple[str, ...]) -> None:
+    """Run Celery workers on the given queues (in the foreground).
+
+    The default pool, auto, starts one solo worker process per CPU for the queues whose tasks
+    use the CPU and one threads worker for llm, and supervises them (docs/performance.md);
+    prefork, solo and threads run one Celery worker with that pool, as `celery worker -P` does.
+    """
     kinds = [k.strip() for k in queues.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in QUEUE_KINDS]
     if unknown or not kinds:
         raise CliError(f"unknown queue kind(s) {', '.join(unknown) or '(none)'}; known: {', '.join(QUEUE_KINDS)}",
                        EXIT_USAGE)
-    argv = ["worker", "-Q", ",".join(state.settings.queue(k) for k in kinds), "-P", pool, "-l", loglevel]
-    if concurrency:
-        argv += ["-c", str(concurrency)]
-    if events:
-        argv.append("-E")
+    common = ["-l", loglevel, *(["-E"] if events else [])]
     # Celery's default, celery@HOST, is the same for every worker of a host: on RabbitMQ the
     # second one's control queue (celery@HOST.celery.pidbox) is locked and it stops at start.
     # The pid stays the same through exec, so it is the worker's own.
-    argv += ["-n", name or f"{'-'.join(kinds)}.{os.getpid()}@%h"]
-    _celery(state, [*argv, *celery_args], log_format)
+    name = name or f"{'-'.join(kinds)}.{os.getpid()}@%h"
+    if pool == "auto":
+        from ..supervisor import plan_children, supervise
+
+        children = plan_children(queue_names={k: state.settings.queue(k) for k in kinds},
+                                 processes=concurrency or os.cpu_count() or 1, llm_threads=llm_threads,
+                                 name=name, common=[*common, *celery_args])
+        _celery_env(state, log_format)
+        raise click.exceptions.Exit(supervise(children, dict(os.environ)))
+    argv = ["worker", "-Q", ",".join(state.settings.queue(k) for k in kinds), "-P", pool, *common]
+    if concurrency:
+        argv += ["-c", str(concurrency)]
+    _celery(state, [*argv, "-n", name, *celery_args], log_format)
 
 
 @click.command()
