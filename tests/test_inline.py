@@ -106,3 +106,89 @@ def test_settings_refuse_unknown_inline_kinds():
         WorkerSettings(steps_per_task=0)
     assert WorkerSettings.from_env({"ABSTRACTRUNTIME_STEPS_PER_TASK": "8",
                                     "ABSTRACTRUNTIME_INLINE_EFFECTS": "tools"}).inline_effects == ("tools",)
+
+
+# -- one round trip where there were two: the next step reads what the last commit wrote --------
+
+
+def test_a_commit_keeps_what_it_wrote_for_the_next_step_once(store):
+    """``RedisBackend.commit(keep_loaded=True)`` then ``take_loaded``: what ``load_for_driver``
+    would read, taken once, only by the run it is of, and dropped by a refused commit."""
+    reg = registry_with(1)
+    engine, stub = make_stub_engine(store, reg, WorkerSettings())
+    run_id = engine.create(reg.workflows.get_or_raise("loop"))
+    state, v = store.runs.load(run_id), int(store.client.hget(store.keys.run(run_id), "v"))
+    from stores.redis.dispatch import Dispatch
+
+    v2 = store.commit(state, [], expected_version=v, dispatch=Dispatch.tick(), lease_ms=5000, keep_loaded=True)
+    assert store.take_loaded("someone-else") is None
+    kept, loaded = store.take_loaded(run_id), store.load_for_driver(run_id)
+    assert kept is not None and loaded is not None
+    assert kept.run.to_dict() == loaded.run.to_dict() and kept.run is not state
+    assert (kept.version, kept.token, kept.lost, kept.regranted_ms) == (v2, loaded.token, 0, None)
+    assert kept.dispatch is not None and kept.dispatch.to_wire() == loaded.dispatch.to_wire()
+    assert 0 <= loaded.now_ms - kept.now_ms < 5000  # the Redis clock, read by the commit script
+    assert store.take_loaded(run_id) is None  # once
+    # A commit without keep_loaded keeps nothing; a refused one drops what was kept
+    store.commit(state, [], expected_version=v2, keep_loaded=True)
+    store.commit(state, [], expected_version=v2 + 1)
+    assert store.take_loaded(run_id) is None
+    store.commit(state, [], expected_version=v2 + 2, keep_loaded=True)
+    from runtime import VersionConflict
+
+    with pytest.raises(VersionConflict):
+        store.commit(state, [], expected_version=1)
+    assert store.take_loaded(run_id) is None
+
+
+def test_inline_steps_read_the_run_from_the_last_commit_not_from_redis(redis_server):
+    """A step run inline costs its commit and no load: fewer Redis commands per step (the
+    commit script's own HMGET and TIME aside), and the same ledger."""
+    server = redis_server.client()
+
+    def commands() -> dict[str, int]:
+        return {k.removeprefix("cmdstat_"): v["calls"] for k, v in server.info("commandstats").items()}
+
+    def run(**settings: Any) -> tuple[Any, dict[str, int], int]:
+        reg, backend = registry_with(10), redis_backend(server)
+        engine, stub = make_stub_engine(backend, reg, WorkerSettings(**settings))
+        before = commands()
+        run_id = engine.create(reg.workflows.get_or_raise("loop"), run_id="r-1")
+        deliveries = stub.run_until_quiet(engine)
+        after = commands()
+        assert backend.ledger.verify(run_id)["ok"]
+        seen = comparable(backend.runs.load(run_id), backend.ledger.list(run_id))
+        return seen, {k: after[k] - before.get(k, 0) for k in after}, len(deliveries)
+
+    queued_seen, queued, tasks = run()
+    inline_seen, inline, inline_tasks = run(steps_per_task=64)
+    assert inline_seen == queued_seen and inline_tasks == 1 and tasks == 30
+    # each task loads its run once (an HMGET and a TIME, pipelined): 30 loads queued, 1 inline;
+    # every step still commits (one EVALSHA, whose script reads the run with one HMGET)
+    assert inline["evalsha"] == queued["evalsha"]
+    assert queued["hmget"] - inline["hmget"] == tasks - inline_tasks
+    assert queued["time"] - inline["time"] == tasks - inline_tasks
+
+
+def test_another_writer_between_inline_steps_wins(store):
+    """The state a step reads from the last commit is checked like a loaded one: a cancel
+    committed while an inline tool runs stops the run there, with nothing written over it."""
+    from stores.redis import RedisBackend
+
+    holder: dict[str, Any] = {}
+
+    def cancels(**kw: Any) -> str:  # an operator cancels the run while its tool runs
+        operator, _ = make_stub_engine(RedisBackend(store.client, prefix=store.keys.prefix), holder["reg"],
+                                       WorkerSettings())
+        operator.cancel(holder["run"], reason="stop", actor="op")
+        return "done"
+
+    reg = holder["reg"] = registry_with(3, tool=cancels)
+    engine, stub = make_stub_engine(store, reg, WorkerSettings(steps_per_task=64))
+    run_id = holder["run"] = engine.create(reg.workflows.get_or_raise("loop"))
+    assert len(stub.run_until_quiet(engine)) == 1  # (the tool ran inline, in the first task)
+    assert store.runs.load(run_id).status == RunStatus.CANCELLED
+    assert store.ledger.verify(run_id)["ok"]
+    kinds = [(r.get("effect") or {}).get("type") for r in store.ledger.list(run_id)]
+    # the tool's started record, then the cancel: its outcome was not committed over it
+    assert kinds[-2:] == ["tool_calls", "operator_cancel"], kinds

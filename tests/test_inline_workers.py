@@ -39,8 +39,30 @@ def test_a_worker_killed_in_an_inline_call_costs_one_lease_and_one_result(fresh,
     assert client.verify(run_id)["ok"]
 
 
-def test_a_long_inline_run_hands_its_worker_back(fresh):
-    g = fresh(imports="support.inline_scenarios", steps_per_task=20)
+def steps_counted(folder: Any, workflow: str) -> tuple[float, float]:
+    """(tick and effect tasks, steps run inline) of ``workflow``, stale ones left out, from the
+    workers' multiprocess metric files (``docs/metrics.md``)."""
+    import socket
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(folder / socket.gethostname()))
+    tasks = inline = 0.0
+    for family in registry.collect():
+        for s in family.samples:
+            if s.labels.get("workflow") != workflow or s.labels.get("outcome") == "stale":
+                continue
+            if s.name == "abstractruntime_tasks_total" and s.labels["task"] != "wake":
+                tasks += s.value
+            elif s.name == "abstractruntime_inline_steps_total":
+                inline += s.value
+    return tasks, inline
+
+
+def test_a_long_inline_run_hands_its_worker_back(fresh, tmp_path):
+    g = fresh(imports="support.inline_scenarios", steps_per_task=20, metrics_dir=str(tmp_path / "metrics"))
     g.start_worker("w1", queues="ticks,tools,timers,maintenance")  # one solo worker: one task at a time
     client = g.client()
     long_run = client.start("quick_calls", vars={"n": 1000})
@@ -54,3 +76,7 @@ def test_a_long_inline_run_hands_its_worker_back(fresh):
     # and every step of the long run is in its ledger, chained
     assert client.verify(long_run)["ok"]
     assert len([r for r in client.get_ledger(long_run) if r["status"] == "completed"]) >= 1000
+    # Every step is counted once, as a task or as a step run inline: three a call (the call's
+    # tick, the tool, the check's tick), most of them inline
+    tasks, inline = steps_counted(tmp_path / "metrics", "quick_calls")
+    assert tasks + inline == 3 * (1000 + 3) and inline > 10 * tasks, (tasks, inline)

@@ -15,6 +15,9 @@ never run ids):
   task (``outcome`` is what the engine returned: ``next``, ``park``, ``finish``, ``execute``,
   ``retry``, ``stale``...; ``stale`` is a delivery the run had moved past, a version conflict
   or a refused stale lease);
+* ``abstractruntime_inline_steps_total{step, workflow, outcome}``: the steps a task ran for its
+  run after its own, with ``steps_per_task`` above 1 (``step``: ``tick`` or ``effect``; a run's
+  steps are these plus its tick, wake and effect tasks);
 * ``abstractruntime_lease_expiries_total``: leases the sweep found expired and sent again;
 * ``abstractruntime_commit_refusals_total{reason}``: ``version_conflict`` or ``stale_lease``;
 * ``abstractruntime_trace_spans_dropped_total{reason}``: spans not exported (``queue_full``,
@@ -36,9 +39,8 @@ import os
 import socket
 from typing import Any
 
-__all__ = ["enabled", "task_done", "timer_fired", "llm_tokens", "llm_cost", "commit_refused", "spans_dropped",
-           "FleetCollector",
-           "prepare_environment", "WorkerSeries", "METRIC_NAMES"]
+__all__ = ["enabled", "task_done", "inline_step", "timer_fired", "llm_tokens", "llm_cost", "commit_refused",
+           "spans_dropped", "FleetCollector", "prepare_environment", "WorkerSeries", "METRIC_NAMES"]
 
 _ENV_DIR = "ABSTRACTRUNTIME_METRICS_DIR"
 _PROM_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -49,6 +51,9 @@ _WORKER_FAMILIES: dict[str, tuple[str, str, str, list[str]]] = {
     "tasks": ("abstractruntime_tasks", "counter", "Tasks run, by kind, workflow and outcome",
               ["task", "workflow", "outcome"]),
     "duration": ("abstractruntime_task_duration_seconds", "histogram", "Task duration", ["task", "workflow"]),
+    "inline": ("abstractruntime_inline_steps", "counter", "Steps a task ran for its run after its own (inline "
+               "effects with continuation), by step (tick, effect), workflow and outcome",
+               ["step", "workflow", "outcome"]),
     "leases": ("abstractruntime_lease_expiries", "counter", "Expired leases the sweep sent again", []),
     "lateness": ("abstractruntime_timer_lateness_seconds", "histogram", "How late timers fired (Redis clock)",
                  ["kind"]),
@@ -179,6 +184,18 @@ def task_done(task: str, workflow: str | None, outcome: Any, seconds: float) -> 
         histogram = children[(task, wf)] = m["duration"].labels(task, wf)
     counter.inc()
     histogram.observe(seconds)
+
+
+def inline_step(step: str, workflow: str | None, outcome: Any) -> None:
+    """A task ran a step of its run after its own (``workers/engine/inline.py``)."""
+    m = _get()
+    if m is None:
+        return
+    key = ("inline", step, workflow or "-", str(outcome) if outcome is not None else "raised")
+    counter = m["children"].get(key)
+    if counter is None:
+        counter = m["children"][key] = m["inline"].labels(*key[1:])
+    counter.inc()
 
 
 def timer_fired(kind: str, late_ms: float) -> None:

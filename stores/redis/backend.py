@@ -187,6 +187,7 @@ class RedisBackend(RedisIndexes, RedisStuck, RedisWaits, RedisSchedules, RedisRu
     def _forget(self, run_id: str, records: list[StepRecord]) -> None:
         """After a refused or failed write: drop what is known of the run, unchain the records."""
         self._known.pop(run_id, None)
+        self.drop_loaded()
         for record in records:  # they were not written: leave them as they came
             record.prev_hash = record.record_hash = None
 
@@ -227,6 +228,21 @@ class RedisBackend(RedisIndexes, RedisStuck, RedisWaits, RedisSchedules, RedisRu
         return Loaded(run, int(version or 0), dispatch, int(sec) * 1000 + int(usec) // 1000, int(lost or 0),
                       int(fence or 0), int(expired) if expired else None)
 
+    def take_loaded(self, run_id: str) -> Loaded | None:
+        """What :meth:`load_for_driver` would read of ``run_id`` right after this thread's last
+        commit of it with ``keep_loaded`` (the state it wrote, decoded again, and the Redis
+        clock the script read), once; None when there is none. A task that runs the run's next
+        step itself reads it there, saving a round trip; its commit is version-checked as any."""
+        kept: Loaded | None = getattr(self._local, "loaded", None)
+        if kept is None or kept.run.run_id != run_id:
+            return None
+        self._local.loaded = None
+        return kept
+
+    def drop_loaded(self) -> None:
+        """Forget what the last ``keep_loaded`` commit kept (the task that would take it ended)."""
+        self._local.loaded = None
+
     # -- writing ---------------------------------------------------------------------------------
 
     def _call(self, script: Any, rid: str, keys: Sequence[str], argv: Sequence[Any], records: list[StepRecord]
@@ -249,6 +265,15 @@ class RedisBackend(RedisIndexes, RedisStuck, RedisWaits, RedisSchedules, RedisRu
         actual = int(value) if code == Reply.CONFLICT else None
         raise VersionConflict(run_id=rid, expected_version=known.version if known else -1,
                               actual_version=actual if actual is None or actual >= 0 else None)
+
+    def _written(self, rid: str, state: bytes, wire: bytes | str, version: int, fence: int, now_ms: int) -> Loaded:
+        """What a load would read right after a commit wrote ``state`` and ``wire`` (decoded from
+        the same bytes, so that nothing the caller still holds is shared with the next step)."""
+        k = self.keys.run(rid)
+        run = decode_state(state, key=k, run_id=rid, limit=self.max_value_bytes)
+        dispatch = Dispatch.from_wire(decode(wire, key=f"{k} field d", run_id=rid, limit=self.max_value_bytes)
+                                      ) if isinstance(wire, bytes) and wire else None
+        return Loaded(run, version, dispatch, now_ms, 0, fence, None)
 
     def _encode_dispatch(self, dispatch: Dispatch | None) -> bytes | str:
         return "" if dispatch is None else encode(dispatch.to_wire(), what="dispatch", limit=self.max_value_bytes)
@@ -294,6 +319,7 @@ class RedisBackend(RedisIndexes, RedisStuck, RedisWaits, RedisSchedules, RedisRu
         lease_ms: int | None = None,
         fence: int | None = None,
         events: Sequence[Mapping[str, Any]] = (),
+        keep_loaded: bool = False,
     ) -> int:
         """Write ``run`` and append ``records`` to its ledger in one atomic script call.
 
@@ -309,7 +335,8 @@ class RedisBackend(RedisIndexes, RedisStuck, RedisWaits, RedisSchedules, RedisRu
         after the commit). ``fence`` is the token the writer holds, if it holds a lease:
         :class:`~runtime.errors.StaleLease` when the lease was granted to another since.
         ``events`` (named waits' ``wait.*`` events, ``runtime/waitset.py``) go to the events
-        stream in the same call (on Redis Cluster, right after it).
+        stream in the same call (on Redis Cluster, right after it). ``keep_loaded``: keep what
+        was written for this thread's next :meth:`take_loaded` of the run.
         """
         rid = validate_run_id(run.run_id)
         known = self._known.get(rid)
@@ -340,12 +367,12 @@ class RedisBackend(RedisIndexes, RedisStuck, RedisWaits, RedisSchedules, RedisRu
             k.by_wait_reason(old.reason or "-"), k.by_wait_reason(new.reason or "-"),
             k.waiting_on(old.wait_key), k.waiting_on(new.wait_key), k.timers(),
             k.children(new.parent_run_id or rid), k.events(), k.leases())
+        state, wire = encode(run.to_dict(), what="run", limit=self.max_value_bytes), self._encode_dispatch(dispatch)
         args = CommitArgs(
-            "run" if self.cluster else "all", expected, head, rid,
-            encode(run.to_dict(), what="run", limit=self.max_value_bytes), updated,
+            "run" if self.cluster else "all", expected, head, rid, state, updated,
             new.status, old.status, new.reason, old.reason, new.wait_key, old.wait_key, new.until_ms,
             "1" if new.parent_run_id else "0", self.events_maxlen, new_head or head, new_id()[:23],
-            self._encode_dispatch(dispatch), lease, "" if fence is None else str(int(fence)))
+            wire, lease, "" if fence is None else str(int(fence)))
         tail: list[Any] = []
         if events and not self.cluster:
             tail = [len(events)]
@@ -357,6 +384,9 @@ class RedisBackend(RedisIndexes, RedisStuck, RedisWaits, RedisSchedules, RedisRu
         if code != Reply.OK:
             self._refused(rid, code, value, known, records, fence)
         self._keep(rid, _Known(int(value), new_head or head, new, int(reply[2])))
+        # (a reply of three items is a retried call's: what it wrote is not known here)
+        self._local.loaded = self._written(rid, state, wire, int(value), int(reply[2]), int(reply[3])
+                                           ) if keep_loaded and len(reply) > 3 else None
         if self.cluster:
             # The second step, in the index slot. If this process dies before it, the run's
             # next commit puts every index right again (index.lua rebuilds its entries).

@@ -40,8 +40,16 @@ from support.celery_workers import WorkerGroup  # noqa: E402
 from support.redis_server import RedisServer  # noqa: E402
 
 
-def side(server: Any, folder: Path, inline: bool, runs: int, steps: int, long: int) -> tuple[float, float, int]:
-    """Tool-call steps per second: many short runs, and one long run; and the inline steps taken."""
+def commands(server: Any) -> dict[str, int]:
+    """Calls per command so far (``INFO commandstats``; commands inside scripts are counted too)."""
+    stats = server.client().info("commandstats")
+    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+
+
+def side(server: Any, folder: Path, inline: bool, runs: int, steps: int, long: int
+         ) -> tuple[float, float, int, dict[str, float]]:
+    """Tool-call steps per second: many short runs, and one long run; the tick tasks logged; and
+    the Redis commands per step of the many runs (store and broker: one server)."""
     settings: dict[str, Any] = {"steps_per_task": 64, "task_budget_ms": 200} if inline else {}
     group = WorkerGroup(server.url, folder, imports="support.inline_scenarios", **settings)
     try:
@@ -49,13 +57,16 @@ def side(server: Any, folder: Path, inline: bool, runs: int, steps: int, long: i
             group.start_worker(f"w{i}", queues="ticks,tools,timers,maintenance")
         client = group.client()
         wait_completed(client, [client.start("quick_calls", vars={"n": 3}) for _ in range(5)], what="warm-up ")
+        before = commands(server)
         t0 = time.time()
         ids = [client.start("quick_calls", vars={"n": steps}) for _ in range(runs)]
         many = runs * steps / (wait_completed(client, ids, what="runs ") - t0)
+        after = commands(server)
+        per_step = {k: (after.get(k, 0) - before.get(k, 0)) / (runs * steps) for k in after}
         t0 = time.time()
         one = long / (wait_completed(client, [client.start("quick_calls", vars={"n": long})], what="long ") - t0)
         inline_logged = sum(group.log(f"w{i}").count("] tick run=") for i in range(2))
-        return many, one, inline_logged
+        return many, one, inline_logged, per_step
     finally:
         for name in list(group.procs):
             group.stop(name)
@@ -70,7 +81,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])
-    got: dict[str, list[tuple[float, float, int]]] = {"queued": [], "inline": []}
+    got: dict[str, list[tuple[float, float, int, dict[str, float]]]] = {"queued": [], "inline": []}
     with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp) / "redis") as server:
         for r in range(args.rounds):
             for name in ("queued", "inline"):
@@ -79,8 +90,12 @@ def main() -> int:
                                       args.long))
     med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v),
                statistics.median(x[2] for x in v)) for k, v in got.items()}
-    out = {k: {"many_steps_per_s": round(a), "long_steps_per_s": round(b), "tick_tasks_logged": round(c)}
-           for k, (a, b, c) in med.items()}
+    cmds = {k: {c: statistics.median(x[3].get(c, 0) for x in v) for c in v[-1][3]} for k, v in got.items()}
+    out: dict[str, Any] = {
+        k: {"many_steps_per_s": round(a), "long_steps_per_s": round(b), "tick_tasks_logged": round(c),
+            "commands_per_step": {n: round(x, 2) for n, x in sorted(cmds[k].items()) if x >= 0.01},
+            "all_commands_per_step": round(sum(cmds[k].values()), 2)}
+        for k, (a, b, c) in med.items()}
     out["inline_over_queued"] = {"many": round(med["inline"][0] / med["queued"][0], 2),
                                  "long": round(med["inline"][1] / med["queued"][1], 2)}
     if args.json:
@@ -92,6 +107,13 @@ def main() -> int:
         print(f"{k:<7} {out[k]['many_steps_per_s']:>7} steps/s | {out[k]['long_steps_per_s']:>7} steps/s   "
               f"({out[k]['tick_tasks_logged']} tick tasks)")
     print(f"inline / queued: {out['inline_over_queued']['many']}x | {out['inline_over_queued']['long']}x")
+    print(f"Redis commands per step ({args.runs} x {args.steps}; inside scripts counted too; "
+          "a load is an HMGET + TIME pipelined):")
+    for k in ("queued", "inline"):
+        c = out[k]["commands_per_step"]
+        print(f"{k:<7} {out[k]['all_commands_per_step']:>6} in all; evalsha {c.get('evalsha', 0)}, "
+              f"hmget {c.get('hmget', 0)}, time {c.get('time', 0)}: "
+              + ", ".join(f"{n} {x}" for n, x in c.items()))
     return 0
 
 

@@ -19,6 +19,7 @@ from runtime import EffectType, RunState, RunStatus, StepRecord, VersionConflict
 from runtime.errors import PayloadNotSerializable, StaleLease, WorkflowNotRegistered
 from runtime.spec import WorkflowSpec
 from stores.redis import RedisBackend
+from stores.redis.backend import Loaded
 from stores.redis.codec import ValueTooLarge
 from stores.redis.dispatch import Dispatch
 
@@ -138,7 +139,8 @@ class EngineBase:
             with tracing.child_span("abstractruntime.commit", run_id=run.run_id, version=version,
                                     records=len(records)):
                 v = self.backend.commit(run, records, expected_version=version, dispatch=dispatch,
-                                        lease_ms=lease_ms, fence=fence, events=events)
+                                        lease_ms=lease_ms, fence=fence, events=events,
+                                        keep_loaded=self._continues(run.run_id))
         except StaleLease:
             metrics.commit_refused("stale_lease")
             raise
@@ -147,6 +149,17 @@ class EngineBase:
             raise
         logs.note(run.run_id, version=v)  # the version the task's outcome line shows
         return v
+
+    def _continues(self, run_id: str) -> bool:
+        """Whether this task may run the run's next step itself (``workers/engine/inline.py``):
+        then its commit keeps what it wrote, and that step reads it instead of loading it."""
+        keeps = getattr(self.dispatcher, "keeps", None)
+        return bool(keeps is not None and keeps(run_id))
+
+    def _load_for_step(self, run_id: str) -> Loaded | None:
+        """The run as a tick or effect task reads it: what this task's last commit of it wrote,
+        when the task runs its next step itself, else loaded (one round trip)."""
+        return self.backend.take_loaded(run_id) or self.backend.load_for_driver(run_id)
 
     def _token(self, run_id: str) -> int | None:
         """The fencing token to send with the message of the lease this thread's last commit

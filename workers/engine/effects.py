@@ -80,7 +80,7 @@ class Effects(EngineBase):
         as in :meth:`tick`). While the effect runs its lease is renewed, as long as this worker
         still holds it; its commit is refused if the lease was granted to another meanwhile.
         """
-        loaded = self.backend.load_for_driver(run_id)
+        loaded = self._load_for_step(run_id)
         if loaded is None:
             return "missing"
         run, v, d, now_ms = loaded.run, loaded.version, loaded.dispatch, loaded.now_ms

@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import metrics
+
 __all__ = ["Continuation"]
 
 
@@ -97,10 +99,14 @@ class Continuation:
                     continue
                 frame.done += 1  # (counted while it runs, as the first one)
                 self.inline_steps += 1
-                if what == "tick":
-                    result = engine.tick(args[0], args[1], kw.get("attempt", 1), kw.get("token"))
-                else:
-                    result = engine.effect(*args[1:], kw.get("token"))
+                result = None
+                try:
+                    if what == "tick":
+                        result = engine.tick(args[0], args[1], kw.get("attempt", 1), kw.get("token"))
+                    else:
+                        result = engine.effect(*args[1:], kw.get("token"))
+                finally:
+                    metrics.inline_step(what, kw.get("workflow"), result)
             return result
         except BaseException:
             for what, args, kw in frame.kept:  # what the failed step had kept still goes out
@@ -108,6 +114,7 @@ class Continuation:
             raise
         finally:
             self._local.frame = None
+            engine.backend.drop_loaded()  # what the last commit kept for a next step not run here
 
     def _publish(self, what: str, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
         if what == "tick":

@@ -33,7 +33,7 @@ class Ticks(EngineBase):
         lease was granted again since (the sweep sent another message) and this one is dropped.
         Returns what happened, for logs and tests: ``"missing"``, ``"stale"``, or the action.
         """
-        loaded = self.backend.load_for_driver(run_id)
+        loaded = self._load_for_step(run_id)
         if loaded is None:
             logger.warning("tick: run %s does not exist", run_id)
             return "missing"

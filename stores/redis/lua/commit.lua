@@ -104,7 +104,11 @@ else
 end
 -- A commit is progress: the count of lost deliveries of the old dispatch starts again.
 if stored[5] or stored[7] or stored[8] then redis.call('HDEL', KEYS[1], 'n', 'x', 'a') end
-if ARGV[1] == 'run' then return {OK, new_version, fence} end
+-- The Redis clock after the write (epoch ms): a task that runs the run's next step itself
+-- takes it with the state it wrote, instead of loading both again.
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[1] == 'run' then return {OK, new_version, fence, now_ms} end
 
 -- The loaded state's entries are the stored ones (the version check proves it): move only
 -- what changed. index.lua, which cannot know them, clears every other status and reason.
@@ -126,4 +130,4 @@ for i = 1, e do
   redis.call('XADD', KEYS[14], 'MAXLEN', '~', ARGV[15], '*', 'event', ARGV[j + 1], 'run_id', run_id,
              'wait', ARGV[j + 2], 'data', ARGV[j + 3])
 end
-return {OK, new_version, fence}
+return {OK, new_version, fence, now_ms}
