@@ -63,7 +63,9 @@ def store(redis_client: Any) -> RedisBackend:
 
 
 def stub_engine(store: RedisBackend, **settings: Any) -> tuple[Any, StubDispatcher]:
-    return make_stub_engine(store, registry, WorkerSettings(**settings))
+    """The engine on the stub, every step its own message (``steps_per_task=1``) unless the
+    test says otherwise: these tests look at the messages."""
+    return make_stub_engine(store, registry, WorkerSettings(**{"steps_per_task": 1, **settings}))
 
 
 def state_of(store: RedisBackend, run_id: str) -> Any:
@@ -103,6 +105,8 @@ SCENARIOS = [*SCENARIOS, ("crashy", {}, [])]
 
 #: Continuation (``workers/engine/inline.py``): every effect runs inside the task that asked for it.
 INLINE = {"steps_per_task": 64, "inline_effects": ("tools", "llm", "subworkflows")}
+#: ... and without it: every step is its own task (as stub_engine makes it by default).
+QUEUED: dict[str, Any] = {}
 
 
 @pytest.mark.parametrize("mode", ["queued", "inline"])
@@ -111,7 +115,7 @@ def test_same_final_state_and_ledger_as_in_process(store, workflow_id, vars, act
     run_id = f"eq-{workflow_id}-{uuid.uuid4().hex[:8]}"
     rt = in_process()
     play_in_process(rt, workflow_id, run_id, vars, actions)
-    engine, stub = stub_engine(store, **(INLINE if mode == "inline" else {}))
+    engine, stub = stub_engine(store, **(INLINE if mode == "inline" else QUEUED))
     state = play_stub(engine, stub, workflow_id, run_id, vars, actions)
     assert comparable(state, store.ledger.list(run_id)) == comparable(rt.get_state(run_id), rt.get_ledger(run_id))
     assert store.ledger.verify(run_id)["ok"]

@@ -102,7 +102,9 @@ def test_a_renewal_needs_the_token_still_held(store):
 
 
 def engine_of(store: RedisBackend, **settings: Any) -> tuple[Any, StubDispatcher]:
-    return make_stub_engine(store, registry, WorkerSettings(**{"effect_lease_s": 60, **settings}))
+    # (every step its own message: these tests look at the messages' tokens)
+    return make_stub_engine(store, registry, WorkerSettings(**{"effect_lease_s": 60, "steps_per_task": 1,
+                                                                **settings}))
 
 
 def deliver_one(engine: Any, stub: StubDispatcher) -> None:

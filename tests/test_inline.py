@@ -44,7 +44,7 @@ def play(store: Any, reg: Registry, **settings: Any) -> tuple[Any, Any, list[Any
 
 def test_inline_tools_run_in_the_task_that_asked_with_the_same_ledger(store):
     reg = registry_with(6)
-    queued_seen, queued, queued_deliveries, _ = play(store, reg)
+    queued_seen, queued, queued_deliveries, _ = play(store, reg, steps_per_task=1)
     inline_seen, inline, inline_deliveries, engine = play(store, reg, steps_per_task=64)
     assert queued.status == inline.status == RunStatus.COMPLETED
     assert inline_seen == queued_seen
@@ -94,7 +94,7 @@ def test_an_inline_tool_that_raises_follows_the_effect_policy(store):
         raise ValueError("the tool broke")
 
     reg = registry_with(2, tool=broken)
-    queued_seen, _, _, _ = play(store, reg)
+    queued_seen, _, _, _ = play(store, reg, steps_per_task=1)
     inline_seen, _, _, _ = play(store, reg, steps_per_task=64)
     assert inline_seen == queued_seen and "the tool broke" in str(inline_seen)
 
@@ -160,7 +160,7 @@ def test_inline_steps_read_the_run_from_the_last_commit_not_from_redis(redis_ser
         seen = comparable(backend.runs.load(run_id), backend.ledger.list(run_id))
         return seen, {k: after[k] - before.get(k, 0) for k in after}, len(deliveries)
 
-    queued_seen, queued, tasks = run()
+    queued_seen, queued, tasks = run(steps_per_task=1)
     inline_seen, inline, inline_tasks = run(steps_per_task=64)
     assert inline_seen == queued_seen and inline_tasks == 1 and tasks == 30
     # each task loads its run once (an HMGET and a TIME, pipelined): 30 loads queued, 1 inline;

@@ -36,7 +36,9 @@ MESSAGE = "Node 'start' lost its worker 2 times (the process died while running 
 
 
 def stub_engine(store: RedisBackend, poison_after: int = 2) -> tuple[Any, StubDispatcher]:
-    return make_stub_engine(store, registry, WorkerSettings(tick_lease_s=0.2, poison_after=poison_after))
+    # (every step its own message: these tests lose messages one by one)
+    return make_stub_engine(store, registry, WorkerSettings(tick_lease_s=0.2, poison_after=poison_after,
+                                                            steps_per_task=1))
 
 
 def lost(store: RedisBackend, run_id: str) -> int:
@@ -112,7 +114,7 @@ def test_an_effect_that_kills_its_worker_fails_its_started_attempt(store):
 
 
 def test_the_lease_expired_sentence_counts_lost_deliveries(store):
-    engine, stub = make_stub_engine(store, registry, WorkerSettings(tick_lease_s=0.2, poison_after=5))
+    engine, stub = make_stub_engine(store, registry, WorkerSettings(tick_lease_s=0.2, poison_after=5, steps_per_task=1))
     run_id = engine.create(registry.workflows.get_or_raise("poison"))
     lose_and_sweep(engine, stub, store, run_id)
     lose_and_sweep(engine, stub, store, run_id)

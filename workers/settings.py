@@ -88,7 +88,7 @@ class WorkerSettings:
     nodes_per_tick: int = 1
     #: Steps (ticks, and effects that may run inline) one task runs for its run before it hands
     #: the run back to the queue (``workers/engine/inline.py``); 1: every step is its own task.
-    steps_per_task: int = 1
+    steps_per_task: int = 16
     #: Milliseconds a task may keep running its run's steps before it hands the run back.
     task_budget_ms: int = 200
     #: Effect kinds (``tools``, ``llm``, ``subworkflows``) run inside the task that requested

@@ -20,17 +20,17 @@ from typing import Any, NamedTuple
 
 import redis
 
-from runtime import RunState, RunStatus, StepRecord, VersionConflict, WaitReason
-from runtime._clock import epoch_ms, parse_iso
+from runtime import RunState, StepRecord, VersionConflict
+from runtime._clock import parse_iso
 from runtime._ids import new_id
 from runtime.errors import CorruptRecordError, RunAlreadyExists, StaleLease
 from runtime.models import validate_run_id
-from runtime.waitset import is_wait_set, next_due_ms
 
 from .argv import AppendArgs, AppendKeys, CommitArgs, CommitKeys
 from .attrs import RedisRunAttrs
 from .codec import DEFAULT_MAX_VALUE_BYTES, decode, decode_state, encode
 from .dispatch import Dispatch
+from .entries import _NO_INDEX, _index_of, _Known
 from .errors import RedisUnavailable
 from .indexes import RedisIndexes
 from .keys import Keys
@@ -70,40 +70,6 @@ class Loaded(NamedTuple):
     #: When the lease first expired since the last commit, if the sweep granted it again
     #: since (field ``x``, epoch ms); None otherwise.
     regranted_ms: int | None = None
-
-
-class _Index(NamedTuple):
-    """The index entries of one run state (what the commit script adds and removes)."""
-
-    status: str
-    workflow_id: str
-    reason: str
-    wait_key: str
-    until_ms: str
-    parent_run_id: str
-
-
-_NO_INDEX = _Index("", "", "", "", "", "")
-
-
-def _index_of(run: RunState) -> _Index:
-    status = RunStatus(run.status)._value_
-    w = run.waiting if status == "waiting" else None
-    reason = WaitReason(w.reason)._value_ if w is not None else ""
-    until = str(epoch_ms(w.until)) if w is not None and w.until and reason == "until" else ""
-    if w is not None and is_wait_set(w):  # named waits: the next of their timers wakes the run
-        due = next_due_ms(w)
-        until = str(due) if due is not None else ""
-    return _Index(status, run.workflow_id, reason, (w.wait_key or "") if w is not None else "", until,
-                  run.parent_run_id or "")
-
-
-class _Known(NamedTuple):
-    version: int
-    head: str
-    entries: _Index
-    #: The fencing token as this thread last read it or got it back from a commit.
-    fence: int = 0
 
 
 def _describe(client: Any) -> str:

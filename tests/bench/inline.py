@@ -9,7 +9,7 @@ processes (``-P solo``, every queue), then runs ``--runs`` runs of ``--steps`` t
 and one run of ``--long`` tool calls (each call its own durable step: a tick commits the
 request, the tool runs, its outcome is committed, the next node is ticked):
 
-* queued: the present path, ``steps_per_task=1`` (tick -> effect task on ``tools`` -> tick);
+* queued: ``steps_per_task=1``, every step its own task (tick -> effect task on ``tools`` -> tick);
 * inline: the same tool registered ``inline=True`` and ``ABSTRACTRUNTIME_STEPS_PER_TASK=64``
   (budget 200 ms): the tick task runs the call and the next nodes itself.
 
@@ -50,7 +50,7 @@ def side(server: Any, folder: Path, inline: bool, runs: int, steps: int, long: i
          ) -> tuple[float, float, int, dict[str, float]]:
     """Tool-call steps per second: many short runs, and one long run; the tick tasks logged; and
     the Redis commands per step of the many runs (store and broker: one server)."""
-    settings: dict[str, Any] = {"steps_per_task": 64, "task_budget_ms": 200} if inline else {}
+    settings: dict[str, Any] = {"steps_per_task": 64, "task_budget_ms": 200} if inline else {"steps_per_task": 1}
     group = WorkerGroup(server.url, folder, imports="support.inline_scenarios", **settings)
     try:
         for i in range(2):

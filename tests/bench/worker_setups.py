@@ -10,8 +10,10 @@ It starts its own redis-server on a free port (broker and runs on it; ``--aof``:
 fsync every second, as a production Redis keeps it), then for each setup and round starts the
 workers exactly as a user does, through the CLI, on every queue:
 
-* ``auto``: ``abstractruntime worker`` (the default: a solo process per CPU, threads for llm);
-* ``prefork``: ``abstractruntime worker -P prefork`` (the default before issue 18);
+* ``auto``: ``abstractruntime worker`` (the default: a solo process per CPU, threads for llm,
+  and the default settings: a task runs up to 16 steps of its run);
+* ``auto-k1``: the same with ``ABSTRACTRUNTIME_STEPS_PER_TASK=1`` (every step its own task);
+* ``prefork``: ``abstractruntime worker -P prefork`` (the pool before issue 18);
 * ``threads``: ``abstractruntime worker -P threads``;
 * ``solo1``: ``abstractruntime worker -P solo`` (one process: the floor of one CPU);
 
@@ -19,11 +21,11 @@ each with ``-c`` = the number of CPUs, and measures on them, one after the other
 
 * floor: ``bench.hop`` (``bench_celery.py``), a bare Celery task that sends itself again,
   1 chain x 2000 hops and 200 chains x 20 hops: hops/s;
-* ours, effect-free: 1 run x 2000 nodes and 200 runs x 20 nodes (one node per tick task): ticks/s;
-* ours, tool calls (``quick_calls`` of ``support/inline_scenarios.py``, each call a durable step:
-  request committed, tool run, outcome committed, next node): 1 run x 500 and 200 runs x 10,
-  queued (the tool runs as its own task on ``tools``) and, on ``auto`` only, inline
-  (``ABSTRACTRUNTIME_STEPS_PER_TASK=64``): steps/s.
+* ours, effect-free: 1 run x 2000 nodes and 200 runs x 20 nodes: ticks/s;
+* ours, tool calls (``support/inline_scenarios.py``; each call a durable step: request
+  committed, tool run, outcome committed, next node), 1 run x 500 and 200 runs x 10: queued
+  (``quick_queued``, a tool not marked inline: each call a task on ``tools``) and inline
+  (``quick``, ``@tool(inline=True)``: run in the task that asked for it): calls/s.
 
 Setups alternate within each round; the table gives medians and each setup's ratio to the best
 setup of its row and to the bare hop on the same setup. DBOS and LangGraph are measured by
@@ -57,11 +59,13 @@ from support.redis_server import RedisServer  # noqa: E402
 
 CLI = str(Path(sys.executable).with_name("abstractruntime"))
 ALL_KINDS = "ticks,llm,tools,subworkflows,timers,maintenance"
-SETUPS = {
-    "auto": [],
-    "prefork": ["-P", "prefork"],
-    "threads": ["-P", "threads"],
-    "solo1": ["-P", "solo"],
+#: name -> (CLI arguments, settings as ABSTRACTRUNTIME_* variables).
+SETUPS: dict[str, tuple[list[str], dict[str, Any]]] = {
+    "auto": ([], {}),
+    "auto-k1": ([], {"steps_per_task": 1}),
+    "prefork": (["-P", "prefork"], {}),
+    "threads": (["-P", "threads"], {}),
+    "solo1": (["-P", "solo"], {}),
 }
 #: (row key, label, unit) in table order.
 ROWS = [
@@ -156,21 +160,22 @@ class Setup:
         self.hops(1, 100)
         self.runs("plain_chain_20", 5, 20)
         self.runs("quick_calls", 5, 3, {"n": 3})
+        self.runs("quick_queued_calls", 5, 3, {"n": 3})
 
 
 def measure(name: str, setup: Setup, inline: bool) -> dict[str, float]:
     with setup:
         setup.warm()
-        if inline:
-            log(f"  {name} inline tool calls")
-            return {"inline_1x500": setup.runs("quick_calls", 1, 500, {"n": 500}),
-                    "inline_200x10": setup.runs("quick_calls", 200, 10, {"n": 10})}
         log(f"  {name}: bare hops, chains, tool calls")
-        return {"hop_1x2000": setup.hops(1, 2000), "hop_200x20": setup.hops(200, 20),
-                "chain_1x2000": setup.runs("plain_chain_2000", 1, 2000),
-                "chain_200x20": setup.runs("plain_chain_20", 200, 20),
-                "tools_1x500": setup.runs("quick_calls", 1, 500, {"n": 500}),
-                "tools_200x10": setup.runs("quick_calls", 200, 10, {"n": 10})}
+        row = {"hop_1x2000": setup.hops(1, 2000), "hop_200x20": setup.hops(200, 20),
+               "chain_1x2000": setup.runs("plain_chain_2000", 1, 2000),
+               "chain_200x20": setup.runs("plain_chain_20", 200, 20),
+               "tools_1x500": setup.runs("quick_queued_calls", 1, 500, {"n": 500}),
+               "tools_200x10": setup.runs("quick_queued_calls", 200, 10, {"n": 10})}
+        if inline:  # (with steps_per_task 1, an inline tool's calls are queued too)
+            row |= {"inline_1x500": setup.runs("quick_calls", 1, 500, {"n": 500}),
+                    "inline_200x10": setup.runs("quick_calls", 200, 10, {"n": 10})}
+        return row
 
 
 def compare(python: str, script: str, dsn: str, rounds: int) -> dict[str, Any]:
@@ -207,7 +212,7 @@ def table(out: dict[str, Any], setups: list[str]) -> str:
             lines.append(f"{s}: ours / bare hop on the same workers: "
                          f"1 x 2000 {m['chain_1x2000'] / m['hop_1x2000']:.2f}x, "
                          f"200 x 20 {m['chain_200x20'] / m['hop_200x20']:.2f}x")
-    if "auto" in med and "inline_200x10" in med["auto"]:
+    if "auto" in med and "inline_200x10" in med["auto"] and "tools_200x10" in med["auto"]:
         a = med["auto"]
         lines.append(f"auto: inline / queued tool calls: 1 x 500 {a['inline_1x500'] / a['tools_1x500']:.2f}x, "
                      f"200 x 10 {a['inline_200x10'] / a['tools_200x10']:.2f}x")
@@ -226,7 +231,7 @@ def table(out: dict[str, Any], setups: list[str]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--setups", default="auto,prefork,threads", help=f"of {', '.join(SETUPS)}")
+    parser.add_argument("--setups", default="auto,auto-k1,prefork,threads", help=f"of {', '.join(SETUPS)}")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--aof", action="store_true", help="Redis with AOF, fsync every second")
     parser.add_argument("--no-inline", action="store_true", help="skip the inline tool-call rows")
@@ -251,11 +256,9 @@ def main() -> int:
             for r in range(args.rounds):
                 log(f"round {r + 1}/{args.rounds}")
                 for s in setups:
-                    row = measure(s, Setup(server, Path(tmp) / f"{s}-{r}", SETUPS[s]), inline=False)
-                    if s == "auto" and not args.no_inline:
-                        row |= measure(s, Setup(server, Path(tmp) / f"{s}-inline-{r}", SETUPS[s],
-                                                steps_per_task=64, task_budget_ms=200), inline=True)
-                    got[s].append(row)
+                    cli, settings = SETUPS[s]
+                    got[s].append(measure(s, Setup(server, Path(tmp) / f"{s}-{r}", cli, **settings),
+                                          inline=not args.no_inline))
         finally:
             server.stop()
     out: dict[str, Any] = {"rounds": args.rounds, "aof": args.aof, "rows": got,

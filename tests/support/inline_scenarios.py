@@ -16,6 +16,12 @@ def quick(i: int = 0) -> int:
     return i
 
 
+@tool(name="quick_queued")
+def quick_queued(i: int = 0) -> int:
+    """``quick`` not marked inline: its calls always go through the tools queue."""
+    return i
+
+
 @tool(inline=True)
 def stall_once(path: str) -> str:
     """The first call writes ``path``, then blocks (the test kills its worker then); later calls answer."""
@@ -29,7 +35,7 @@ def stall_once(path: str) -> str:
 def calls(n_var: str, tool_name: str) -> WorkflowSpec:
     """``vars[n_var]`` tool calls of ``tool_name``, one per turn, then the list of results."""
     def call(run: Any, ctx: Any) -> StepPlan:
-        args = {"i": len(run.vars.get("seen", []))} if tool_name == "quick" else {"path": run.vars["path"]}
+        args = {"i": len(run.vars.get("seen", []))} if tool_name.startswith("quick") else {"path": run.vars["path"]}
         return StepPlan(node_id="call", effect=Effect(type=EffectType.TOOL_CALLS, payload={
             "tool_calls": [{"name": tool_name, "arguments": args, "call_id": "c"}]}, result_key="last"),
             next_node="check")
@@ -44,5 +50,5 @@ def calls(n_var: str, tool_name: str) -> WorkflowSpec:
     return WorkflowSpec(workflow_id=f"{tool_name}_calls", entry_node="call", nodes={"call": call, "check": check})
 
 
-for _spec in (calls("n", "quick"), calls("n", "stall_once")):
+for _spec in (calls("n", "quick"), calls("n", "quick_queued"), calls("n", "stall_once")):
     registry.register_workflow(_spec, replace=True)

@@ -1,8 +1,8 @@
 """Inline effects with continuation (``docs/performance.md``): a task runs its run's next steps
 itself, up to a budget, instead of sending each through the broker.
 
-Off unless ``steps_per_task`` > 1. Then, inside a tick, wake or effect task, the messages the
-engine sends for that task's run are kept here instead of being published:
+On by default (``steps_per_task`` 16; 1 turns it off). Inside a tick, wake or effect task, the
+messages the engine sends for that task's run are kept here instead of being published:
 
 * a tick with no countdown (the next node);
 * an effect the tick asked for, when it may run inline: its tools were all registered
@@ -24,14 +24,18 @@ An inline tool that blocks is not cut short (Celery's soft time limits do not re
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import metrics
+from .. import logs, metrics
 
 __all__ = ["Continuation"]
+
+#: The logger of the tasks' outcome lines (``workers/app.py``): inline steps log theirs there too.
+_outcomes = logging.getLogger("workers.app")
 
 
 class _Frame:
@@ -85,13 +89,14 @@ class Continuation:
 
     def run(self, engine: Any, run_id: str, first: Callable[[], Any]) -> Any:
         """Run a task's first step, then its run's kept steps while the budget lasts; what the
-        last step returned (a task nested in another, as the stub delivers them, just runs)."""
+        first step returned, the task's own outcome (each step after it logs and counts its own;
+        a task nested in another, as the stub delivers them, just runs)."""
         if getattr(self._local, "frame", None) is not None or not run_id:
             return first()
         frame = self._local.frame = _Frame(run_id, time.monotonic() + self.budget_s)
         try:
             frame.done = 1  # (the first step, running)
-            result = first()
+            first_result = first()
             while frame.kept:
                 what, args, kw = frame.kept.pop(0)
                 if frame.done >= self.steps or time.monotonic() >= frame.deadline:
@@ -100,14 +105,17 @@ class Continuation:
                 frame.done += 1  # (counted while it runs, as the first one)
                 self.inline_steps += 1
                 result = None
-                try:
-                    if what == "tick":
-                        result = engine.tick(args[0], args[1], kw.get("attempt", 1), kw.get("token"))
-                    else:
-                        result = engine.effect(*args[1:], kw.get("token"))
+                try:  # its own outcome line, "inline tick run=... -> next", as a task's
+                    with logs.task_outcome(_outcomes, f"inline {what}", run_id, attempt=kw.get("attempt", 1)
+                                           ) as outcome:
+                        if what == "tick":
+                            result = engine.tick(args[0], args[1], kw.get("attempt", 1), kw.get("token"))
+                        else:
+                            result = engine.effect(*args[1:], kw.get("token"))
+                        outcome.result = result
                 finally:
                     metrics.inline_step(what, kw.get("workflow"), result)
-            return result
+            return first_result
         except BaseException:
             for what, args, kw in frame.kept:  # what the failed step had kept still goes out
                 self._publish(what, args, kw)
