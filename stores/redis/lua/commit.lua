@@ -122,7 +122,7 @@ move_entries(
    children = KEYS[13], events = KEYS[14], leases = KEYS[15]},
   {run_id = run_id, updated = updated, status = ARGV[7], wait_old = ARGV[12], wait_new = ARGV[11],
    until_ms = ARGV[13], has_parent = ARGV[14], events_maxlen = ARGV[15], version = new_version,
-   lease_ms = ARGV[19]})
+   lease_ms = ARGV[19], now_ms = now_ms})
 local ev_at = at + 2 * m + 1
 local e = tonumber(ARGV[ev_at] or '0') or 0
 for i = 1, e do

@@ -6,7 +6,8 @@
 -- k: key names  {updated, workflow, wait_old, wait_new, timers, children, events, leases}
 -- a: values     {run_id, updated (epoch µs), status, wait_old, wait_new (wait keys, "" for none),
 --                until_ms ("" for none), has_parent ("1" or "0"), events_maxlen, version,
---                lease_ms (from now by Redis TIME, "" for none)}
+--                lease_ms (from now by Redis TIME, "" for none), now_ms (the caller's TIME, epoch ms;
+--                nil: read here)}
 
 local function move_entries(k, a)
   local run_id = a.run_id
@@ -21,8 +22,12 @@ local function move_entries(k, a)
   end
   if a.has_parent == '1' then redis.call('SADD', k.children, run_id) end
   if a.lease_ms ~= '' then
-    local now = redis.call('TIME')
-    redis.call('ZADD', k.leases, now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(a.lease_ms), run_id)
+    local now_ms = a.now_ms
+    if not now_ms then
+      local now = redis.call('TIME')
+      now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
+    end
+    redis.call('ZADD', k.leases, now_ms + tonumber(a.lease_ms), run_id)
   else
     redis.call('ZREM', k.leases, run_id)
   end
