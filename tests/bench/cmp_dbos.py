@@ -32,31 +32,16 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from typing import NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
-SKIPPED = 3
+from cmplib import INSTALL, SHAPES, log, recreate_database, skip
+from cmplib import parser as cmplib_parser
+
 DB_NAME = "bench_dbos"
-INSTALL = 'pip install dbos langgraph langgraph-checkpoint-postgres "psycopg[binary]"'
-SHAPES = ("chain_1x2000", "chain_200x20", "tools_1x500", "tools_200x10")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="DBOS durable steps per second, for comparison.")
-    parser.add_argument("--json", action="store_true", help="print one JSON object to stdout")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per shape; the median is reported")
-    parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres",
-                        help="PostgreSQL URL used to create the bench database")
+    parser = cmplib_parser("DBOS durable steps per second, for comparison.")
     return parser.parse_args(argv)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def skip(message: str) -> NoReturn:
-    log(message)
-    sys.exit(SKIPPED)
 
 
 def check_imports() -> str:
@@ -69,20 +54,6 @@ def check_imports() -> str:
     from importlib.metadata import version
 
     return version("dbos")
-
-
-def recreate_database(dsn: str, name: str) -> str:
-    """Drop and create database ``name`` through ``dsn``; return a URL to it."""
-    import psycopg
-
-    try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        skip(f"PostgreSQL is unreachable at {dsn}: {reason} (skipped)")
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
 
 
 def launch(url: str) -> Callable[[int], int]:

@@ -37,12 +37,12 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any, NoReturn, TypedDict
-from urllib.parse import urlsplit, urlunsplit
+from typing import Annotated, Any, TypedDict
 
-SKIPPED = 3
+from cmplib import INSTALL, log, recreate_database, skip
+from cmplib import parser as cmplib_parser
+
 DB_NAME = "bench_langgraph"
-INSTALL = 'pip install dbos langgraph langgraph-checkpoint-postgres "psycopg[binary]"'
 #: shape -> (graph, runs, nodes or tool calls per run)
 PLAN = {"chain_1x2000": ("chain", 1, 2000), "chain_200x20": ("chain", 200, 20),
         "tools_1x500": ("tools", 1, 500), "tools_200x10": ("tools", 200, 10)}
@@ -61,22 +61,9 @@ class ToolState(TypedDict):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="LangGraph checkpointed steps per second, for comparison.")
-    parser.add_argument("--json", action="store_true", help="print one JSON object to stdout")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per shape; the median is reported")
+    parser = cmplib_parser("LangGraph checkpointed steps per second, for comparison.")
     parser.add_argument("--threads", type=int, default=8, help="thread pool size for the 200-run shapes")
-    parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres",
-                        help="PostgreSQL URL used to create the bench database")
     return parser.parse_args(argv)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def skip(message: str) -> NoReturn:
-    log(message)
-    sys.exit(SKIPPED)
 
 
 def check_imports() -> str:
@@ -90,20 +77,6 @@ def check_imports() -> str:
     from importlib.metadata import version
 
     return version("langgraph")
-
-
-def recreate_database(dsn: str, name: str) -> str:
-    """Drop and create database ``name`` through ``dsn``; return a URL to it."""
-    import psycopg
-
-    try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        skip(f"PostgreSQL is unreachable at {dsn}: {reason} (skipped)")
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
 
 
 def quick(i: int) -> int:

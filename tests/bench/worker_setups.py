@@ -30,8 +30,9 @@ each with ``-c`` = the number of CPUs, and measures on them, one after the other
 Setups alternate within each round; the table gives medians and each setup's ratio to the best
 setup of its row and to the bare hop on the same setup. DBOS and LangGraph are measured by
 ``cmp_dbos.py`` and ``cmp_langgraph.py`` with ``--compare-python`` (a virtualenv where they are
-installed; default: this interpreter), on PostgreSQL at ``--dsn``; when they are not installed
-(the scripts exit 3) their columns say so. Progress goes to stderr, the table (or JSON) to stdout.
+installed; default: this interpreter), on PostgreSQL at ``--dsn``, one round of theirs after
+each round of ours (their medians over the same rounds); when they are not installed (the
+scripts exit 3) the table says so. Progress goes to stderr, the table (or JSON) to stdout.
 """
 
 from __future__ import annotations
@@ -190,6 +191,16 @@ def compare(python: str, script: str, dsn: str, rounds: int) -> dict[str, Any]:
     return json.loads(proc.stdout)
 
 
+def merged(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A comparison's rounds as one result: the median of each shape, its rounds kept."""
+    done = [r for r in runs if "skipped" not in r]
+    if not done:
+        return runs[0] if runs else {"skipped": "not run"}
+    shapes = {k: statistics.median(v) if (v := [r["shapes"][k] for r in done if r["shapes"].get(k) is not None])
+              else None for k in done[0]["shapes"]}
+    return {**done[0], "shapes": shapes, "rounds": [r["shapes"] for r in done]}
+
+
 def table(out: dict[str, Any], setups: list[str]) -> str:
     med = out["median"]
     cmps = [c for c in out["compare"].values() if "skipped" not in c]
@@ -250,6 +261,9 @@ def main() -> int:
     if unknown := [s for s in setups if s not in SETUPS]:
         parser.error(f"unknown setup(s) {', '.join(unknown)}; known: {', '.join(SETUPS)}")
     got: dict[str, list[dict[str, float]]] = {s: [] for s in setups}
+    # The comparisons run a round each after each round of ours, so that what drifts on the
+    # machine (PostgreSQL's fsyncs above all) weighs on both sides alike.
+    theirs: dict[str, list[dict[str, Any]]] = {} if args.compare_python == "none" else {"dbos": [], "langgraph": []}
     with tempfile.TemporaryDirectory(prefix="workers-bench-") as tmp:
         server = RedisServer(Path(tmp) / "redis").start(appendonly=args.aof)
         try:
@@ -259,13 +273,14 @@ def main() -> int:
                     cli, settings = SETUPS[s]
                     got[s].append(measure(s, Setup(server, Path(tmp) / f"{s}-{r}", cli, **settings),
                                           inline=not args.no_inline))
+                for name, runs in theirs.items():
+                    runs.append(compare(args.compare_python, f"cmp_{name}.py", args.dsn, 1))
         finally:
             server.stop()
     out: dict[str, Any] = {"rounds": args.rounds, "aof": args.aof, "rows": got,
                            "median": {s: {k: statistics.median(r[k] for r in rows) for k in rows[0]}
                                       for s, rows in got.items() if rows}}
-    out["compare"] = {} if args.compare_python == "none" else {
-        name: compare(args.compare_python, f"cmp_{name}.py", args.dsn, args.rounds) for name in ("dbos", "langgraph")}
+    out["compare"] = {name: merged(runs) for name, runs in theirs.items()}
     if args.save:
         Path(args.save).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2) if args.json else table(out, setups))
