@@ -135,7 +135,7 @@ def _serve(client, kind_of: dict[str, str], open_runs: set[str], answered: set[s
             continue
 
 
-@pytest.mark.parametrize("mode", ["queued", "inline"])
+@pytest.mark.parametrize("mode", ["queued", "default", "inline"])
 def test_chaos(tmp_path, request, mode):
     long = request.config.getoption("--long")
     duration = 600.0 if long else 60.0
@@ -143,8 +143,10 @@ def test_chaos(tmp_path, request, mode):
     rng = random.Random(seed)
     lease_s = 2.0
     server = RedisServer(tmp_path / "redis").start(appendonly=True, appendfsync="always")
-    # inline: every effect runs in the task that asked for it, 16 steps a task (workers/engine/inline.py)
-    inline = {"steps_per_task": 16, "inline_effects": "tools,llm,subworkflows"} if mode == "inline" else {}
+    # inline: every effect runs in the task that asked for it, 16 steps a task (workers/engine/inline.py);
+    # default: ticks continue in their task, effects go to their queues; queued: every step its own task
+    inline = {"inline": {"steps_per_task": 16, "inline_effects": "tools,llm,subworkflows"}, "default": {},
+              "queued": {"steps_per_task": 1}}[mode]
     group = WorkerGroup(server.url, tmp_path / "g", tick_lease_s=lease_s, effect_lease_s=lease_s,
                         sweep_period_s=0.5, tick_backoff_s=0.05, timer_hold_s=1, **inline)
     faults = None
