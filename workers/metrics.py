@@ -164,6 +164,21 @@ def _get() -> dict[str, Any] | None:
     return _metrics
 
 
+def _child(m: dict[str, Any], family: str, *labels: str) -> Any:
+    """The series of ``family`` with ``labels``, made once per process (``labels()`` costs more
+    than the write itself)."""
+    key = (family, *labels)
+    child = m["children"].get(key)
+    if child is None:
+        child = m["children"][key] = m[family].labels(*labels)
+    return child
+
+
+def _word(outcome: Any) -> str:
+    """What the engine returned, as a label value (None: the call raised)."""
+    return str(outcome) if outcome is not None else "raised"
+
+
 def task_done(task: str, workflow: str | None, outcome: Any, seconds: float) -> None:
     """One task ended (``workers/app.py`` calls it for every task)."""
     m = _get()
@@ -174,28 +189,16 @@ def task_done(task: str, workflow: str | None, outcome: Any, seconds: float) -> 
         m["leases"].inc(int(outcome.get("leases") or 0))
         word = "swept"
     else:
-        word = str(outcome) if outcome is not None else "raised"
-    children = m["children"]  # labels() costs more than the write itself: keep each child
-    counter = children.get((task, wf, word))
-    if counter is None:
-        counter = children[(task, wf, word)] = m["tasks"].labels(task, wf, word)
-    histogram = children.get((task, wf))
-    if histogram is None:
-        histogram = children[(task, wf)] = m["duration"].labels(task, wf)
-    counter.inc()
-    histogram.observe(seconds)
+        word = _word(outcome)
+    _child(m, "tasks", task, wf, word).inc()
+    _child(m, "duration", task, wf).observe(seconds)
 
 
 def inline_step(step: str, workflow: str | None, outcome: Any) -> None:
     """A task ran a step of its run after its own (``workers/engine/inline.py``)."""
     m = _get()
-    if m is None:
-        return
-    key = ("inline", step, workflow or "-", str(outcome) if outcome is not None else "raised")
-    counter = m["children"].get(key)
-    if counter is None:
-        counter = m["children"][key] = m["inline"].labels(*key[1:])
-    counter.inc()
+    if m is not None:
+        _child(m, "inline", step, workflow or "-", _word(outcome)).inc()
 
 
 def timer_fired(kind: str, late_ms: float) -> None:

@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Child", "plan_children", "supervise", "EARLY_S"]
@@ -49,7 +49,6 @@ class Child:
     argv: list[str]  # celery's arguments after ``-A workers.app``
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
-    restarts: int = field(default=0)
 
 
 def _suffixed(name: str, suffix: str) -> str:
@@ -134,7 +133,6 @@ class _Supervisor:
                     break
                 self.say(f"worker process {child.label} {how}; starting it again in {_RESTART_DELAY_S:.0f} s")
                 time.sleep(_RESTART_DELAY_S)
-                child.restarts += 1
                 if self.stopping is None:
                     self.start(child)
             if self.stopping is None and all(c.proc is None for c in self.children):

@@ -44,7 +44,8 @@ def explode(**kwargs: Any) -> Any:
 
 def fake_llm(run: Any, effect: Effect) -> EffectOutcome:
     """An LLM that answers with its prompt reversed; a prompt starting with "flaky" fails its
-    first attempt, "broken" fails every attempt, "raise" raises, and "slow:N" takes N seconds."""
+    first attempt, "broken" fails every attempt, "raise" raises, "slow:N" takes N seconds, and
+    "overlap:N" too, answering when it ran (``ran``: [start, end], epoch s)."""
     prompt = str(effect.payload.get("prompt", ""))
     call = current_effect_call.get()
     attempt = call.attempt if call is not None else 1
@@ -56,6 +57,10 @@ def fake_llm(run: Any, effect: Effect) -> EffectOutcome:
         raise RuntimeError("the LLM client raised")
     if prompt.startswith("slow:"):
         time.sleep(float(prompt.split(":")[1]))
+    if prompt.startswith("overlap:"):
+        t0 = time.time()
+        time.sleep(float(prompt.split(":")[1]))
+        return EffectOutcome.completed({"content": prompt[::-1], "attempt": attempt, "ran": [t0, time.time()]})
     if prompt.startswith("die-once:"):
         die_once(prompt.split(":", 1)[1])
     if prompt.startswith("usage"):  # a provider that reports its token usage (flow control, metrics)
@@ -159,6 +164,7 @@ WORKFLOWS = [
     _wf(_llm("broken", "llm_broken")),
     _wf(_llm("slow:1.5", "llm_slow")),
     _wf(_llm("slow:5", "llm_slow5")),
+    _wf(_llm("overlap:1.5", "llm_overlap")),
     _wf(_llm("raise", "llm_raises")),
     _wf(_llm("usage: twelve tokens", "llm_usage")),
     _wf(one_effect(Effect(type=EffectType.ASK_USER, payload={"prompt": "Go?", "choices": ["y", "n"]},
